@@ -1,0 +1,158 @@
+"""SPS of `rlkit train` against Stable-Baselines3 PPO at identical hyperparameters.
+
+Both run CleanRL's continuous defaults (the `mujoco` recipe): 1 env, 2048 steps
+per rollout, 10 epochs of 32 minibatches (64 samples), Adam 3e-4 annealed,
+gamma 0.99, lambda 0.95, clip 0.2 on policy and value, ent 0, vf 0.5, grad clip
+0.5, separate 64x64 tanh nets with orthogonal init and log-std 0, observation
+normalisation and reward scaling (VecNormalize for SB3), CPU.  Every run is a
+fresh subprocess; repeats are interleaved so machine noise hits all of them
+alike; we report medians and the ratio of medians.  Raw env stepping (random
+actions, the same wrapper stack) is measured in the same run as the floor.
+
+    python benchmarks/sps_vs_sb3.py --envs Pendulum-v1 HalfCheetah-v5 --steps 16384 --repeats 3
+
+Needs `pip install "rlkit[mujoco,bench]"`.  Writes benchmarks/results/sps_vs_sb3/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results", "sps_vs_sb3")
+SHARED = dict(num_steps=2048, num_minibatches=32, update_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95,
+              clip_coef=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5)
+
+
+def run_rlkit(env_id: str, steps: int, threads: int) -> float:
+    from rlkit.ppo import PPOConfig, train
+
+    cfg = PPOConfig(env_id=env_id, total_timesteps=steps, num_envs=1, device="cpu", torch_threads=threads, **SHARED)
+    result = train(cfg, progress=False, log=False)
+    return result.global_step / result.wall_time
+
+
+def run_sb3(env_id: str, steps: int, threads: int) -> float:
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    torch.set_num_threads(threads)
+    # SB3 clips actions to the bounds itself and stores the unclipped ones, like rlkit
+    env = VecNormalize(DummyVecEnv([lambda: gym.make(env_id)]), gamma=SHARED["gamma"])
+    lr = SHARED["learning_rate"]
+    model = PPO(
+        "MlpPolicy", env, n_steps=SHARED["num_steps"], batch_size=SHARED["num_steps"] // SHARED["num_minibatches"],
+        n_epochs=SHARED["update_epochs"], learning_rate=lambda progress: progress * lr, gamma=SHARED["gamma"],
+        gae_lambda=SHARED["gae_lambda"], clip_range=SHARED["clip_coef"], clip_range_vf=SHARED["clip_coef"],
+        ent_coef=SHARED["ent_coef"], vf_coef=SHARED["vf_coef"], max_grad_norm=SHARED["max_grad_norm"],
+        policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64]), activation_fn=torch.nn.Tanh, log_std_init=0.0),
+        device="cpu", seed=1, verbose=0,
+    )
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    return steps / (time.perf_counter() - start)
+
+
+def run_raw(env_id: str, steps: int, threads: int) -> float:
+    from rlkit.envs import make_vector_env
+
+    envs = make_vector_env(env_id, 1, normalize_obs=True, normalize_reward=True)
+    envs.reset(seed=1)
+    envs.action_space.seed(1)
+    start = time.perf_counter()
+    for _ in range(steps):
+        envs.step(envs.action_space.sample())
+    return steps / (time.perf_counter() - start)
+
+
+RUNNERS = {"rlkit": run_rlkit, "sb3": run_sb3, "raw_env": run_raw}
+
+
+def child(args: argparse.Namespace) -> None:
+    sps = RUNNERS[args.child](args.env, args.steps, args.threads)
+    print(json.dumps({"sps": sps}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", nargs="+", default=["Pendulum-v1", "HalfCheetah-v5"])
+    parser.add_argument("--steps", type=int, default=16384, help="env steps per run (a multiple of 2048)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sb3-threads", type=int, nargs="+", default=[1, 2],
+                        help="torch threads for SB3 (rlkit uses its default, 1); the faster SB3 setting is compared")
+    parser.add_argument("--out", default=RESULTS)
+    parser.add_argument("--child", choices=list(RUNNERS), help=argparse.SUPPRESS)
+    parser.add_argument("--env", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+
+    variants = [("rlkit", 1), *[("sb3", t) for t in args.sb3_threads], ("raw_env", 1)]
+    rows = []
+    total = args.repeats * len(args.envs) * len(variants)
+    done = 0
+    for repeat in range(args.repeats):
+        for env_id in args.envs:
+            for name, threads in variants:
+                steps = args.steps * (4 if name == "raw_env" else 1)
+                command = [sys.executable, __file__, "--child", name, "--env", env_id, "--steps", str(steps),
+                           "--threads", str(threads)]
+                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                sps = json.loads(output.strip().splitlines()[-1])["sps"]
+                rows.append({"repeat": repeat, "env": env_id, "impl": name, "threads": threads, "steps": steps, "sps": sps})
+                done += 1
+                print(f"[{done}/{total}] {env_id:16s} {name:8s} threads={threads}  {sps:8.0f} SPS", flush=True)
+
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def median(env_id, impl, threads=None):
+        values = [r["sps"] for r in rows if r["env"] == env_id and r["impl"] == impl and (threads is None or r["threads"] == threads)]
+        return statistics.median(values)
+
+    command = "python benchmarks/sps_vs_sb3.py " + " ".join(sys.argv[1:])
+    lines = [
+        "# PPO steps per second: rlkit vs Stable-Baselines3 (CPU)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {os.cpu_count()} CPU cores, no GPU; {args.repeats} interleaved repeats, fresh process per run, "
+        f"{args.steps} env steps per PPO run; medians.",
+        "",
+        "| env | raw env SPS | rlkit SPS | " + " | ".join(f"SB3 SPS ({t} thr)" for t in args.sb3_threads)
+        + " | rlkit / best SB3 | rlkit wall / raw-env wall |",
+        "|---|---|---|" + "---|" * len(args.sb3_threads) + "---|---|",
+    ]
+    summary = {}
+    for env_id in args.envs:
+        raw, ours = median(env_id, "raw_env"), median(env_id, "rlkit")
+        sb3 = {t: median(env_id, "sb3", t) for t in args.sb3_threads}
+        best = max(sb3.values())
+        summary[env_id] = {"raw_env": raw, "rlkit": ours, "sb3": sb3, "ratio_vs_best_sb3": ours / best,
+                           "wall_over_raw": raw / ours}
+        lines.append(f"| {env_id} | {raw:,.0f} | {ours:,.0f} | " + " | ".join(f"{sb3[t]:,.0f}" for t in args.sb3_threads)
+                     + f" | {ours / best:.2f}x | {raw / ours:.1f}x |")
+    lines += ["", "Hyperparameters (both): " + ", ".join(f"{k}={v}" for k, v in SHARED.items())
+              + ", 1 env, obs/reward normalisation, 64x64 tanh separate nets."]
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"command": command, "summary": summary, "rows": rows}, f, indent=2)
+    print("\n".join(lines))
+    print(f"\nwrote {args.out}/results.{{csv,md,json}}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Vector-env wrappers for the continuous-control stack, with savable statistics.
+
+gymnasium's own normalisation wrappers keep their statistics private and do not
+touch ``info["final_obs"]``, which the agent needs (normalised like every other
+observation) to bootstrap truncated episodes.  These two wrappers do both:
+``state_dict()`` / ``load_state_dict()`` give plain numpy arrays that a
+checkpoint stores as tensors, so a reloaded agent sees the inputs it was trained
+on (the bug behind cleanrl#310 and #400).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium.vector import VectorEnv, VectorWrapper
+
+
+class RunningMeanStd:
+    """Running mean and variance over a stream of batches (Chan et al. parallel update)."""
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4):
+        self.mean = np.zeros(shape, dtype=np.float64)
+        self.var = np.ones(shape, dtype=np.float64)
+        # epsilon as the initial count keeps the first update well defined,
+        # the same choice as baselines / CleanRL / gymnasium.
+        self.count = epsilon
+
+    def update(self, batch: np.ndarray) -> None:
+        batch = np.asarray(batch, dtype=np.float64)
+        batch_count = batch.shape[0]
+        # sum/square by hand: np.mean/np.var cost more in Python overhead than in
+        # arithmetic at the sizes seen every env step.
+        batch_mean = batch.sum(axis=0) / batch_count
+        batch_var = np.square(batch - batch_mean).sum(axis=0) / batch_count
+        delta = batch_mean - self.mean
+        total = self.count + batch_count
+        self.mean = self.mean + delta * batch_count / total
+        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.var = m2 / total
+        self.count = total
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": np.array(self.count, dtype=np.float64)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        mean, var = np.asarray(state["mean"], dtype=np.float64), np.asarray(state["var"], dtype=np.float64)
+        if mean.shape != self.mean.shape or var.shape != self.var.shape:
+            raise ValueError(
+                f"normaliser statistics have shape {mean.shape}, this environment needs {self.mean.shape}"
+            )
+        self.mean, self.var, self.count = mean.copy(), var.copy(), float(np.asarray(state["count"]))
+
+
+class NormalizeObservation(VectorWrapper):
+    """obs -> clip((obs - mean) / sqrt(var + eps), -clip, clip), statistics over all sub-envs.
+
+    The returned observations (which include the first observations of episodes
+    that were just auto-reset) update the statistics, as CleanRL's per-env wrapper
+    does; ``info["final_obs"]`` is normalised with the same statistics but does not
+    update them.  Set ``update_stats = False`` to freeze the statistics (evaluation).
+    """
+
+    def __init__(self, env: VectorEnv, clip: float = 10.0, epsilon: float = 1e-8):
+        super().__init__(env)
+        self.obs_rms = RunningMeanStd(shape=self.single_observation_space.shape)
+        self.clip = clip
+        self.epsilon = epsilon
+        self.update_stats = True
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        normalized = (obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + self.epsilon)
+        return np.clip(normalized, -self.clip, self.clip).astype(np.float32)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        if self.update_stats:
+            self.obs_rms.update(obs)
+        return self.normalize(obs), info
+
+    def step(self, actions):
+        obs, rewards, terminations, truncations, info = self.env.step(actions)
+        if self.update_stats:
+            self.obs_rms.update(obs)
+        if "_final_obs" in info:
+            final_obs = info["final_obs"].copy()
+            for i in np.flatnonzero(info["_final_obs"]):
+                final_obs[i] = self.normalize(np.asarray(final_obs[i]))
+            info = {**info, "final_obs": final_obs}
+        return self.normalize(obs), rewards, terminations, truncations, info
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return self.obs_rms.state_dict()
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.obs_rms.load_state_dict(state)
+
+
+class NormalizeReward(VectorWrapper):
+    """reward -> clip(reward / sqrt(var(discounted return) + eps), -clip, clip).
+
+    The reward is scaled, not centred: the "reward scaling" detail of the PPO paper's
+    code (baselines VecNormalize, CleanRL).  The running discounted return restarts
+    when an episode ends (terminated or truncated).
+    """
+
+    def __init__(self, env: VectorEnv, gamma: float = 0.99, clip: float = 10.0, epsilon: float = 1e-8):
+        super().__init__(env)
+        self.return_rms = RunningMeanStd(shape=())
+        self.discounted_return = np.zeros(self.num_envs, dtype=np.float64)
+        self.gamma = gamma
+        self.clip = clip
+        self.epsilon = epsilon
+        self.update_stats = True
+
+    def step(self, actions):
+        obs, rewards, terminations, truncations, info = self.env.step(actions)
+        self.discounted_return = self.discounted_return * self.gamma + rewards
+        if self.update_stats:
+            self.return_rms.update(self.discounted_return)
+        self.discounted_return[np.logical_or(terminations, truncations)] = 0.0
+        scaled = rewards / np.sqrt(self.return_rms.var + self.epsilon)
+        return obs, np.clip(scaled, -self.clip, self.clip), terminations, truncations, info
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {**self.return_rms.state_dict(), "discounted_return": self.discounted_return.copy()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.return_rms.load_state_dict(state)
+        if "discounted_return" in state and np.shape(state["discounted_return"]) == self.discounted_return.shape:
+            self.discounted_return = np.asarray(state["discounted_return"], dtype=np.float64).copy()

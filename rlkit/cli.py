@@ -1,0 +1,171 @@
+"""The ``rlkit`` command: a thin face over library functions.
+
+    rlkit train RECIPE [--key value ...]   train PPO from a recipe, any key overridable
+    rlkit doctor                           run the probe suite, say which part is broken
+    rlkit recipes                          list shipped recipes and their env ids
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rlkit.config import ConfigError, available_recipes, config_from_dict, field_docs, read_recipe, settable_fields
+
+CONFIG_TABLES = {"ppo": ("rlkit.ppo", "PPOConfig")}
+
+
+def _config_class(table: str, source: str):
+    if table not in CONFIG_TABLES:
+        raise ConfigError(f"{source}: unknown recipe table [{table}]; known: {', '.join(f'[{t}]' for t in CONFIG_TABLES)}")
+    module_name, class_name = CONFIG_TABLES[table]
+    module = __import__(module_name, fromlist=[class_name])
+    return getattr(module, class_name)
+
+
+def _override_parser(prog: str, cls, defaults: dict, description: str) -> argparse.ArgumentParser:
+    """--key value for every settable field, help = the field's docstring (+ its value)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    docs = field_docs(cls)
+    group = parser.add_argument_group("recipe keys (each overrides the recipe)")
+    for name, f in settable_fields(cls).items():
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        group.add_argument(*flags, dest=name, metavar="VALUE", default=None,
+                           help=f"{docs.get(name, '')} (recipe: {defaults.get(name, f.default)!r})")
+    parser.add_argument("--run-name", default=None, help="name of the run folder (default: env__exp__seed__time)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    return parser
+
+
+def cmd_train(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        if argv and argv[0] in ("-h", "--help"):
+            from rlkit.ppo import PPOConfig
+
+            parser = _override_parser("rlkit train RECIPE", PPOConfig, {}, "Train PPO. RECIPE is a shipped recipe "
+                                      f"({', '.join(available_recipes())}) or a path to a .toml file.")
+            parser.print_help()
+            return 0
+        print("usage: rlkit train RECIPE [--key value ...]; rlkit train --help lists the keys", file=sys.stderr)
+        return 2
+    recipe, rest = argv[0], argv[1:]
+    table, values, source = read_recipe(recipe)
+    cls = _config_class(table, source)
+    parser = _override_parser(f"rlkit train {recipe}", cls, values, f"Train with recipe {recipe}; every key can be overridden.")
+    args, unknown = parser.parse_known_args(rest)
+    if unknown:
+        key = unknown[0].lstrip("-").split("=")[0].replace("-", "_")
+        from rlkit.config import unknown_key_error
+
+        raise unknown_key_error(key, list(settable_fields(cls)), "command line")
+    overrides = {k: v for k, v in vars(args).items() if k in settable_fields(cls) and v is not None}
+    config = config_from_dict(cls, {**values, **overrides}, source=f"{source} + command line")
+    return _run_ppo(config, args.run_name, progress=not args.no_progress)
+
+
+def _run_ppo(config, run_name: str | None, progress: bool) -> int:
+    import numpy as np
+
+    from rlkit.ppo import train
+
+    result = train(config, run_name=run_name, progress=progress)
+    last = result.last_returns(100)
+    print()
+    print(f"trained {config.env_id} for {result.global_step:,} steps in {result.wall_time:.1f} s ({result.sps:,.0f} SPS)")
+    if last.size:
+        print(f"return over the last {last.size} episodes: mean {last.mean():.2f}  std {last.std():.2f}  "
+              f"min {last.min():.2f}  max {last.max():.2f}")
+    else:
+        print("no episode finished during training")
+    print(f"outputs: {result.run_dir}  (config.json, metrics.jsonl, TensorBoard events)")
+    print(f"  tensorboard --logdir {result.run_dir}")
+    return 0 if np.all(np.isfinite(last)) else 1
+
+
+def cmd_doctor(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rlkit doctor", description="Train PPO on the ten probe environments "
+                                     "(five probes x discrete/continuous actions) and check the learned value and "
+                                     "policy against the known answers. The first failing probe points at the bug.")
+    parser.add_argument("--seed", type=int, default=1, help="seed of every probe run")
+    parser.add_argument("--only", default=None, help="comma-separated probe names to run (default: all)")
+    parser.add_argument("--shared-network", action="store_true", help="check the shared-torso agent instead")
+    args = parser.parse_args(argv)
+    from rlkit.doctor import print_report, run_probe_suite
+
+    only = args.only.split(",") if args.only else None
+    results = run_probe_suite(seed=args.seed, only=only, shared_network=args.shared_network, progress=True)
+    return print_report(results)
+
+
+def cmd_recipes(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="rlkit recipes", description="List the shipped recipes.").parse_args(argv)
+    for name in available_recipes():
+        table, values, _ = read_recipe(name)
+        target = values.get("env_id") or values.get("task") or ""
+        steps = values.get("total_timesteps")
+        print(f"{name:20s} [{table}] {target} {f'{steps:,} steps' if steps else ''}")
+    return 0
+
+
+def cmd_bench(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="rlkit bench", description="Run RECIPE over env ids x seeds, one process per run; finished runs are "
+        "skipped, so re-running the same command resumes. Recipe overrides go after --, e.g. "
+        "rlkit bench mujoco --env-ids Hopper-v5 --seeds 1 2 3 -- --total_timesteps 100000")
+    parser.add_argument("recipe", help="recipe name or .toml path")
+    parser.add_argument("--env-ids", nargs="+", default=None, help="env ids to run (default: the recipe's)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds (default: 1 2 3)")
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time (local backend)")
+    parser.add_argument("--devices", nargs="+", default=["cpu"], help="devices assigned round-robin, e.g. cuda:0 cuda:1")
+    parser.add_argument("--backend", choices=["local", "ray"], default="local",
+                        help="ray: submit to RAY_ADDRESS, or a local Ray started here")
+    parser.add_argument("--out", default="bench_runs", help="output folder: OUT/<env>/seed_<s>/")
+    if "--" in argv:
+        split = argv.index("--")
+        argv, overrides = argv[:split], argv[split + 1:]
+    else:
+        overrides = []
+    args = parser.parse_args(argv)
+    from rlkit.bench import launch, plan_runs
+
+    runs = plan_runs(args.recipe, args.env_ids, args.seeds, args.devices, args.out, overrides)
+    outcome = launch(runs, workers=args.workers, backend=args.backend)
+    print(f"\n{len(outcome['finished'])} runs finished, {len(outcome['skipped'])} skipped (already done), "
+          f"{len(outcome['failed'])} failed; outputs under {os.path.abspath(args.out)}")
+    for spec in outcome["failed"]:
+        print(f"  failed: {spec.name}: see {spec.run_dir}.log")
+    print(f"aggregate with: rlkit report {args.out}")
+    return 1 if outcome["failed"] else 0
+
+
+COMMANDS = {
+    "train": (cmd_train, "train PPO from a recipe: rlkit train RECIPE [--key value ...]"),
+    "doctor": (cmd_doctor, "run the probe suite and report which probe fails"),
+    "recipes": (cmd_recipes, "list the shipped recipes"),
+    "bench": (cmd_bench, "run a recipe over env ids x seeds in parallel processes (resumable)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        lines = "\n".join(f"  {name:10s} {doc}" for name, (_, doc) in COMMANDS.items())
+        print(f"usage: rlkit COMMAND [args]   (rlkit COMMAND --help for details)\n\ncommands:\n{lines}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nrlkit: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    command, _ = COMMANDS[argv[0]]
+    try:
+        return command(argv[1:])
+    except ConfigError as error:
+        print(f"rlkit: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nrlkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Run logging: TensorBoard scalars, a JSONL metrics file, the resolved config, a progress bar.
+
+TensorBoard names follow CleanRL (``charts/*``, ``losses/*``) so existing
+dashboards work.  ``metrics.jsonl`` is the machine-readable record the benchmark
+tools read: one line per episode (``"kind": "episode"``) and per update
+(``"kind": "update"``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import deque
+
+from tqdm.auto import tqdm
+
+LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "explained_variance")
+TB_NAMES = {
+    "policy_loss": "losses/policy_loss",
+    "value_loss": "losses/value_loss",
+    "entropy": "losses/entropy",
+    "approx_kl": "losses/approx_kl",
+    "clipfrac": "losses/clipfrac",
+    "explained_variance": "losses/explained_variance",
+    "first_ratio_error": "debug/first_ratio_error",
+    "epochs": "debug/epochs",
+    "learning_rate": "charts/learning_rate",
+    "SPS": "charts/SPS",
+}
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunLogger:
+    """Writes one run's outputs into ``run_dir``; with ``enabled=False`` only the progress bar."""
+
+    def __init__(self, run_dir: str, config: dict, enabled: bool = True, progress: bool = True, total: int | None = None):
+        self.run_dir = os.path.abspath(run_dir)
+        self.enabled = enabled
+        self.writer = None
+        self.metrics_file = None
+        if enabled:
+            os.makedirs(self.run_dir, exist_ok=True)
+            with open(os.path.join(self.run_dir, "config.json"), "w") as f:
+                json.dump(config, f, indent=2)
+            self.metrics_file = open(os.path.join(self.run_dir, "metrics.jsonl"), "a", buffering=1)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(self.run_dir)
+            table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
+            self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.bar = tqdm(total=total, unit="step", unit_scale=True, disable=not progress, dynamic_ncols=True, smoothing=0.1)
+
+    def _write(self, record: dict) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
+
+    def episode(self, global_step: int, episodic_return: float, episodic_length: int) -> None:
+        self.recent_returns.append(episodic_return)
+        if self.writer is not None:
+            self.writer.add_scalar("charts/episodic_return", episodic_return, global_step)
+            self.writer.add_scalar("charts/episodic_length", episodic_length, global_step)
+        self._write({"kind": "episode", "global_step": global_step, "return": episodic_return, "length": episodic_length})
+
+    def update(self, global_step: int, iteration: int, stats: dict) -> None:
+        if self.writer is not None:
+            for key, value in stats.items():
+                self.writer.add_scalar(TB_NAMES.get(key, f"charts/{key}"), value, global_step)
+        self._write({"kind": "update", "global_step": global_step, "iteration": iteration, **stats})
+
+    def scalar(self, name: str, value: float, global_step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(name, value, global_step)
+
+    def advance(self, global_step: int, steps: int, sps: float, returns=None) -> None:
+        postfix = {"SPS": f"{sps:.0f}"}
+        if self.recent_returns:
+            postfix["return"] = f"{sum(self.recent_returns) / len(self.recent_returns):.1f}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(steps)
+
+    def summary(self, summary: dict) -> None:
+        """summary.json: the final numbers of a finished run (absent when it crashed)."""
+        if self.enabled:
+            with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
+                json.dump({k: _jsonable(v) for k, v in summary.items()}, f, indent=2)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.metrics_file is not None:
+            self.metrics_file.close()

@@ -1,0 +1,635 @@
+"""PPO in one file: config, actor-critic, GAE, losses, the update and the train loop.
+
+Read top to bottom.  Every implementation detail of "The 37 Implementation
+Details of PPO" (Huang et al., ICLR blog track 2022) that applies to vector
+observations is here and tagged ``[core n]`` / ``[cont n]`` where it happens;
+the README's table points at these tags.  Beyond CleanRL: truncated episodes are
+bootstrapped from the value of their last observation, gymnasium 1.x autoreset
+is handled in the same step (no reset transition is ever trained on), an
+optional target-KL early stop, and ``device = auto | cpu | cuda[:i]``.
+
+The pure functions (``gae``, ``clipped_policy_loss``, ``clipped_value_loss``,
+``kl_estimators``, ``masked_whiten``, ...) take tensors and an optional padding
+mask, so the RLHF path (rlkit.rlhf) calls them on token sequences unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from rlkit.envs import make_vector_env, normalizer_state
+from rlkit.logger import RunLogger
+
+# ---------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------
+
+
+@dataclass
+class PPOConfig:
+    """Hyperparameters of a PPO run.  Defaults are CleanRL's ppo_continuous_action."""
+
+    env_id: str = "Pendulum-v1"
+    """gymnasium id of the environment (probes: rlkit/<Name>-{Discrete,Continuous}-v0)"""
+    seed: int = 1
+    """seed of python, numpy, torch and the environments (sub-env i gets seed + i)"""
+    total_timesteps: int = 1_000_000
+    """total environment steps, summed over the vector envs"""
+    num_envs: int = 1
+    """number of parallel environments [core 1]"""
+    num_steps: int = 2048
+    """steps per environment per rollout: the fixed-length segment [core 1]"""
+    learning_rate: float = 3e-4
+    """Adam learning rate"""
+    anneal_lr: bool = True
+    """anneal the learning rate linearly to 0 over the run [core 4]"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """lambda of generalized advantage estimation [core 5]"""
+    num_minibatches: int = 32
+    """minibatches per epoch; minibatch size = num_envs * num_steps / num_minibatches [core 6]"""
+    update_epochs: int = 10
+    """epochs over each rollout (K)"""
+    norm_adv: bool = True
+    """normalise advantages per minibatch [core 7]"""
+    clip_coef: float = 0.2
+    """surrogate clipping coefficient epsilon [core 8]"""
+    clip_vloss: bool = True
+    """clip the value loss around the old values with clip_coef [core 9]"""
+    ent_coef: float = 0.0
+    """entropy bonus coefficient [core 10]"""
+    vf_coef: float = 0.5
+    """value loss coefficient [core 10]"""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clip [core 11]"""
+    target_kl: float | None = None
+    """stop the epochs of an update early once approx_kl exceeds this (None: never)"""
+    shared_network: bool = False
+    """one torso for actor and critic (True) or two separate networks [core 13]"""
+    hidden_size: int = 64
+    """width of the two hidden layers"""
+    clip_actions: bool = True
+    """clip Box actions to the action bounds inside the env; the unclipped action is stored [cont 5]"""
+    normalize_obs: bool = True
+    """running mean/std observation normalisation [cont 6]"""
+    obs_clip: float = 10.0
+    """clip normalised observations to [-obs_clip, obs_clip] [cont 7]"""
+    normalize_reward: bool = True
+    """scale rewards by the running std of the discounted return [cont 8]"""
+    reward_clip: float = 10.0
+    """clip scaled rewards to [-reward_clip, reward_clip] [cont 9]"""
+    bootstrap_truncation: bool = True
+    """bootstrap truncated episodes from V(final obs); False reproduces CleanRL (truncation = termination)"""
+    vectorization: str = "sync"
+    """gymnasium vector env mode: sync (one process) or async (one process per env)"""
+    device: str = "auto"
+    """auto (CUDA when present), cpu, cuda or cuda:i"""
+    torch_deterministic: bool = True
+    """torch.backends.cudnn.deterministic and deterministic algorithms where cheap"""
+    torch_threads: int = 1
+    """torch CPU threads (0: torch's default); small MLPs run fastest on 1"""
+    run_dir: str = "runs"
+    """parent folder of the run folder"""
+    exp_name: str = "ppo"
+    """name of the run; the run folder is <run_dir>/<env>__<exp_name>__<seed>__<time>"""
+    log_interval: int = 1
+    """write update metrics every this many updates"""
+
+    # Derived at validation time, never set by the user.
+    batch_size: int = field(default=0, init=False)
+    minibatch_size: int = field(default=0, init=False)
+    num_iterations: int = field(default=0, init=False)
+
+    def validate(self) -> PPOConfig:
+        """Check ranges and fill the derived sizes; errors name the key."""
+        positive = ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden_size", "log_interval"]
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ["learning_rate", "obs_clip", "reward_clip", "max_grad_norm", "clip_coef"]:
+            if not getattr(self, key) > 0:
+                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ["gamma", "gae_lambda"]:
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
+        for key in ["ent_coef", "vf_coef", "torch_threads"]:
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise ValueError(f"target_kl must be > 0 or None, got {self.target_kl}")
+        if self.vectorization not in ("sync", "async"):
+            raise ValueError(f"vectorization must be 'sync' or 'async', got {self.vectorization!r}")
+        resolve_device(self.device)  # raises on a malformed device string
+        self.batch_size = self.num_envs * self.num_steps
+        if self.batch_size % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches ({self.num_minibatches}) must divide num_envs * num_steps ({self.batch_size})"
+            )
+        self.minibatch_size = self.batch_size // self.num_minibatches
+        self.num_iterations = max(1, self.total_timesteps // self.batch_size)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def user_fields(cls=PPOConfig) -> list[str]:
+    """Keys a recipe or the CLI may set (the derived sizes are excluded)."""
+    return [f.name for f in fields(cls) if f.init]
+
+
+def resolve_device(device: str) -> torch.device:
+    """auto -> cuda if available else cpu; validates cpu / cuda / cuda:i."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device; use 'auto' or 'cpu'")
+        return torch.device(device)
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:<index>, got {device!r}")
+
+
+# ---------------------------------------------------------------------------------
+# Actor-critic
+# ---------------------------------------------------------------------------------
+
+
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Linear:
+    """Orthogonal weights with gain ``std``, constant bias [core 2]."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
+    """Refuse spaces this agent cannot represent, saying which ones it can."""
+    if not isinstance(observation_space, gym.spaces.Box):
+        raise ValueError(
+            f"unsupported observation space {type(observation_space).__name__}: rlkit.ppo takes Box observations "
+            "(flatten Dict/Tuple observations with gymnasium.wrappers.FlattenObservation)"
+        )
+    if isinstance(action_space, gym.spaces.Box):
+        if len(action_space.shape) != 1:
+            raise ValueError(f"Box actions must be 1-d, got shape {action_space.shape}")
+    elif not isinstance(action_space, gym.spaces.Discrete):
+        raise ValueError(
+            f"unsupported action space {type(action_space).__name__}: rlkit.ppo takes Discrete or 1-d Box actions"
+        )
+
+
+class Agent(nn.Module):
+    """Actor-critic MLP (tanh, two hidden layers) for Discrete or Box actions.
+
+    Separate actor and critic networks by default [cont 4]; one shared torso with
+    two heads when ``shared=True`` [core 13].  Box actions use a Normal with
+    independent dimensions [cont 1, cont 3] and a state-independent log-std
+    initialised at 0 [cont 2].  Policy head gain 0.01, value head gain 1 [core 2].
+    """
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space, hidden_size: int = 64, shared: bool = False):
+        super().__init__()
+        check_spaces(observation_space, action_space)
+        obs_dim = int(np.prod(observation_space.shape))
+        self.continuous = isinstance(action_space, gym.spaces.Box)
+        self.action_dim = int(action_space.shape[0]) if self.continuous else int(action_space.n)
+        self.shared = shared
+
+        def torso() -> nn.Sequential:
+            return nn.Sequential(
+                layer_init(nn.Linear(obs_dim, hidden_size)),
+                nn.Tanh(),
+                layer_init(nn.Linear(hidden_size, hidden_size)),
+                nn.Tanh(),
+            )
+
+        if shared:
+            self.torso = torso()
+            self.actor_head = layer_init(nn.Linear(hidden_size, self.action_dim), std=0.01)
+            self.critic_head = layer_init(nn.Linear(hidden_size, 1), std=1.0)
+        else:
+            self.actor = nn.Sequential(*torso(), layer_init(nn.Linear(hidden_size, self.action_dim), std=0.01))
+            self.critic = nn.Sequential(*torso(), layer_init(nn.Linear(hidden_size, 1), std=1.0))
+        if self.continuous:
+            self.actor_logstd = nn.Parameter(torch.zeros(1, self.action_dim))
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Policy output (mean or logits) and value, in one pass."""
+        if self.shared:
+            hidden = self.torso(obs)
+            return self.actor_head(hidden), self.critic_head(hidden).squeeze(-1)
+        return self.actor(obs), self.critic(obs).squeeze(-1)
+
+    def get_value(self, obs: Tensor) -> Tensor:
+        if self.shared:
+            return self.critic_head(self.torso(obs)).squeeze(-1)
+        return self.critic(obs).squeeze(-1)
+
+    def get_action_and_value(
+        self, obs: Tensor, action: Tensor | None = None, deterministic: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Sample (or score the given) action: action, log-prob, entropy, value."""
+        policy_out, value = self(obs)
+        if self.continuous:
+            mean, log_std = policy_out, self.actor_logstd.expand_as(policy_out)
+            std = log_std.exp()
+            if action is None:
+                action = mean if deterministic else mean + std * torch.randn_like(mean)
+            log_prob = (-0.5 * ((action - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+            entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).sum(-1)
+        else:
+            log_probs = torch.log_softmax(policy_out, dim=-1)
+            if action is None:
+                action = log_probs.argmax(-1) if deterministic else torch.multinomial(log_probs.exp(), 1).squeeze(-1)
+            log_prob = log_probs.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return action, log_prob, entropy, value
+
+
+# ---------------------------------------------------------------------------------
+# Pure functions: GAE, whitening, losses, KL estimators (shared with rlkit.rlhf)
+# ---------------------------------------------------------------------------------
+
+
+def gae(
+    rewards: Tensor, values: Tensor, dones: Tensor, next_value: Tensor, gamma: float, gae_lambda: float
+) -> tuple[Tensor, Tensor]:
+    """Generalized advantage estimation over time dimension 0 [core 5].
+
+    rewards, values, dones: [T, ...]; ``dones[t] = 1`` when the episode ended with
+    the action at step t (terminated, or truncated with its bootstrap already
+    folded into ``rewards[t]``).  next_value: [...], the value of the observation
+    after step T-1.  Returns (advantages, returns) with returns = advantages + values.
+    """
+    advantages = torch.zeros_like(rewards)
+    last_gae = torch.zeros_like(next_value)
+    num_steps = rewards.shape[0]
+    for t in reversed(range(num_steps)):
+        following_value = next_value if t == num_steps - 1 else values[t + 1]
+        not_done = 1.0 - dones[t]
+        delta = rewards[t] + gamma * following_value * not_done - values[t]
+        last_gae = delta + gamma * gae_lambda * not_done * last_gae
+        advantages[t] = last_gae
+    return advantages, advantages + values
+
+
+def masked_mean(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean over the entries where mask is 1 (all entries when mask is None)."""
+    if mask is None:
+        return x.mean()
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_var(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Unbiased variance over the masked entries."""
+    if mask is None:
+        return x.var()
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    return ((x - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)
+
+
+def masked_whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    """(x - mean) / std over the masked entries [core 7]; padding never moves the statistics.
+
+    ``shift_mean=False`` only rescales (reward whitening in RLHF keeps the sign).
+    """
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened
+
+
+def clipped_policy_loss(
+    new_log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, clip_coef: float, mask: Tensor | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO's clipped surrogate, as a loss to minimise [core 8].
+
+    Returns the loss and debug statistics [core 12]: approx_kl (k3 estimate of
+    KL(old || new)), clipfrac and the largest |ratio - 1|.
+    """
+    log_ratio = new_log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    with torch.no_grad():
+        _, _, k3 = kl_estimators(old_log_prob, new_log_prob)
+        stats = {
+            "approx_kl": masked_mean(k3, mask),
+            "clipfrac": masked_mean(((ratio - 1.0).abs() > clip_coef).float(), mask),
+            "max_ratio_error": ((ratio - 1.0).abs() * (mask if mask is not None else 1.0)).max(),
+        }
+    return loss, stats
+
+
+def clipped_value_loss(
+    new_value: Tensor, old_value: Tensor, returns: Tensor, clip_coef: float | None, mask: Tensor | None = None
+) -> Tensor:
+    """0.5 * squared error; with ``clip_coef`` the pessimistic max of the plain and
+    the clipped-around-old-value error, as in the PPO paper's code [core 9]."""
+    unclipped = (new_value - returns) ** 2
+    if clip_coef is None:
+        return 0.5 * masked_mean(unclipped, mask)
+    value_clipped = old_value + torch.clamp(new_value - old_value, -clip_coef, clip_coef)
+    clipped = (value_clipped - returns) ** 2
+    return 0.5 * masked_mean(torch.max(unclipped, clipped), mask)
+
+
+def kl_estimators(log_p: Tensor, log_ref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample estimators of KL(p || ref) from samples of p (Schulman, "Approximating KL").
+
+    k1 = log p - log ref (unbiased, high variance, can be negative);
+    k2 = k1^2 / 2 (biased, low variance; as a loss its gradient is KL's);
+    k3 = (r - 1) - log r with r = ref / p (unbiased and always >= 0).
+    """
+    k1 = log_p - log_ref
+    k2 = 0.5 * k1**2
+    log_r = -k1
+    k3 = torch.expm1(log_r) - log_r
+    return k1, k2, k3
+
+
+def explained_variance(predicted: Tensor, target: Tensor) -> float:
+    """1 - Var(target - predicted) / Var(target); nan when the target is constant [core 12]."""
+    var_target = target.var()
+    if var_target == 0:
+        return float("nan")
+    return float(1.0 - (target - predicted).var() / var_target)
+
+
+# ---------------------------------------------------------------------------------
+# Rollout storage and the update
+# ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """Preallocated [num_steps, num_envs, ...] tensors of one fixed-length segment [core 1]."""
+
+    obs: Tensor
+    actions: Tensor
+    log_probs: Tensor
+    rewards: Tensor
+    dones: Tensor
+    values: Tensor
+
+    @classmethod
+    def allocate(cls, num_steps: int, num_envs: int, obs_shape, agent: Agent, device: torch.device) -> Rollout:
+        action_shape = (agent.action_dim,) if agent.continuous else ()
+        action_dtype = torch.float32 if agent.continuous else torch.long
+        zeros = lambda *shape, dtype=torch.float32: torch.zeros(num_steps, num_envs, *shape, dtype=dtype, device=device)  # noqa: E731
+        return cls(
+            obs=zeros(*obs_shape),
+            actions=zeros(*action_shape, dtype=action_dtype),
+            log_probs=zeros(),
+            rewards=zeros(),
+            dones=zeros(),
+            values=zeros(),
+        )
+
+
+def ppo_update(
+    agent: Agent,
+    optimizer: torch.optim.Optimizer,
+    cfg: PPOConfig,
+    obs: Tensor,
+    actions: Tensor,
+    old_log_probs: Tensor,
+    advantages: Tensor,
+    returns: Tensor,
+    old_values: Tensor,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """K epochs of shuffled minibatches over one flattened batch [core 6].
+
+    loss = policy_loss - ent_coef * entropy + vf_coef * value_loss [core 10],
+    global grad-norm clip [core 11], optional approx-KL early stop per epoch.
+    """
+    batch_size = obs.shape[0]
+    minibatch_size = batch_size // cfg.num_minibatches
+    clipfracs, approx_kl, first_ratio_error, epochs_run = [], torch.zeros(()), float("nan"), 0
+    for epoch in range(cfg.update_epochs):
+        permutation = torch.randperm(batch_size, generator=generator, device="cpu").to(obs.device)
+        for start in range(0, batch_size, minibatch_size):
+            mb = permutation[start : start + minibatch_size]
+            _, new_log_prob, entropy, new_value = agent.get_action_and_value(obs[mb], actions[mb])
+            mb_advantages = advantages[mb]
+            if cfg.norm_adv:
+                mb_advantages = masked_whiten(mb_advantages)  # per minibatch [core 7]
+            pg_loss, pg_stats = clipped_policy_loss(new_log_prob, old_log_probs[mb], mb_advantages, cfg.clip_coef)
+            v_loss = clipped_value_loss(
+                new_value, old_values[mb], returns[mb], cfg.clip_coef if cfg.clip_vloss else None
+            )
+            entropy_loss = entropy.mean()
+            loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+
+            approx_kl = pg_stats["approx_kl"]
+            clipfracs.append(pg_stats["clipfrac"])
+            if epoch == 0 and start == 0:
+                # Before any step the new policy IS the old one: a ratio != 1 here
+                # means rollout and training compute log-probs differently.
+                first_ratio_error = float(pg_stats["max_ratio_error"])
+        epochs_run = epoch + 1
+        if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+            break
+    return {
+        "policy_loss": pg_loss.item(),
+        "value_loss": v_loss.item(),
+        "entropy": entropy_loss.item(),
+        "approx_kl": float(approx_kl),
+        "clipfrac": float(torch.stack(clipfracs).mean()),
+        "first_ratio_error": first_ratio_error,
+        "epochs": epochs_run,
+    }
+
+
+# ---------------------------------------------------------------------------------
+# The train loop
+# ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: per-episode returns, the last update's stats, timings."""
+
+    run_dir: str
+    episode_returns: list[float]
+    episode_lengths: list[int]
+    episode_steps: list[int]
+    last_update: dict[str, float]
+    global_step: int
+    wall_time: float
+    agent: Agent = field(repr=False)
+    normalizer: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+
+    @property
+    def sps(self) -> float:
+        return self.global_step / max(self.wall_time, 1e-9)
+
+    def last_returns(self, n: int = 100) -> np.ndarray:
+        return np.asarray(self.episode_returns[-n:], dtype=np.float64)
+
+    def summary(self, cfg: PPOConfig) -> dict:
+        """CleanRL's score (mean return of the last 100 training episodes) and timings."""
+        last = self.last_returns(100)
+        stats = {f"return_{name}": float(fn(last)) if last.size else None
+                 for name, fn in (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))}
+        return {"env_id": cfg.env_id, "seed": cfg.seed, "global_step": self.global_step, "episodes": len(self.episode_returns),
+                "last_episodes": int(last.size), **stats, "wall_time": self.wall_time, "sps": self.sps}
+
+
+def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+
+
+def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
+    """Adam with epsilon 1e-5 instead of torch's 1e-8, as in the PPO paper's code [core 3].
+
+    fused: one kernel for all parameters instead of a Python loop over them (same math).
+    """
+    return torch.optim.Adam(agent.parameters(), lr=learning_rate, eps=1e-5, fused=True)
+
+
+def make_envs(cfg: PPOConfig) -> gym.vector.VectorEnv:
+    """The vector env with the continuous wrapper stack the config asks for."""
+    return make_vector_env(
+        cfg.env_id,
+        cfg.num_envs,
+        gamma=cfg.gamma,
+        clip_actions=cfg.clip_actions,
+        normalize_obs=cfg.normalize_obs,
+        obs_clip=cfg.obs_clip,
+        normalize_reward=cfg.normalize_reward,
+        reward_clip=cfg.reward_clip,
+        vectorization=cfg.vectorization,
+    )
+
+
+def train(cfg: PPOConfig, run_name: str | None = None, progress: bool = True, log: bool = True) -> TrainResult:
+    """Train a PPO agent; returns a TrainResult.  Writes to <run_dir>/<run_name> when ``log``."""
+    cfg.validate()
+    seed_everything(cfg.seed, cfg.torch_deterministic)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    device = resolve_device(cfg.device)
+
+    envs = make_envs(cfg)
+    envs.action_space.seed(cfg.seed)
+    agent = Agent(envs.single_observation_space, envs.single_action_space, cfg.hidden_size, cfg.shared_network).to(device)
+    optimizer = make_optimizer(agent, cfg.learning_rate)
+    shuffle_generator = torch.Generator().manual_seed(cfg.seed)
+
+    if run_name is None:
+        run_name = f"{cfg.env_id.replace('/', '_')}__{cfg.exp_name}__{cfg.seed}__{int(time.time())}"
+    logger = RunLogger(os.path.join(cfg.run_dir, run_name), cfg.to_dict(), enabled=log, progress=progress, total=cfg.num_iterations * cfg.batch_size)
+
+    rollout = Rollout.allocate(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape, agent, device)
+    episode_returns, episode_lengths, episode_steps = [], [], []
+    global_step = 0
+    start_time = time.time()
+    next_obs_np, _ = envs.reset(seed=cfg.seed)
+    next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
+    stats: dict[str, float] = {}
+
+    try:
+        for iteration in range(1, cfg.num_iterations + 1):
+            if cfg.anneal_lr:  # [core 4]
+                optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / cfg.num_iterations) * cfg.learning_rate
+
+            for step in range(cfg.num_steps):
+                global_step += cfg.num_envs
+                rollout.obs[step] = next_obs
+                with torch.inference_mode():
+                    action, log_prob, _, value = agent.get_action_and_value(next_obs)
+                rollout.actions[step] = action
+                rollout.log_probs[step] = log_prob
+                rollout.values[step] = value
+
+                # The env clips Box actions; the unclipped sample is what was stored [cont 5].
+                next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+                reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                if cfg.bootstrap_truncation:
+                    # A time limit is not a terminal state: the return goes on past it,
+                    # so fold gamma * V(last obs) into the reward and end the GAE trace.
+                    truncated_only = np.flatnonzero(truncations & ~terminations)
+                    if truncated_only.size:
+                        final_obs = np.stack([infos["final_obs"][i] for i in truncated_only])
+                        with torch.inference_mode():
+                            final_value = agent.get_value(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
+                        reward[truncated_only] += cfg.gamma * final_value
+                rollout.rewards[step] = reward
+                rollout.dones[step] = torch.as_tensor(terminations | truncations, dtype=torch.float32, device=device)
+                next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
+
+                if "_episode" in infos:
+                    for i in np.flatnonzero(infos["_episode"]):
+                        episode_returns.append(float(infos["episode"]["r"][i]))
+                        episode_lengths.append(int(infos["episode"]["l"][i]))
+                        episode_steps.append(global_step)
+                        logger.episode(global_step, episode_returns[-1], episode_lengths[-1])
+
+            with torch.inference_mode():
+                next_value = agent.get_value(next_obs)
+            advantages, returns = gae(
+                rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda
+            )
+
+            flat_values = rollout.values.reshape(-1)
+            flat_returns = returns.reshape(-1)
+            stats = ppo_update(
+                agent,
+                optimizer,
+                cfg,
+                rollout.obs.reshape(-1, *envs.single_observation_space.shape),
+                rollout.actions.reshape(cfg.batch_size, *rollout.actions.shape[2:]),
+                rollout.log_probs.reshape(-1),
+                advantages.reshape(-1),
+                flat_returns,
+                flat_values,
+                shuffle_generator,
+            )
+            stats["explained_variance"] = explained_variance(flat_values, flat_returns)
+            stats["learning_rate"] = optimizer.param_groups[0]["lr"]
+            stats["SPS"] = global_step / (time.time() - start_time)
+            if iteration % cfg.log_interval == 0 or iteration == cfg.num_iterations:
+                logger.update(global_step, iteration, stats)
+            logger.advance(global_step, cfg.batch_size, stats["SPS"], episode_returns)
+    finally:
+        wall_time = time.time() - start_time
+        normalizer = normalizer_state(envs)
+        envs.close()
+        logger.close()
+
+    result = TrainResult(
+        run_dir=logger.run_dir,
+        episode_returns=episode_returns,
+        episode_lengths=episode_lengths,
+        episode_steps=episode_steps,
+        last_update=stats,
+        global_step=global_step,
+        wall_time=wall_time,
+        agent=agent,
+        normalizer=normalizer,
+    )
+    logger.summary(result.summary(cfg))  # written last: its presence marks a finished run
+    return result

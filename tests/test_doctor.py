@@ -1,0 +1,48 @@
+"""The probe suite: every probe is solved, and a broken agent is caught by the right probe."""
+
+import pytest
+
+import rlkit.ppo
+from rlkit.doctor import print_report, run_probe, run_probe_suite
+
+
+def test_every_probe_is_solved(capsys):
+    results = run_probe_suite(seed=1)
+    assert len(results) == 10
+    assert print_report(results) == 0, capsys.readouterr().out
+    assert all(r.passed for r in results)
+
+
+def test_shared_network_agent_solves_the_policy_probes():
+    for continuous in (False, True):
+        assert run_probe("ObsAndActionDependentReward", continuous, shared_network=True).passed
+
+
+def test_a_discounting_bug_is_caught_by_the_two_step_probe(monkeypatch, capsys):
+    real_gae = rlkit.ppo.gae
+
+    def gae_ignoring_gamma(rewards, values, dones, next_value, gamma, gae_lambda):
+        return real_gae(rewards, values, dones, next_value, 1.0, gae_lambda)
+
+    monkeypatch.setattr(rlkit.ppo, "gae", gae_ignoring_gamma)
+    assert run_probe("ConstantReward", False).passed  # one-step probes cannot see it
+    broken = run_probe("TwoStepDiscounted", False)
+    assert not broken.passed
+    assert print_report([broken]) == 1
+    assert "discounting" in capsys.readouterr().out
+
+
+def test_a_sign_flipped_policy_gradient_is_caught_by_the_action_probe(monkeypatch):
+    real_loss = rlkit.ppo.clipped_policy_loss
+
+    def flipped(new_log_prob, old_log_prob, advantages, clip_coef, mask=None):
+        return real_loss(new_log_prob, old_log_prob, -advantages, clip_coef, mask)
+
+    monkeypatch.setattr(rlkit.ppo, "clipped_policy_loss", flipped)
+    assert run_probe("ConstantReward", False).passed
+    assert not run_probe("ActionDependentReward", False).passed
+
+
+def test_unknown_probe_name_is_refused():
+    with pytest.raises(ValueError, match="unknown probe"):
+        run_probe_suite(only=["NoSuchProbe"])

@@ -1,0 +1,198 @@
+"""The agent's initialisation, the update loop's invariants, and the train loop's env handling."""
+
+import copy
+import math
+from dataclasses import replace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from rlkit.envs import make_vector_env
+from rlkit.ppo import Agent, PPOConfig, make_optimizer, ppo_update, train
+
+BOX = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
+QUICK = PPOConfig(
+    env_id="CartPole-v1", total_timesteps=1024, num_envs=4, num_steps=64, num_minibatches=4, update_epochs=2,
+    normalize_obs=False, normalize_reward=False, device="cpu",
+)
+
+
+def _singular_values(layer):
+    return torch.linalg.svdvals(layer.weight.detach())
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_orthogonal_init_gains_and_zero_bias(shared):
+    torch.manual_seed(0)
+    agent = Agent(BOX, gym.spaces.Discrete(4), hidden_size=64, shared=shared)
+    linears = [m for m in agent.modules() if isinstance(m, torch.nn.Linear)]
+    for layer in linears:
+        assert torch.all(layer.bias == 0)
+    heads = (agent.actor_head, agent.critic_head) if shared else (agent.actor[-1], agent.critic[-1])
+    torch.testing.assert_close(_singular_values(heads[0]), torch.full((4,), 0.01), atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(_singular_values(heads[1]), torch.ones(1), atol=1e-6, rtol=1e-4)
+    hidden = [layer for layer in linears if layer not in heads]
+    assert len(hidden) == (2 if shared else 4)
+    for layer in hidden:
+        sv = _singular_values(layer)
+        torch.testing.assert_close(sv, torch.full_like(sv, math.sqrt(2)), atol=1e-5, rtol=1e-4)
+
+
+def test_continuous_policy_log_std_starts_at_zero_and_is_state_independent():
+    agent = Agent(BOX, gym.spaces.Box(-2, 2, shape=(2,)), hidden_size=16)
+    assert torch.all(agent.actor_logstd == 0)
+    obs = torch.randn(5, 3)
+    _, _, entropy, _ = agent.get_action_and_value(obs)
+    # Normal(., 1) entropy per dim is 0.5 * log(2 pi e), the same for every state
+    torch.testing.assert_close(entropy, torch.full((5,), 2 * 0.5 * math.log(2 * math.pi * math.e)))
+
+
+def test_fresh_discrete_agent_entropy_is_near_maximum():
+    torch.manual_seed(0)
+    agent = Agent(BOX, gym.spaces.Discrete(6), hidden_size=64)
+    _, _, entropy, _ = agent.get_action_and_value(torch.randn(256, 3) * 3)
+    assert entropy.min().item() > 0.999 * math.log(6)
+
+
+def test_continuous_log_prob_matches_torch_normal():
+    torch.manual_seed(0)
+    agent = Agent(BOX, gym.spaces.Box(-2, 2, shape=(2,)), hidden_size=16)
+    with torch.no_grad():
+        agent.actor_logstd.fill_(-0.3)
+    obs = torch.randn(7, 3)
+    action, log_prob, entropy, _ = agent.get_action_and_value(obs)
+    mean, _ = agent(obs)
+    dist = torch.distributions.Normal(mean, torch.full_like(mean, math.exp(-0.3)))
+    torch.testing.assert_close(log_prob, dist.log_prob(action).sum(-1))
+    torch.testing.assert_close(entropy, dist.entropy().sum(-1))
+
+
+def test_unsupported_spaces_are_refused_with_the_supported_ones_named():
+    with pytest.raises(ValueError, match="Discrete or 1-d Box"):
+        Agent(BOX, gym.spaces.MultiBinary(3))
+    with pytest.raises(ValueError, match="FlattenObservation"):
+        Agent(gym.spaces.Dict({"a": BOX}), gym.spaces.Discrete(2))
+
+
+def test_adam_epsilon_is_1e_5():
+    agent = Agent(BOX, gym.spaces.Discrete(2), hidden_size=8)
+    optimizer = make_optimizer(agent, 3e-4)
+    assert optimizer.param_groups[0]["eps"] == 1e-5 and optimizer.param_groups[0]["lr"] == 3e-4
+
+
+def _fresh_batch(cfg, seed=0):
+    """A rollout-shaped batch from a fresh agent, with its log-probs from inference."""
+    torch.manual_seed(seed)
+    agent = Agent(BOX, gym.spaces.Discrete(3), hidden_size=16)
+    obs = torch.randn(cfg.batch_size, 3)
+    with torch.inference_mode():
+        actions, log_probs, _, values = agent.get_action_and_value(obs)
+    advantages = torch.randn(cfg.batch_size)
+    returns = values + advantages
+    return agent, obs, actions.clone(), log_probs.clone(), advantages, returns, values.clone()
+
+
+def test_first_minibatch_ratio_is_one_and_approx_kl_zero():
+    cfg = replace(QUICK).validate()
+    agent, obs, actions, log_probs, adv, ret, val = _fresh_batch(cfg)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3, eps=1e-5)
+    stats = ppo_update(agent, optimizer, cfg, obs, actions, log_probs, adv, ret, val, torch.Generator().manual_seed(0))
+    assert stats["first_ratio_error"] < 1e-6
+    # and in the full train loop, on a continuous env with normalisation on
+    result = train(replace(QUICK, env_id="Pendulum-v1", normalize_obs=True, normalize_reward=True), log=False, progress=False)
+    assert result.last_update["first_ratio_error"] < 1e-5
+    assert result.last_update["approx_kl"] >= 0
+
+
+def test_advantages_are_normalised_per_minibatch():
+    cfg = replace(QUICK, num_minibatches=2, update_epochs=1).validate()
+    agent, obs, actions, log_probs, adv, ret, val = _fresh_batch(cfg)
+    permutation = torch.randperm(cfg.batch_size, generator=torch.Generator().manual_seed(7))
+    first_minibatch = permutation[: cfg.minibatch_size]
+    shifted = adv.clone()
+    shifted[first_minibatch] = shifted[first_minibatch] * 10.0 + 3.0  # affine change of one minibatch only
+
+    def update(advantages, norm_adv):
+        a = copy.deepcopy(agent)
+        opt = torch.optim.Adam(a.parameters(), lr=1e-2, eps=1e-5)
+        ppo_update(a, opt, replace(cfg, norm_adv=norm_adv, vf_coef=0.0), obs, actions, log_probs, advantages, ret, val,
+                   torch.Generator().manual_seed(7))
+        return torch.cat([p.detach().flatten() for p in a.actor.parameters()])
+
+    # per-minibatch whitening makes the update blind to an affine change of one minibatch
+    torch.testing.assert_close(update(adv, True), update(shifted, True), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(update(adv, False), update(shifted, False), atol=1e-4)
+
+
+def test_target_kl_stops_epochs_early():
+    cfg = replace(QUICK, update_epochs=10, target_kl=1e-9).validate()
+    agent, obs, actions, log_probs, adv, ret, val = _fresh_batch(cfg)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2, eps=1e-5)
+    stats = ppo_update(agent, optimizer, cfg, obs, actions, log_probs, adv, ret, val)
+    assert stats["epochs"] == 1
+    no_stop = replace(cfg, target_kl=None)
+    stats = ppo_update(agent, optimizer, no_stop, obs, actions, log_probs, adv, ret, val)
+    assert stats["epochs"] == 10
+
+
+def test_same_seed_gives_identical_metrics():
+    cfg = replace(QUICK, env_id="Pendulum-v1", normalize_obs=True, normalize_reward=True, total_timesteps=2048)
+    first = train(replace(cfg), log=False, progress=False)
+    second = train(replace(cfg), log=False, progress=False)
+    assert first.episode_returns == second.episode_returns and first.episode_returns
+    drop = {"SPS"}
+    assert {k: v for k, v in first.last_update.items() if k not in drop} == {
+        k: v for k, v in second.last_update.items() if k not in drop
+    }
+    for a, b in zip(first.agent.parameters(), second.agent.parameters()):
+        assert torch.equal(a, b)
+    third = train(replace(cfg, seed=2), log=False, progress=False)
+    assert third.episode_returns != first.episode_returns
+
+
+class _ConstantRewardForever(gym.Env):
+    """Reward 1 every step, never terminates: only a time limit ends episodes."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, dtype=np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, dtype=np.float32), 1.0, False, False, {}
+
+
+gym.register("rlkit-test/ConstantRewardForever-v0", entry_point=_ConstantRewardForever, max_episode_steps=5)
+
+
+@pytest.mark.parametrize("bootstrap, expected", [(True, 2.0), (False, (1 + 1.5 + 1.75 + 1.875 + 1.9375) / 5)])
+def test_truncation_bootstrap_learns_the_infinite_horizon_value(bootstrap, expected):
+    # gamma 0.5: the true value of this never-ending task is 1 / (1 - 0.5) = 2.  A time
+    # limit that is treated as termination (CleanRL) teaches the average over the 5
+    # positions of the truncated return instead, because the obs carries no time.
+    cfg = replace(QUICK, env_id="rlkit-test/ConstantRewardForever-v0", gamma=0.5, total_timesteps=8192,
+                  learning_rate=3e-3, anneal_lr=False, bootstrap_truncation=bootstrap)
+    agent = train(cfg, log=False, progress=False).agent
+    value = agent.get_value(torch.zeros(1, 1)).item()
+    assert value == pytest.approx(expected, abs=0.08)
+
+
+def test_same_step_autoreset_never_trains_on_reset_transitions():
+    # After a sub-env ends, the obs it returns is already the reset obs and the ended
+    # step carries the last real transition; the next stored step starts the new episode.
+    envs = make_vector_env("rlkit/TwoStepDiscounted-Discrete-v0", 2)
+    obs, _ = envs.reset(seed=0)
+    seen = []
+    for _ in range(6):
+        next_obs, reward, terminated, truncated, info = envs.step(np.array([0, 1]))
+        seen.append((obs[:, 0].tolist(), reward.tolist(), terminated.tolist()))
+        obs = next_obs
+    # every stored (obs, reward) pair is (0 -> 0) or (1 -> 1): no (1 -> 0) reset step with reward 0
+    for observations, rewards, dones in seen:
+        for o, r, d in zip(observations, rewards, dones):
+            assert (o, r, d) in [(0.0, 0.0, False), (1.0, 1.0, True)]
+    envs.close()
