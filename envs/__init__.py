@@ -4,7 +4,15 @@ Importing this package registers the probes as ``rlkit/<Name>-{Discrete,Continuo
 Nothing here imports the agent.
 """
 
-from .factory import load_normalizer_state, make_vector_env, normalizer_state, set_normalizer_updates
+from .factory import (
+    env_state,
+    load_env_state,
+    load_normalizer_state,
+    make_vector_env,
+    normalizer_state,
+    set_normalizer_updates,
+    supports_exact_state,
+)
 from .probes import PROBES, probe_id, register_probes
 from .wrappers import NormalizeObservation, NormalizeReward, RunningMeanStd
 
@@ -15,6 +23,9 @@ __all__ = [
     "NormalizeObservation",
     "NormalizeReward",
     "RunningMeanStd",
+    "env_state",
+    "load_env_state",
+    "supports_exact_state",
     "load_normalizer_state",
     "make_vector_env",
     "normalizer_state",

@@ -35,6 +35,7 @@ def make_vector_env(
     reward_clip: float = 10.0,
     vectorization: str = "sync",
     env_kwargs: dict[str, Any] | None = None,
+    sub_env_wrappers: list | None = None,
 ) -> gym.vector.VectorEnv:
     """Build ``num_envs`` copies of ``env_id`` as one same-step-autoreset vector env.
 
@@ -56,6 +57,7 @@ def make_vector_env(
         num_envs=num_envs,
         vectorization_mode=vectorization,
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        wrappers=sub_env_wrappers,
         **(env_kwargs or {}),
     )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
@@ -103,3 +105,86 @@ def set_normalizer_updates(envs: gym.vector.VectorEnv, update: bool) -> None:
     for wrapper in _wrappers(envs):
         if isinstance(wrapper, (NormalizeObservation, NormalizeReward)):
             wrapper.update_stats = update
+
+
+# ---------------------------------------------------------------------------------
+# Exact environment state, for bit-for-bit resume
+# ---------------------------------------------------------------------------------
+
+_NUMBERS = (bool, int, float, str, type(None), np.ndarray, np.generic)
+_HARMLESS = (gym.Space, np.random.Generator, gym.envs.registration.EnvSpec, dict)
+
+
+def _is_simple(value) -> bool:
+    if isinstance(value, (tuple, list)):
+        return all(isinstance(v, (bool, int, float, np.generic)) for v in value)
+    return isinstance(value, _NUMBERS)
+
+
+def _simple_attributes(obj) -> dict[str, Any]:
+    out = {}
+    for key, value in vars(obj).items():
+        if _is_simple(value):
+            out[key] = {"tuple": list(value)} if isinstance(value, tuple) else value
+    return out
+
+
+def _restore_attributes(obj, attributes: dict[str, Any]) -> None:
+    for key, value in attributes.items():
+        if isinstance(value, dict) and set(value) == {"tuple"}:
+            value = tuple(value["tuple"])
+        elif isinstance(value, np.ndarray) and isinstance(getattr(obj, key, None), np.generic):
+            value = value.dtype.type(value)  # a numpy scalar came back as a 0-d array
+        setattr(obj, key, value)
+
+
+def _sub_env_chain(env: gym.Env) -> list:
+    chain = [env]
+    while hasattr(chain[-1], "env"):
+        chain.append(chain[-1].env)
+    return chain
+
+
+def supports_exact_state(envs: gym.vector.VectorEnv) -> bool:
+    """True when every piece of env state is plain data (classic control, the probes):
+    then :func:`env_state` captures it completely.  Simulators holding state in native
+    objects (MuJoCo's MjData) or sub-processes (async vector envs) return False."""
+    base = envs.unwrapped
+    if not isinstance(base, gym.vector.SyncVectorEnv):
+        return False
+    for env in base.envs:
+        for key, value in vars(env.unwrapped).items():
+            if not (_is_simple(value) or isinstance(value, _HARMLESS)):
+                return False
+    return True
+
+
+def env_state(envs: gym.vector.VectorEnv) -> dict[str, Any]:
+    """Everything needed to continue a SyncVectorEnv exactly: each sub-env's plain
+    attributes and RNG, every wrapper's counters, the normalisers' statistics."""
+    if not supports_exact_state(envs):
+        raise ValueError("this environment's state is not plain data; it cannot be saved exactly")
+    vector_wrappers = list(_wrappers(envs))
+    state = {"vector_wrappers": [_simple_attributes(w) for w in vector_wrappers], "sub_envs": []}
+    for env in envs.unwrapped.envs:
+        chain = _sub_env_chain(env)
+        state["sub_envs"].append({
+            "chain": [_simple_attributes(link) for link in chain],
+            "np_random": env.unwrapped.np_random.bit_generator.state,
+        })
+    state["normalizers"] = normalizer_state(envs)
+    return state
+
+
+def load_env_state(envs: gym.vector.VectorEnv, state: dict[str, Any]) -> None:
+    """Restore what :func:`env_state` captured into freshly made, identical envs."""
+    vector_wrappers = list(_wrappers(envs))
+    if len(vector_wrappers) != len(state["vector_wrappers"]) or len(envs.unwrapped.envs) != len(state["sub_envs"]):
+        raise ValueError("the saved environment state is from a different env stack or number of envs")
+    for wrapper, attributes in zip(vector_wrappers, state["vector_wrappers"]):
+        _restore_attributes(wrapper, attributes)
+    for env, saved in zip(envs.unwrapped.envs, state["sub_envs"]):
+        for link, attributes in zip(_sub_env_chain(env), saved["chain"]):
+            _restore_attributes(link, attributes)
+        env.unwrapped.np_random.bit_generator.state = saved["np_random"]
+    load_normalizer_state(envs, state["normalizers"])

@@ -1,20 +1,30 @@
 """Multi-seed launcher: RECIPE x env ids x seeds, one process per run.
 
 Each run is the plain CLI command (``rlkit train RECIPE --seed S ...``) in its own
-process, writing to ``OUT/<env>/seed_<S>/`` with its log beside it.  A run that
-finished has a ``summary.json`` and is skipped on the next launch (resume); a run
-that fails is reported and the others go on.  ``--devices cuda:0 cuda:1`` assigns
-devices round-robin.  ``--backend ray`` hands the same commands to a Ray cluster
-(``RAY_ADDRESS``, or a local Ray started here), so scaling out uses an existing
-engine.
+process, writing to ``OUT/<env>/seed_<S>/`` (``launch.json`` there records the
+command) with its log beside it.  A run that finished has a ``summary.json`` and is
+skipped on the next launch (resume); a ``rlkit train`` run that did not finish
+but wrote a checkpoint continues from it (``rlkit train --resume``); any other
+unfinished run starts again from scratch (its stale folder is removed first:
+``metrics.jsonl`` is appended to, so two attempts would mix); a run that fails is
+reported and the others go on.
+``--devices cuda:0 cuda:1`` assigns devices round-robin.  ``--backend ray`` hands
+the same commands to a Ray cluster (``RAY_ADDRESS``, or a local Ray started here
+with ``--workers`` CPUs), so scaling out uses an existing engine.  On a multi-node
+cluster every node needs rlkit installed and OUT on a shared filesystem (the
+driver checks ``summary.json``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
@@ -22,6 +32,9 @@ from rlkit.config import ConfigError, read_recipe
 
 RECIPE_COMMANDS = {"ppo": "train", "rlhf": "rlhf"}
 """Recipe table -> the rlkit subcommand that runs it."""
+
+LAUNCHER_KEYS = {"seed": "--seeds", "device": "--devices", "run_dir": "--out", "run_name": "--out", "env_id": "--env-ids"}
+"""Keys the launcher sets per run; an override after ``--`` would silently collapse the runs."""
 
 
 @dataclass
@@ -32,28 +45,64 @@ class RunSpec:
     device: str
     run_dir: str
     overrides: list[str]
+    subcommand: str = "train"
+    """rlkit subcommand for the recipe's table (resolved once, at planning time)"""
+    label: str = "task"
+    """env id shown in messages (the recipe's own when no --env-ids were given)"""
+    cwd: str | None = None
+    """working directory of the run (the launcher's), so relative paths in recipes resolve the same"""
 
     @property
     def name(self) -> str:
-        return f"{self.env_id or 'task'}/seed_{self.seed}"
+        return f"{self.label}/seed_{self.seed}"
+
+    @property
+    def log_path(self) -> str:
+        return self.run_dir + ".log"
 
     @property
     def finished(self) -> bool:
         return os.path.isfile(os.path.join(self.run_dir, "summary.json"))
 
-    def command(self) -> list[str]:
-        table, _, _ = read_recipe(self.recipe)
+    @property
+    def resumable(self) -> bool:
+        """An unfinished ``rlkit train`` run with a complete checkpoint (``checkpoints/update_<k>/state.json``)."""
+        folder = os.path.join(self.run_dir, "checkpoints")
+        if self.subcommand != "train" or self.finished or not os.path.isdir(folder):
+            return False
+        return any(n.startswith("update_") and n[7:].isdigit() and os.path.isfile(os.path.join(folder, n, "state.json"))
+                   for n in os.listdir(folder))
+
+    def command(self, resume: bool = False) -> list[str]:
+        """The argv of the run; ``sys.executable`` is evaluated where the run starts (a Ray worker, say).
+
+        ``resume``: continue from the run's latest checkpoint (``rlkit train --resume``, its saved config).
+        """
+        if resume:
+            return [sys.executable, "-m", "rlkit.cli", "train", "--resume", self.run_dir, "--no-progress"]
         parent, name = os.path.split(self.run_dir)
-        command = [sys.executable, "-m", "rlkit.cli", RECIPE_COMMANDS[table], self.recipe, "--seed", str(self.seed),
+        command = [sys.executable, "-m", "rlkit.cli", self.subcommand, self.recipe, "--seed", str(self.seed),
                    "--device", self.device, "--run_dir", parent, "--run-name", name, "--no-progress"]
         if self.env_id is not None:
             command += ["--env_id", self.env_id]
         return command + self.overrides
 
 
+def _check_overrides(overrides: list[str]) -> None:
+    for token in overrides:
+        if token.startswith("--"):
+            key = token[2:].split("=", 1)[0].replace("-", "_")
+            if key in LAUNCHER_KEYS:
+                raise ConfigError(f"--{key} is set per run by the launcher; use {LAUNCHER_KEYS[key]} instead")
+
+
+def _unique(items):
+    return list(dict.fromkeys(items))
+
+
 def plan_runs(recipe: str, env_ids: list[str] | None, seeds: list[int], devices: list[str], out: str,
               overrides: list[str] | None = None) -> list[RunSpec]:
-    """Every (env, seed) run, devices assigned round-robin."""
+    """Every (env, seed) run, devices assigned round-robin.  Paths are made absolute here."""
     table, values, source = read_recipe(recipe)
     if table not in RECIPE_COMMANDS:
         raise ConfigError(f"{source}: no launcher for recipe table [{table}]")
@@ -61,48 +110,98 @@ def plan_runs(recipe: str, env_ids: list[str] | None, seeds: list[int], devices:
         raise ConfigError(f"{source}: this recipe has no env_id, so --env-ids does not apply")
     if not seeds:
         raise ConfigError("give at least one seed")
-    envs = env_ids or [values.get("env_id")]
+    if not devices:
+        raise ConfigError("give at least one device")
+    overrides = list(overrides or [])
+    _check_overrides(overrides)
+    if recipe.endswith(".toml") or os.sep in recipe:
+        recipe = os.path.abspath(recipe)  # the run may start in another directory (Ray)
+    out, cwd = os.path.abspath(out), os.getcwd()
+    envs = _unique(env_ids) if env_ids else [values.get("env_id")]
     runs = []
     for env_id in envs:
-        for seed in seeds:
+        label = env_id or values.get("task") or "task"
+        for seed in _unique(seeds):
             device = devices[len(runs) % len(devices)]
-            folder = os.path.join(out, (env_id or "task").replace("/", "_"), f"seed_{seed}")
-            runs.append(RunSpec(recipe, env_id if env_ids else None, seed, device, folder, list(overrides or [])))
+            folder = os.path.join(out, label.replace("/", "_"), f"seed_{seed}")
+            runs.append(RunSpec(recipe, env_id if env_ids else None, seed, device, folder, list(overrides),
+                                subcommand=RECIPE_COMMANDS[table], label=label, cwd=cwd))
     return runs
 
 
 def _run_local(spec: RunSpec) -> tuple[RunSpec, int, float]:
-    os.makedirs(spec.run_dir, exist_ok=True)
+    """Run one spec in a child process; never raises (a launcher error is exit code -1 and goes to the log)."""
     start = time.time()
-    with open(spec.run_dir + ".log", "w") as log:
-        code = subprocess.run(spec.command(), stdout=log, stderr=subprocess.STDOUT).returncode
+    try:
+        resume = spec.resumable
+        if os.path.isdir(spec.run_dir) and not spec.finished and not resume:
+            shutil.rmtree(spec.run_dir)  # an earlier attempt died before a checkpoint: start clean (metrics.jsonl appends)
+        os.makedirs(spec.run_dir, exist_ok=True)
+        command = spec.command(resume)
+        with open(os.path.join(spec.run_dir, "launch.json"), "w") as f:  # names the run even if it dies at once
+            json.dump({"env_id": spec.label, "seed": spec.seed, "device": spec.device, "command": command}, f, indent=2)
+        with open(spec.log_path, "a" if resume else "w") as log:
+            log.write(f"{'resuming from the latest checkpoint: ' if resume else ''}{' '.join(command)}\n\n")
+            log.flush()
+            cwd = spec.cwd if spec.cwd and os.path.isdir(spec.cwd) else None
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd).returncode
+    except Exception:  # noqa: BLE001 - one broken run must not stop the others
+        code = -1
+        try:
+            with open(spec.log_path, "a") as log:
+                log.write(f"\nrlkit bench: could not run {spec.name}:\n{traceback.format_exc()}")
+        except OSError:
+            pass
     return spec, code, time.time() - start
 
 
-def _run_ray(specs: list[RunSpec], on_done) -> None:
+def _run_ray(specs: list[RunSpec], on_done, workers: int = 1) -> None:
+    """Submit every spec as a Ray task (1 CPU, 1 GPU for cuda runs); results arrive as they finish.
+
+    With RAY_ADDRESS set (or Ray already initialised in this process) the runs go to that
+    cluster; otherwise a local Ray is started with ``workers`` CPUs and shut down afterwards.
+    Inside a task Ray sets CUDA_VISIBLE_DEVICES to the GPU it granted, so a cuda run gets
+    device "cuda" there (Ray, not the round-robin, picks the GPU).
+    """
     import ray
 
-    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=False)
-
-    @ray.remote
-    def remote_run(spec: RunSpec) -> tuple[RunSpec, int, float]:
-        return _run_local(spec)
-
-    pending = {}
-    for spec in specs:
-        gpus = 1 if spec.device.startswith("cuda") else 0
-        pending[remote_run.options(num_gpus=gpus, num_cpus=1).remote(spec)] = spec
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            pending.pop(ref)
-            on_done(*ray.get(ref))
+    started_here = False
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
+        started_here = True
+    try:
+        remote_run = ray.remote(_run_local)
+        pending = {}
+        for spec in specs:
+            on_gpu = spec.device.startswith("cuda")
+            task_spec = dataclasses.replace(spec, device="cuda") if on_gpu else spec
+            ref = remote_run.options(num_cpus=1, num_gpus=1 if on_gpu else 0).remote(task_spec)
+            pending[ref] = spec
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                spec = pending.pop(ref)
+                try:
+                    _, code, seconds = ray.get(ref)
+                except Exception as error:  # noqa: BLE001 - a lost worker fails this run, not the launch
+                    print(f"rlkit bench: Ray task for {spec.name} failed: {error}", file=sys.stderr)
+                    code, seconds = -1, 0.0
+                on_done(spec, code, seconds)
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def launch(runs: list[RunSpec], workers: int = 1, backend: str = "local", progress: bool = True) -> dict[str, list[RunSpec]]:
     """Run what is not finished yet; returns {"skipped", "finished", "failed"} lists."""
     from tqdm.auto import tqdm
 
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"backend must be local or ray, got {backend!r}")
     todo = [r for r in runs if not r.finished]
     outcome: dict[str, list[RunSpec]] = {"skipped": [r for r in runs if r.finished], "finished": [], "failed": []}
     bar = tqdm(total=len(todo), unit="run", disable=not progress)
@@ -110,16 +209,17 @@ def launch(runs: list[RunSpec], workers: int = 1, backend: str = "local", progre
     def on_done(spec: RunSpec, code: int, seconds: float) -> None:
         ok = code == 0 and spec.finished
         outcome["finished" if ok else "failed"].append(spec)
-        bar.write(f"{'done  ' if ok else 'FAILED'} {spec.name} ({seconds:.0f} s){'' if ok else f'  exit {code}, log: {spec.run_dir}.log'}")
+        bar.write(f"{'done  ' if ok else 'FAILED'} {spec.name} ({seconds:.0f} s)"
+                  f"{'' if ok else f'  exit {code}, log: {spec.log_path}'}")
         bar.update(1)
 
-    if backend == "ray":
-        _run_ray(todo, on_done)
-    elif backend == "local":
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for future in as_completed([pool.submit(_run_local, spec) for spec in todo]):
-                on_done(*future.result())
-    else:
-        raise ConfigError(f"backend must be local or ray, got {backend!r}")
-    bar.close()
+    try:
+        if backend == "ray" and todo:  # (nothing to do: no Ray to start)
+            _run_ray(todo, on_done, workers)
+        elif todo:
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                for future in as_completed([pool.submit(_run_local, spec) for spec in todo]):
+                    on_done(*future.result())
+    finally:
+        bar.close()
     return outcome

@@ -8,15 +8,27 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
-from rlkit.config import ConfigError, available_recipes, config_from_dict, field_docs, read_recipe, settable_fields
+from rlkit.checkpoint import CheckpointError
+from rlkit.config import (
+    ConfigError,
+    add_config_arguments,
+    available_recipes,
+    config_from_dict,
+    parse_overrides,
+    read_recipe,
+)
+from rlkit.ppo import NonFiniteError
 
 CONFIG_TABLES = {"ppo": ("rlkit.ppo", "PPOConfig")}
 
 
 def _config_class(table: str, source: str):
+    if table == "rlhf":
+        raise ConfigError(f"{source} is an RLHF recipe: run it with `rlkit rlhf`")
     if table not in CONFIG_TABLES:
         raise ConfigError(f"{source}: unknown recipe table [{table}]; known: {', '.join(f'[{t}]' for t in CONFIG_TABLES)}")
     module_name, class_name = CONFIG_TABLES[table]
@@ -25,20 +37,20 @@ def _config_class(table: str, source: str):
 
 
 def _override_parser(prog: str, cls, defaults: dict, description: str) -> argparse.ArgumentParser:
-    """--key value for every settable field, help = the field's docstring (+ its value)."""
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    docs = field_docs(cls)
-    group = parser.add_argument_group("recipe keys (each overrides the recipe)")
-    for name, f in settable_fields(cls).items():
-        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        group.add_argument(*flags, dest=name, metavar="VALUE", default=None,
-                           help=f"{docs.get(name, '')} (recipe: {defaults.get(name, f.default)!r})")
+    add_config_arguments(parser, cls, defaults)
     parser.add_argument("--run-name", default=None, help="name of the run folder (default: env__exp__seed__time)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return parser
 
 
 def cmd_train(argv: list[str]) -> int:
+    if argv and argv[0] == "--resume":
+        parser = argparse.ArgumentParser(prog="rlkit train --resume", description="Continue a run from its latest checkpoint.")
+        parser.add_argument("--resume", required=True, metavar="RUN_DIR", help="run folder (or a checkpoint folder in it)")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        args = parser.parse_args(argv)
+        return _run_ppo(None, None, progress=not args.no_progress, resume=args.resume)
     if not argv or argv[0].startswith("-"):
         if argv and argv[0] in ("-h", "--help"):
             from rlkit.ppo import PPOConfig
@@ -53,32 +65,35 @@ def cmd_train(argv: list[str]) -> int:
     table, values, source = read_recipe(recipe)
     cls = _config_class(table, source)
     parser = _override_parser(f"rlkit train {recipe}", cls, values, f"Train with recipe {recipe}; every key can be overridden.")
-    args, unknown = parser.parse_known_args(rest)
-    if unknown:
-        key = unknown[0].lstrip("-").split("=")[0].replace("-", "_")
-        from rlkit.config import unknown_key_error
-
-        raise unknown_key_error(key, list(settable_fields(cls)), "command line")
-    overrides = {k: v for k, v in vars(args).items() if k in settable_fields(cls) and v is not None}
+    args, overrides = parse_overrides(parser, cls, rest)
     config = config_from_dict(cls, {**values, **overrides}, source=f"{source} + command line")
     return _run_ppo(config, args.run_name, progress=not args.no_progress)
 
 
-def _run_ppo(config, run_name: str | None, progress: bool) -> int:
+def _run_ppo(config, run_name: str | None, progress: bool, resume: str | None = None) -> int:
+    import signal
+
     import numpy as np
 
     from rlkit.ppo import train
 
-    result = train(config, run_name=run_name, progress=progress)
+    result = train(config, run_name=run_name, progress=progress, resume=resume)
     last = result.last_returns(100)
     print()
-    print(f"trained {config.env_id} for {result.global_step:,} steps in {result.wall_time:.1f} s ({result.sps:,.0f} SPS)")
+    if result.interrupted is not None:
+        name = signal.Signals(result.interrupted).name
+        print(f"stopped by {name} after {result.global_step:,} steps; checkpoint: {result.checkpoint}")
+        print(f"resume with: rlkit train --resume {result.run_dir}")
+        return 128 + result.interrupted
+    env_id = config.env_id if config is not None else json.load(open(os.path.join(result.run_dir, "config.json")))["env_id"]
+    print(f"trained {env_id} for {result.global_step:,} steps in {result.wall_time:.1f} s ({result.sps:,.0f} SPS)")
     if last.size:
         print(f"return over the last {last.size} episodes: mean {last.mean():.2f}  std {last.std():.2f}  "
               f"min {last.min():.2f}  max {last.max():.2f}")
     else:
         print("no episode finished during training")
-    print(f"outputs: {result.run_dir}  (config.json, metrics.jsonl, TensorBoard events)")
+    print(f"outputs: {result.run_dir}  (config.json, metrics.jsonl, summary.json, checkpoints/, TensorBoard events)")
+    print(f"  rlkit eval {result.run_dir} --episodes 10")
     print(f"  tensorboard --logdir {result.run_dir}")
     return 0 if np.all(np.isfinite(last)) else 1
 
@@ -105,6 +120,48 @@ def cmd_recipes(argv: list[str]) -> int:
         target = values.get("env_id") or values.get("task") or ""
         steps = values.get("total_timesteps")
         print(f"{name:20s} [{table}] {target} {f'{steps:,} steps' if steps else ''}")
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rlkit eval", description="Evaluate a trained agent with its saved "
+                                     "observation-normaliser statistics (frozen).")
+    parser.add_argument("checkpoint", help="run folder, checkpoint folder, or export folder")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
+    parser.add_argument("--deterministic", action="store_true", help="mean action / argmax instead of sampling")
+    parser.add_argument("--video", metavar="DIR", default=None, help="record every episode to DIR (needs moviepy)")
+    parser.add_argument("--seed", type=int, default=10_000, help="seed of the evaluation episodes")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:i or auto")
+    parser.add_argument("--env-id", default=None, help="evaluate on another env with the same spaces")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    from rlkit.evaluate import evaluate
+
+    result = evaluate(args.checkpoint, args.episodes, args.deterministic, args.video, args.seed, args.device, args.env_id)
+    print(f"{result['env_id']}: {args.episodes} episodes ({'deterministic' if args.deterministic else 'stochastic'}): "
+          f"mean {result['mean']:.2f}  std {result['std']:.2f}  min {result['min']:.2f}  max {result['max']:.2f}")
+    if args.video:
+        print(f"videos: {os.path.abspath(args.video)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"results: {os.path.abspath(args.json)}")
+    return 0
+
+
+def cmd_export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="rlkit export", description="Write a self-contained agent folder: config.json, "
+                                     "model.safetensors, normalizer.json and a README model card with evaluation numbers.")
+    parser.add_argument("checkpoint", help="run folder or checkpoint folder")
+    parser.add_argument("out", help="folder to write")
+    parser.add_argument("--episodes", type=int, default=10, help="evaluation episodes for the model card")
+    parser.add_argument("--stochastic", action="store_true", help="evaluate the sampling policy instead of the mean/argmax")
+    args = parser.parse_args(argv)
+    from rlkit.evaluate import export
+
+    result = export(args.checkpoint, args.out, args.episodes, deterministic=not args.stochastic)
+    print(f"exported to {os.path.abspath(args.out)} (config.json, model.safetensors, normalizer.json, README.md)")
+    print(f"evaluation: {result['episodes']} episodes, mean {result['mean']:.2f} +- {result['std']:.2f}")
     return 0
 
 
@@ -139,10 +196,26 @@ def cmd_bench(argv: list[str]) -> int:
     return 1 if outcome["failed"] else 0
 
 
+def cmd_reward_model(argv: list[str]) -> int:
+    from rlkit.rlhf.cli import cmd_reward
+
+    return cmd_reward(argv)
+
+
+def cmd_rlhf(argv: list[str]) -> int:
+    from rlkit.rlhf.cli import cmd_rlhf as run_rlhf
+
+    return run_rlhf(argv)
+
+
 COMMANDS = {
     "train": (cmd_train, "train PPO from a recipe: rlkit train RECIPE [--key value ...]"),
     "doctor": (cmd_doctor, "run the probe suite and report which probe fails"),
     "recipes": (cmd_recipes, "list the shipped recipes"),
+    "eval": (cmd_eval, "evaluate a run, checkpoint or export: rlkit eval PATH --episodes N [--deterministic] [--video DIR]"),
+    "export": (cmd_export, "write a self-contained agent folder with a model card: rlkit export CHECKPOINT OUT"),
+    "reward-model": (cmd_reward_model, "train the RLHF proxy reward model: rlkit reward-model [RECIPE] [--key value ...]"),
+    "rlhf": (cmd_rlhf, "PPO on a language model: rlkit rlhf RECIPE [--key value ...]"),
     "bench": (cmd_bench, "run a recipe over env ids x seeds in parallel processes (resumable)"),
 }
 
@@ -159,9 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     command, _ = COMMANDS[argv[0]]
     try:
         return command(argv[1:])
-    except ConfigError as error:
+    except (ConfigError, CheckpointError) as error:
         print(f"rlkit: {error}", file=sys.stderr)
         return 2
+    except NonFiniteError as error:
+        print(f"rlkit: training stopped: {error}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("\nrlkit: interrupted", file=sys.stderr)
         return 130

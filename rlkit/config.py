@@ -9,6 +9,7 @@ dataclass is the single place a hyperparameter is documented.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import difflib
@@ -182,3 +183,27 @@ def read_recipe(name_or_path: str) -> tuple[str, dict[str, Any], str]:
     if len(tables) != 1:
         raise ConfigError(f"{source}: a recipe has exactly one table such as [ppo]; found {tables or 'none'}")
     return tables[0], data[tables[0]], source
+
+
+# ---------------------------------------------------------------------------------
+# Command-line overrides
+# ---------------------------------------------------------------------------------
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: dict[str, Any]) -> None:
+    """--key VALUE (and --key-with-dashes) for every settable field; help = the field's doc + recipe value."""
+    docs = field_docs(cls)
+    group = parser.add_argument_group("recipe keys (each overrides the recipe)")
+    for name, f in settable_fields(cls).items():
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        text = f"{docs.get(name, '')} (recipe: {defaults.get(name, f.default)!r})"
+        group.add_argument(*flags, dest=name, metavar="VALUE", default=None, help=text.replace("%", "%%"))
+
+
+def parse_overrides(parser: argparse.ArgumentParser, cls: type, argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+    """(all parsed args, the config keys given); an unknown flag is a ConfigError naming the closest key."""
+    args, unknown = parser.parse_known_args(argv)
+    valid = list(settable_fields(cls))
+    if unknown:
+        raise unknown_key_error(unknown[0].lstrip("-").split("=")[0].replace("-", "_"), valid, "command line")
+    return args, {k: v for k, v in vars(args).items() if k in valid and v is not None}

@@ -39,7 +39,8 @@ def _jsonable(value):
 class RunLogger:
     """Writes one run's outputs into ``run_dir``; with ``enabled=False`` only the progress bar."""
 
-    def __init__(self, run_dir: str, config: dict, enabled: bool = True, progress: bool = True, total: int | None = None):
+    def __init__(self, run_dir: str, config: dict, enabled: bool = True, progress: bool = True, total: int | None = None,
+                 resume_metrics_at: int | None = None):
         self.run_dir = os.path.abspath(run_dir)
         self.enabled = enabled
         self.writer = None
@@ -48,7 +49,12 @@ class RunLogger:
             os.makedirs(self.run_dir, exist_ok=True)
             with open(os.path.join(self.run_dir, "config.json"), "w") as f:
                 json.dump(config, f, indent=2)
-            self.metrics_file = open(os.path.join(self.run_dir, "metrics.jsonl"), "a", buffering=1)
+            path = os.path.join(self.run_dir, "metrics.jsonl")
+            if resume_metrics_at is not None and os.path.exists(path):
+                # Lines written after the checkpoint belong to the abandoned attempt.
+                with open(path, "r+") as f:
+                    f.truncate(resume_metrics_at)
+            self.metrics_file = open(path, "a", buffering=1)
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(self.run_dir)
@@ -78,7 +84,19 @@ class RunLogger:
         if self.writer is not None:
             self.writer.add_scalar(name, value, global_step)
 
-    def advance(self, global_step: int, steps: int, sps: float, returns=None) -> None:
+    def metrics_offset(self) -> int:
+        """Bytes of metrics.jsonl written so far (a checkpoint stores it to cut the file on resume)."""
+        if self.metrics_file is None:
+            return 0
+        self.metrics_file.flush()
+        return self.metrics_file.tell()
+
+    def note(self, text: str) -> None:
+        """A line for the console and the metrics file (e.g. how a resume went)."""
+        self.bar.write(f"rlkit: {text}")
+        self._write({"kind": "note", "text": text})
+
+    def advance(self, global_step: int, steps: int, sps: float) -> None:
         postfix = {"SPS": f"{sps:.0f}"}
         if self.recent_returns:
             postfix["return"] = f"{sum(self.recent_returns) / len(self.recent_returns):.1f}"

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -27,7 +29,22 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from rlkit.envs import make_vector_env, normalizer_state
+from rlkit.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from rlkit.envs import (
+    env_state,
+    load_env_state,
+    load_normalizer_state,
+    make_vector_env,
+    normalizer_state,
+    supports_exact_state,
+)
 from rlkit.logger import RunLogger
 
 # ---------------------------------------------------------------------------------
@@ -105,6 +122,10 @@ class PPOConfig:
     """name of the run; the run folder is <run_dir>/<env>__<exp_name>__<seed>__<time>"""
     log_interval: int = 1
     """write update metrics every this many updates"""
+    checkpoint_interval: int = 10
+    """write a checkpoint every this many updates (0: only at the end and on SIGINT/SIGTERM)"""
+    keep_checkpoints: int = 3
+    """how many of the newest checkpoints to keep"""
 
     # Derived at validation time, never set by the user.
     batch_size: int = field(default=0, init=False)
@@ -113,7 +134,12 @@ class PPOConfig:
 
     def validate(self) -> PPOConfig:
         """Check ranges and fill the derived sizes; errors name the key."""
-        positive = ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden_size", "log_interval"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be finite, got {value}")
+        positive = ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden_size",
+                    "log_interval", "keep_checkpoints"]
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
@@ -123,7 +149,7 @@ class PPOConfig:
         for key in ["gamma", "gae_lambda"]:
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
-        for key in ["ent_coef", "vf_coef", "torch_threads"]:
+        for key in ["ent_coef", "vf_coef", "torch_threads", "checkpoint_interval"]:
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.target_kl is not None and not self.target_kl > 0:
@@ -437,7 +463,10 @@ def ppo_update(
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+            # Checked before the step, so a bad minibatch never reaches the weights.
+            _check_finite("loss", loss.detach())
+            _check_finite("gradients (global norm)", grad_norm)
             optimizer.step()
 
             approx_kl = pg_stats["approx_kl"]
@@ -478,6 +507,10 @@ class TrainResult:
     wall_time: float
     agent: Agent = field(repr=False)
     normalizer: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    interrupted: int | None = None
+    """the signal that stopped the run early, if any"""
+    checkpoint: str | None = None
+    """the last checkpoint written"""
 
     @property
     def sps(self) -> float:
@@ -525,9 +558,47 @@ def make_envs(cfg: PPOConfig) -> gym.vector.VectorEnv:
     )
 
 
-def train(cfg: PPOConfig, run_name: str | None = None, progress: bool = True, log: bool = True) -> TrainResult:
-    """Train a PPO agent; returns a TrainResult.  Writes to <run_dir>/<run_name> when ``log``."""
+class NonFiniteError(RuntimeError):
+    """A NaN or inf appeared; the message names the quantity and the update."""
+
+
+def _check_finite(name: str, tensor: Tensor) -> None:
+    if not torch.isfinite(tensor).all():
+        raise NonFiniteError(f"non-finite {name}")
+
+
+def _config_from_checkpoint(state: dict) -> PPOConfig:
+    known = set(user_fields())
+    return PPOConfig(**{k: v for k, v in state["config"].items() if k in known}).validate()
+
+
+def train(
+    cfg: PPOConfig | None = None,
+    run_name: str | None = None,
+    progress: bool = True,
+    log: bool = True,
+    resume: str | None = None,
+) -> TrainResult:
+    """Train a PPO agent; writes to <run_dir>/<run_name> when ``log``.
+
+    ``resume``: a run folder (or checkpoint folder) to continue from; its saved
+    config is used.  Where the env state is plain data (probes, classic control)
+    the continued run is bit-for-bit the uninterrupted one on CPU; elsewhere the
+    envs restart from a seeded reset, and the log says so.
+    SIGINT / SIGTERM finish the current update, write a checkpoint and return
+    with ``result.interrupted`` set to the signal number.
+    """
+    tensors, saved = load_checkpoint(resume) if resume is not None else ({}, None)
+    if saved is not None:
+        cfg = _config_from_checkpoint(saved)
+        run_dir = os.path.dirname(os.path.dirname(resolve_checkpoint(resume)))
+    elif cfg is None:
+        raise ValueError("train() needs a config or a run to resume")
     cfg.validate()
+    if saved is None:
+        if run_name is None:
+            run_name = f"{cfg.env_id.replace('/', '_')}__{cfg.exp_name}__{cfg.seed}__{int(time.time())}"
+        run_dir = os.path.join(cfg.run_dir, run_name)
     seed_everything(cfg.seed, cfg.torch_deterministic)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -538,83 +609,135 @@ def train(cfg: PPOConfig, run_name: str | None = None, progress: bool = True, lo
     agent = Agent(envs.single_observation_space, envs.single_action_space, cfg.hidden_size, cfg.shared_network).to(device)
     optimizer = make_optimizer(agent, cfg.learning_rate)
     shuffle_generator = torch.Generator().manual_seed(cfg.seed)
-
-    if run_name is None:
-        run_name = f"{cfg.env_id.replace('/', '_')}__{cfg.exp_name}__{cfg.seed}__{int(time.time())}"
-    logger = RunLogger(os.path.join(cfg.run_dir, run_name), cfg.to_dict(), enabled=log, progress=progress, total=cfg.num_iterations * cfg.batch_size)
-
     rollout = Rollout.allocate(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape, agent, device)
     episode_returns, episode_lengths, episode_steps = [], [], []
-    global_step = 0
-    start_time = time.time()
+    global_step, start_iteration, elapsed_before = 0, 1, 0.0
     next_obs_np, _ = envs.reset(seed=cfg.seed)
     next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
-    stats: dict[str, float] = {}
+    notes = []
+    if saved is not None:
+        next_obs, note = _restore(saved, tensors, agent, optimizer, shuffle_generator, envs, cfg, device)
+        notes.append(note)
+        global_step, start_iteration, elapsed_before = saved["global_step"], saved["iteration"] + 1, saved["wall_time"]
+        episode_returns, episode_lengths, episode_steps = (list(saved["episodes"][k]) for k in ("returns", "lengths", "steps"))
 
+    logger = RunLogger(run_dir, cfg.to_dict(), enabled=log, progress=progress, total=cfg.num_iterations * cfg.batch_size,
+                       resume_metrics_at=saved["metrics_offset"] if saved is not None else None)
+    logger.advance(global_step, global_step, 0.0)
+    for note in notes:
+        logger.note(note)
+
+    def save(iteration: int) -> str | None:
+        if not log:
+            return None
+        exact = supports_exact_state(envs)
+        state = {
+            "config": {k: getattr(cfg, k) for k in user_fields()},
+            "global_step": global_step,
+            "iteration": iteration,
+            "wall_time": time.time() - start_time,
+            "python_rng": random.getstate(),
+            "numpy_rng": np.random.get_state(),
+            "env_exact": exact,
+            "env_state": env_state(envs) if exact else None,
+            "normalizers": normalizer_state(envs),
+            "spaces": {"observation_shape": list(envs.single_observation_space.shape),
+                       "action_space": str(envs.single_action_space)},
+            "episodes": {"returns": episode_returns, "lengths": episode_lengths, "steps": episode_steps},
+            "metrics_offset": logger.metrics_offset(),
+        }
+        optimizer_state, groups = optimizer_tensors(optimizer)
+        state["optimizer_param_groups"] = groups
+        rng = {"torch": torch.get_rng_state(), "shuffle": shuffle_generator.get_state(), "next_obs": next_obs}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        files = {"model": agent.state_dict(), "optimizer": optimizer_state, "rng": rng}
+        return save_checkpoint(run_dir, iteration, files, state, keep=cfg.keep_checkpoints)
+
+    stop = {"signal": None}
+    handlers = _install_stop_handlers(stop)
+    start_time = time.time() - elapsed_before
+    stats: dict[str, float] = {}
+    last_checkpoint = resolve_checkpoint(resume) if resume is not None else None
+    iteration = start_iteration - 1
     try:
-        for iteration in range(1, cfg.num_iterations + 1):
+        for iteration in range(start_iteration, cfg.num_iterations + 1):
             if cfg.anneal_lr:  # [core 4]
                 optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / cfg.num_iterations) * cfg.learning_rate
 
-            for step in range(cfg.num_steps):
-                global_step += cfg.num_envs
-                rollout.obs[step] = next_obs
+            try:
+                for step in range(cfg.num_steps):
+                    global_step += cfg.num_envs
+                    rollout.obs[step] = next_obs
+                    with torch.inference_mode():
+                        action, log_prob, _, value = agent.get_action_and_value(next_obs)
+                    rollout.actions[step] = action
+                    rollout.log_probs[step] = log_prob
+                    rollout.values[step] = value
+
+                    # The env clips Box actions; the unclipped sample is what was stored [cont 5].
+                    next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+                    reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                    if cfg.bootstrap_truncation:
+                        # A time limit is not a terminal state: the return goes on past it,
+                        # so fold gamma * V(last obs) into the reward and end the GAE trace.
+                        truncated_only = np.flatnonzero(truncations & ~terminations)
+                        if truncated_only.size:
+                            final_obs = np.stack([infos["final_obs"][i] for i in truncated_only])
+                            with torch.inference_mode():
+                                final_value = agent.get_value(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
+                            reward[truncated_only] += cfg.gamma * final_value
+                    rollout.rewards[step] = reward
+                    rollout.dones[step] = torch.as_tensor(terminations | truncations, dtype=torch.float32, device=device)
+                    next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
+                    _check_finite("observations", next_obs)  # before the policy ever sees them
+
+                    if "_episode" in infos:
+                        for i in np.flatnonzero(infos["_episode"]):
+                            episode_returns.append(float(infos["episode"]["r"][i]))
+                            episode_lengths.append(int(infos["episode"]["l"][i]))
+                            episode_steps.append(global_step)
+                            logger.episode(global_step, episode_returns[-1], episode_lengths[-1])
+
+                _check_finite("rewards", rollout.rewards)
                 with torch.inference_mode():
-                    action, log_prob, _, value = agent.get_action_and_value(next_obs)
-                rollout.actions[step] = action
-                rollout.log_probs[step] = log_prob
-                rollout.values[step] = value
+                    next_value = agent.get_value(next_obs)
+                advantages, returns = gae(
+                    rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda
+                )
+                flat_values = rollout.values.reshape(-1)
+                flat_returns = returns.reshape(-1)
+                stats = ppo_update(
+                    agent,
+                    optimizer,
+                    cfg,
+                    rollout.obs.reshape(-1, *envs.single_observation_space.shape),
+                    rollout.actions.reshape(cfg.batch_size, *rollout.actions.shape[2:]),
+                    rollout.log_probs.reshape(-1),
+                    advantages.reshape(-1),
+                    flat_returns,
+                    flat_values,
+                    shuffle_generator,
+                )
+                for name, parameter in agent.named_parameters():
+                    _check_finite(f"parameter {name}", parameter)
+            except NonFiniteError as error:
+                where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+                raise NonFiniteError(f"{error} at update {iteration} (global step {global_step}); {where}") from None
 
-                # The env clips Box actions; the unclipped sample is what was stored [cont 5].
-                next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-                reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
-                if cfg.bootstrap_truncation:
-                    # A time limit is not a terminal state: the return goes on past it,
-                    # so fold gamma * V(last obs) into the reward and end the GAE trace.
-                    truncated_only = np.flatnonzero(truncations & ~terminations)
-                    if truncated_only.size:
-                        final_obs = np.stack([infos["final_obs"][i] for i in truncated_only])
-                        with torch.inference_mode():
-                            final_value = agent.get_value(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
-                        reward[truncated_only] += cfg.gamma * final_value
-                rollout.rewards[step] = reward
-                rollout.dones[step] = torch.as_tensor(terminations | truncations, dtype=torch.float32, device=device)
-                next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
-
-                if "_episode" in infos:
-                    for i in np.flatnonzero(infos["_episode"]):
-                        episode_returns.append(float(infos["episode"]["r"][i]))
-                        episode_lengths.append(int(infos["episode"]["l"][i]))
-                        episode_steps.append(global_step)
-                        logger.episode(global_step, episode_returns[-1], episode_lengths[-1])
-
-            with torch.inference_mode():
-                next_value = agent.get_value(next_obs)
-            advantages, returns = gae(
-                rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda
-            )
-
-            flat_values = rollout.values.reshape(-1)
-            flat_returns = returns.reshape(-1)
-            stats = ppo_update(
-                agent,
-                optimizer,
-                cfg,
-                rollout.obs.reshape(-1, *envs.single_observation_space.shape),
-                rollout.actions.reshape(cfg.batch_size, *rollout.actions.shape[2:]),
-                rollout.log_probs.reshape(-1),
-                advantages.reshape(-1),
-                flat_returns,
-                flat_values,
-                shuffle_generator,
-            )
             stats["explained_variance"] = explained_variance(flat_values, flat_returns)
             stats["learning_rate"] = optimizer.param_groups[0]["lr"]
             stats["SPS"] = global_step / (time.time() - start_time)
             if iteration % cfg.log_interval == 0 or iteration == cfg.num_iterations:
                 logger.update(global_step, iteration, stats)
-            logger.advance(global_step, cfg.batch_size, stats["SPS"], episode_returns)
+            logger.advance(global_step, cfg.batch_size, stats["SPS"])
+            due = cfg.checkpoint_interval and iteration % cfg.checkpoint_interval == 0
+            if due or iteration == cfg.num_iterations or stop["signal"] is not None:
+                last_checkpoint = save(iteration) or last_checkpoint
+            if stop["signal"] is not None:
+                break
     finally:
+        _restore_handlers(handlers)
         wall_time = time.time() - start_time
         normalizer = normalizer_state(envs)
         envs.close()
@@ -630,6 +753,60 @@ def train(cfg: PPOConfig, run_name: str | None = None, progress: bool = True, lo
         wall_time=wall_time,
         agent=agent,
         normalizer=normalizer,
+        interrupted=stop["signal"],
+        checkpoint=last_checkpoint,
     )
-    logger.summary(result.summary(cfg))  # written last: its presence marks a finished run
+    if stop["signal"] is None:
+        logger.summary(result.summary(cfg))  # written last: its presence marks a finished run
     return result
+
+
+def _restore(saved: dict, tensors: dict, agent: Agent, optimizer, shuffle_generator, envs, cfg: PPOConfig, device) -> tuple[Tensor, str]:
+    """Load a checkpoint's weights, optimizer, RNG and env state; returns (next_obs, a note for the log)."""
+    shape = list(envs.single_observation_space.shape)
+    if saved["spaces"]["observation_shape"] != shape or saved["spaces"]["action_space"] != str(envs.single_action_space):
+        raise CheckpointError(
+            f"checkpoint was made for observations {saved['spaces']['observation_shape']} / actions "
+            f"{saved['spaces']['action_space']}, but {cfg.env_id} has {shape} / {envs.single_action_space}"
+        )
+    try:
+        agent.load_state_dict(tensors["model"])
+        load_optimizer_tensors(optimizer, tensors["optimizer"], saved["optimizer_param_groups"])
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise CheckpointError(f"checkpoint does not fit this agent's architecture: {error}") from None
+    torch.set_rng_state(tensors["rng"]["torch"])
+    shuffle_generator.set_state(tensors["rng"]["shuffle"])
+    if device.type == "cuda" and "cuda" in tensors["rng"]:
+        torch.cuda.set_rng_state(tensors["rng"]["cuda"], device)
+    version, internal, gauss = saved["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(tuple(saved["numpy_rng"]))
+    if saved["env_exact"] and supports_exact_state(envs):
+        load_env_state(envs, saved["env_state"])
+        return tensors["rng"]["next_obs"].to(device), f"resumed at update {saved['iteration']}: exact env state restored"
+    load_normalizer_state(envs, saved["normalizers"])
+    next_obs_np, _ = envs.reset(seed=cfg.seed + 10_007 * saved["iteration"])
+    note = (f"resumed at update {saved['iteration']}: {cfg.env_id}'s state cannot be saved exactly, so the envs restart "
+            "from a seeded reset (weights, optimizer, normaliser statistics and RNGs are restored)")
+    return torch.as_tensor(next_obs_np, dtype=torch.float32, device=device), note
+
+
+def _install_stop_handlers(stop: dict) -> dict:
+    """SIGINT/SIGTERM set a flag that ends training after the current update; a second SIGINT aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def request_stop(signum, frame):
+        if stop["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop["signal"] = signum
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, request_stop)
+    return previous
+
+
+def _restore_handlers(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)

@@ -112,3 +112,33 @@ def test_recipes_command_lists_recipes(capsys):
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out
     assert "pendulum" in out and "Pendulum-v1" in out
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_KEYS = st.sampled_from(user_fields() + ["lerning_rate", "batch_size", "", "env-id"])
+_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, _VALUES, max_size=6))
+def test_fuzzed_recipe_values_give_a_config_or_a_config_error(values):
+    try:
+        config = config_from_dict(PPOConfig, values)
+    except ConfigError as error:
+        assert str(error)
+    else:
+        assert config.batch_size == config.num_envs * config.num_steps > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, st.text(max_size=12), max_size=6))
+def test_fuzzed_command_line_strings_give_a_config_or_a_config_error(values):
+    try:
+        config_from_dict(PPOConfig, values, source="command line")
+    except ConfigError as error:
+        assert str(error).startswith("command line")

@@ -3,10 +3,8 @@
 import gymnasium as gym
 import numpy as np
 import pytest
-
 from rlkit.envs import (
     PROBES,
-    NormalizeObservation,
     RunningMeanStd,
     load_normalizer_state,
     make_vector_env,

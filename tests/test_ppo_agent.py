@@ -8,8 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
 from rlkit.envs import make_vector_env
+
 from rlkit.ppo import Agent, PPOConfig, make_optimizer, ppo_update, train
 
 BOX = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)

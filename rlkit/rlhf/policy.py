@@ -1,0 +1,192 @@
+"""The LM policy: any causal LM + a zero-initialised value head, LoRA and the reference policy.
+
+* Dropout is off everywhere (config probabilities set to 0 and eval mode): with
+  dropout, the log-probs of the rollout and of the update differ for no reason
+  and the PPO ratio is not 1 at the first minibatch.
+* The value head is a Linear on the last hidden state, zero-initialised, so the
+  first values are 0 and the first advantages are the plain returns.
+* With LoRA (peft) the reference policy is the same model with the adapter
+  disabled (``with lm.disable_adapter():``): one frozen base in memory, not two.
+  Without LoRA the reference is a frozen copy.
+* Log-probs always come from ``logits / temperature`` (the distribution that
+  was sampled), in the rollout and in the update alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+CONFIG_FILE = "rlhf_config.json"
+DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout", "dropout", "attention_dropout",
+                "hidden_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Zero every dropout probability (module and config) and switch to eval mode."""
+    config = getattr(model, "config", None)
+    for key in DROPOUT_KEYS:
+        if config is not None and isinstance(getattr(config, key, None), float):
+            setattr(config, key, 0.0)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model.eval()
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions counted over real tokens only, so left padding does not shift absolute positions."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """Index of the last real (mask = 1) token of each row; right, left or no padding alike."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+def ensure_pad_token(tokenizer, model: nn.Module | None = None) -> None:
+    """PAD must differ from EOS: otherwise masking padding also masks the real EOS (and its reward)."""
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        if model is not None:
+            model.resize_token_embeddings(len(tokenizer))
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM (optionally a peft LoRA model) plus a scalar value head on its last hidden state."""
+
+    def __init__(self, lm: nn.Module, reference: nn.Module | None = None):
+        super().__init__()
+        self.lm = lm
+        hidden = lm.config.get_text_config().hidden_size if hasattr(lm.config, "get_text_config") else lm.config.hidden_size
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)  # zero init: V = 0 before any value update
+        nn.init.zeros_(self.value_head.bias)
+        self.is_lora = hasattr(lm, "disable_adapter")
+        # Without LoRA, the reference is a frozen copy (kept out of self.parameters()).
+        self._reference = [reference] if reference is not None else []
+        self.eval()  # dropout stays off, also during PPO updates (gradients flow in eval mode)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits [B, T, V] and values [B, T]."""
+        out = self.lm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            output_hidden_states=True,
+        )
+        values = self.value_head(out.hidden_states[-1]).squeeze(-1)
+        return out.logits, values
+
+    @torch.no_grad()
+    def reference_logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Logits of the reference policy: the adapter disabled (LoRA) or the frozen copy."""
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+        if self.is_lora:
+            with self.lm.disable_adapter():
+                return self.lm(**kwargs).logits
+        return self._reference[0](**kwargs).logits
+
+
+def load_policy(
+    name_or_path: str,
+    lora: bool = False,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_target_modules: str = "all-linear",
+    device: torch.device | str = "cpu",
+):
+    """(PolicyWithValue, tokenizer) from any ``AutoModelForCausalLM`` name or folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    lm = AutoModelForCausalLM.from_pretrained(name_or_path)
+    ensure_pad_token(tokenizer, lm)
+    disable_dropout(lm)
+    reference = None
+    if lora:
+        from peft import LoraConfig, get_peft_model
+        from transformers.pytorch_utils import Conv1D
+
+        targets = lora_target_modules if lora_target_modules == "all-linear" else [m.strip() for m in lora_target_modules.split(",")]
+        gpt2_style = any(isinstance(m, Conv1D) for m in lm.modules())  # GPT-2 stores weights transposed
+        lm = get_peft_model(lm, LoraConfig(task_type="CAUSAL_LM", r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0,
+                                           target_modules=targets, fan_in_fan_out=gpt2_style))
+        disable_dropout(lm)
+    else:
+        reference = copy.deepcopy(lm).requires_grad_(False).eval().to(device)
+    policy = PolicyWithValue(lm, reference).to(device)
+    return policy, tokenizer
+
+
+def response_logprobs(logits: Tensor, responses: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """Log-prob of each response token and the entropy, both under softmax(logits / temperature).
+
+    logits: [B, R, V], the logits that predicted responses [B, R].
+    """
+    log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    token_logp = log_probs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return token_logp, entropy
+
+
+def forward_responses(
+    policy: PolicyWithValue,
+    queries: Tensor,
+    query_mask: Tensor,
+    responses: Tensor,
+    response_mask: Tensor,
+    temperature: float,
+    reference: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Score [query | response] in one pass: (logp, entropy, values) per response token, each [B, R].
+
+    The logits and value at position t predict / evaluate response token t, so they
+    are read one position earlier (the last query token predicts the first response token).
+    With ``reference=True`` returns the reference log-probs (and zeros for the rest).
+    """
+    input_ids = torch.cat([queries, responses], dim=1)
+    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    start, length = queries.shape[1] - 1, responses.shape[1]
+    if reference:
+        logits = policy.reference_logits(input_ids, attention_mask)[:, start : start + length]
+        logp, entropy = response_logprobs(logits, responses, temperature)
+        return logp, entropy, torch.zeros_like(logp)
+    logits, values = policy(input_ids, attention_mask)
+    logp, entropy = response_logprobs(logits[:, start : start + length], responses, temperature)
+    return logp, entropy, values[:, start : start + length]
+
+
+def save_policy_checkpoint(policy: PolicyWithValue, tokenizer, config: dict, out_dir: str) -> str:
+    """One folder that transformers / peft load directly.
+
+    * full fine-tune: ``AutoModelForCausalLM.from_pretrained(out_dir)``
+    * LoRA: ``PeftModel.from_pretrained(base, out_dir)`` or ``AutoPeftModelForCausalLM.from_pretrained(out_dir)``
+    * plus ``value_head.safetensors`` (load with :func:`load_value_head`), the tokenizer and ``rlhf_config.json``.
+    """
+    from safetensors.torch import save_file
+
+    os.makedirs(out_dir, exist_ok=True)
+    policy.lm.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
+              os.path.join(out_dir, VALUE_HEAD_FILE))
+    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=2)
+    return out_dir
+
+
+def load_value_head(folder: str, policy: PolicyWithValue) -> None:
+    from safetensors.torch import load_file
+
+    policy.value_head.load_state_dict(load_file(os.path.join(folder, VALUE_HEAD_FILE)))
+

@@ -1,0 +1,381 @@
+"""PPO for language models, top to bottom: rollout -> rewards -> GAE -> clipped updates -> KL control.
+
+Each response token is one step of an episode; the prompt is the first state.
+Data flow per update (Huang et al. 2024, "The N Implementation Details of RLHF with PPO"):
+
+1. sample prompts, generate with temperature (top_k 0, top_p 1), truncate at EOS;
+2. score each (prompt, response) with the reward model / callable; EOS trick;
+3. log-probs of the policy and the reference (adapter disabled), from logits / T;
+4. per-token reward = -beta * k1 on every response token, the score added on the last one;
+5. GAE (gamma 1, lambda 0.95) over response tokens via rlkit.ppo.gae, padding masked;
+6. advantage whitening over real tokens only;
+7. ppo_epochs x minibatches (with gradient accumulation) of rlkit.ppo's clipped
+   policy and value losses (+ beta * k2 as a loss in kl_mode 'k2_loss');
+8. KL controller: fixed beta or Ziegler et al.'s adaptive one.
+
+GAE, whitening, the losses and the KL estimators are rlkit.ppo's, not copies.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from rlkit.logger import RunLogger
+from rlkit.ppo import (
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae,
+    kl_estimators,
+    masked_mean,
+    masked_whiten,
+    resolve_device,
+    seed_everything,
+)
+from rlkit.rlhf.config import RLHFConfig
+from rlkit.rlhf.policy import PolicyWithValue, forward_responses, last_token_index, load_policy, save_policy_checkpoint
+from rlkit.rlhf.reward import RewardFn, build_synthetic_reward_model, callable_reward, load_callable, load_reward_model
+from rlkit.rlhf.rollout import Samples, apply_eos_trick, generate_samples
+
+# ---------------------------------------------------------------------------------
+# KL controllers
+# ---------------------------------------------------------------------------------
+
+
+class FixedKLController:
+    """beta stays where it was set."""
+
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+
+class AdaptiveKLController:
+    """Ziegler et al. 2019: beta *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon.
+
+    KL above target raises beta (pull the policy back), below lowers it; the clip
+    bounds the change per episode so one noisy batch cannot swing it.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = init_kl_coef, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+
+# ---------------------------------------------------------------------------------
+# Rewards and advantages (pure functions over [B, R] tensors + a response mask)
+# ---------------------------------------------------------------------------------
+
+
+def per_token_rewards(
+    logp: Tensor, ref_logp: Tensor, scores: Tensor, mask: Tensor, beta: float, kl_in_reward: bool = True
+) -> tuple[Tensor, Tensor]:
+    """-beta * k1 on every response token (k1 = logp - ref_logp), the score added on the last real token.
+
+    Returns (rewards, k1), both zero on padding.  With ``kl_in_reward=False``
+    (kl_mode 'k2_loss') the reward is the score alone and the KL goes into the loss.
+    """
+    k1, _, _ = kl_estimators(logp, ref_logp)
+    k1 = k1 * mask
+    rewards = -beta * k1 if kl_in_reward else torch.zeros_like(k1)
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, last_token_index(mask)] += scores
+    return rewards, k1
+
+
+def compute_advantages(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float, whiten_rewards: bool = False
+) -> tuple[Tensor, Tensor]:
+    """GAE over response tokens with rlkit.ppo.gae; padding contributes nothing.
+
+    The episode ends at the last real token (done = 1 there), values and rewards
+    on padding are zeroed, so nothing leaks across the end.  Advantages are
+    whitened over real tokens only.  Returns (advantages, returns), [B, R].
+    """
+    mask = mask.float()
+    if whiten_rewards:
+        rewards = masked_whiten(rewards, mask, shift_mean=False)
+    rewards, values = rewards * mask, values * mask
+    dones = torch.zeros_like(rewards)
+    dones[torch.arange(rewards.shape[0], device=rewards.device), last_token_index(mask)] = 1.0
+    # rlkit.ppo.gae runs over time on dim 0: [B, R] -> [R, B] and back
+    advantages, returns = gae(rewards.T, values.T, dones.T, torch.zeros_like(rewards[:, 0]), gamma, lam)
+    advantages, returns = advantages.T, returns.T
+    advantages = masked_whiten(advantages, mask) * mask
+    return advantages, returns
+
+
+def k2_kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
+    """k2 = (logp - ref_logp)^2 / 2 as a loss: its gradient (on-policy) is the gradient of KL(pi || ref)."""
+    _, k2, _ = kl_estimators(logp, ref_logp)
+    return masked_mean(k2, mask)
+
+
+def sequence_kl(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> dict[str, float]:
+    """Mean over sequences of the summed per-token k1 / k2 / k3 estimates of KL(pi || ref)."""
+    k1, k2, k3 = kl_estimators(logp, ref_logp)
+    return {f"kl_k{i}": float((k * mask).sum(-1).mean()) for i, k in enumerate((k1, k2, k3), start=1)}
+
+
+# ---------------------------------------------------------------------------------
+# Rewards and task plumbing
+# ---------------------------------------------------------------------------------
+
+
+def resolve_policy_path(cfg: RLHFConfig, log=print) -> str:
+    """cfg.policy, or the synthetic task's tiny GPT-2 (built once per task_seed)."""
+    if cfg.policy:  # a local folder becomes absolute, so a LoRA checkpoint's base path works from anywhere
+        return os.path.abspath(cfg.policy) if os.path.isdir(cfg.policy) else cfg.policy
+    from rlkit.envs import text_task
+
+    path = os.path.abspath(os.path.join(cfg.artifacts_dir, f"synthetic_base__seed{cfg.task_seed}"))
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        log(f"building the synthetic base policy -> {path}")
+        seed_everything(cfg.task_seed)
+        text_task.pretrain_base_model(path, seed=cfg.task_seed, steps=cfg.pretrain_steps, log=log)
+    return path
+
+
+def resolve_reward_model_path(cfg: RLHFConfig, policy_path: str, progress: bool = True, log=print) -> tuple[str, dict | None]:
+    """cfg.reward_model, or the synthetic task's proxy RM (trained once per task_seed)."""
+    if cfg.reward_model:
+        return cfg.reward_model, None
+    path = os.path.join(cfg.artifacts_dir, f"synthetic_rm__seed{cfg.task_seed}")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path, None
+    log(f"training the synthetic proxy reward model -> {path}")
+    return path, build_synthetic_reward_model(cfg, policy_path, path, progress=progress, log=log)
+
+
+def make_reward(cfg: RLHFConfig, policy_path: str, device: torch.device, progress: bool = True, log=print) -> tuple[RewardFn, RewardFn | None, str]:
+    """(reward used for training, gold reward for logging or None, description)."""
+    gold = None
+    if cfg.task == "synthetic":
+        from rlkit.envs import text_task
+
+        gold = callable_reward(text_task.gold_reward)
+    if cfg.reward == "gold":
+        if gold is None:
+            raise ValueError(f"reward 'gold': task {cfg.task!r} has no gold reward")
+        return gold, gold, "gold reward (callable)"
+    if cfg.reward != "model":
+        return callable_reward(load_callable(cfg.reward)), gold, f"callable {cfg.reward}"
+    path, _ = resolve_reward_model_path(cfg, policy_path, progress, log)
+    return load_reward_model(path, device), gold, f"reward model {path}"
+
+
+def sample_prompts(cfg: RLHFConfig, n: int, seed: int) -> list[str]:
+    from rlkit.envs import text_task
+
+    return text_task.sample_prompts(n, seed)
+
+
+def gold_scores(gold: RewardFn, samples: Samples) -> Tensor:
+    """The synthetic task's gold score of each sample; a response that never ended gets GOLD_NO_EOS."""
+    from rlkit.envs import text_task
+
+    return apply_eos_trick(gold(samples.prompts, samples.texts), samples.ended.cpu(), text_task.GOLD_NO_EOS)
+
+
+# ---------------------------------------------------------------------------------
+# One rollout, one update
+# ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    samples: Samples
+    logp: Tensor
+    ref_logp: Tensor
+    values: Tensor
+    scores: Tensor
+    rewards: Tensor
+    advantages: Tensor
+    returns: Tensor
+    mask: Tensor
+
+
+@torch.no_grad()
+def collect(policy: PolicyWithValue, tokenizer, prompts: list[str], reward_fn: RewardFn, cfg: RLHFConfig, beta: float) -> Batch:
+    """Generate, score, and turn one batch of episodes into per-token advantages and returns."""
+    s = generate_samples(policy, tokenizer, prompts, cfg.temperature, cfg.max_new_tokens, cfg.stop_string)
+    mask = s.response_mask.float()
+    logp, _, values = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature)
+    ref_logp, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature, reference=True)
+    scores = apply_eos_trick(reward_fn(s.prompts, s.texts).to(mask.device).float(), s.ended, cfg.no_eos_score)
+    rewards, _ = per_token_rewards(logp, ref_logp, scores, mask, beta, kl_in_reward=cfg.kl_mode == "k1_in_reward")
+    advantages, returns = compute_advantages(rewards, values, mask, cfg.gamma, cfg.lam, cfg.whiten_rewards)
+    return Batch(s, logp, ref_logp, values * mask, scores, rewards, advantages, returns, mask)
+
+
+def ppo_update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch: Batch, cfg: RLHFConfig, beta: float,
+               generator: torch.Generator) -> dict[str, float]:
+    """ppo_epochs x num_minibatches optimiser steps, each accumulating grad_accum_steps micro-batches."""
+    s = batch.samples
+    size, micro_size = cfg.batch_size, cfg.minibatch_size // cfg.grad_accum_steps
+    totals: dict[str, float] = {}
+    count = 0
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(size, generator=generator).to(batch.mask.device)
+        for start in range(0, size, cfg.minibatch_size):
+            optimizer.zero_grad()
+            for micro_start in range(start, start + cfg.minibatch_size, micro_size):
+                idx = order[micro_start : micro_start + micro_size]
+                mask = batch.mask[idx]
+                logp, entropy, values = forward_responses(policy, s.queries[idx], s.query_mask[idx], s.responses[idx],
+                                                          s.response_mask[idx], cfg.temperature)
+                pg_loss, pg_stats = clipped_policy_loss(logp, batch.logp[idx], batch.advantages[idx], cfg.cliprange, mask)
+                vf_loss = clipped_value_loss(values, batch.values[idx], batch.returns[idx], cfg.cliprange_value, mask)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                if cfg.kl_mode == "k2_loss":
+                    loss = loss + beta * k2_kl_loss(logp, batch.ref_logp[idx], mask)
+                (loss / cfg.grad_accum_steps).backward()
+                step_stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
+                              "entropy": masked_mean(entropy.detach(), mask).item(),
+                              **{k: v.item() for k, v in pg_stats.items()}}
+                for k, v in step_stats.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                count += 1
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+    return {k: v / count for k, v in totals.items()}
+
+
+@torch.no_grad()
+def evaluate(policy: PolicyWithValue, tokenizer, cfg: RLHFConfig, reward_fn: RewardFn, gold: RewardFn | None,
+             n: int = 256, seed: int = 12345) -> dict[str, float]:
+    """Score, gold and KL(pi || ref) of n fresh samples (prompts and sampling from a fixed evaluation seed)."""
+    rng_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    prompts = sample_prompts(cfg, n, seed)
+    s = generate_samples(policy, tokenizer, prompts, cfg.temperature, cfg.max_new_tokens, cfg.stop_string)
+    logp, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature)
+    ref_logp, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature, reference=True)
+    mask = s.response_mask.float()
+    scores = apply_eos_trick(reward_fn(s.prompts, s.texts).float().cpu(), s.ended.cpu(), cfg.no_eos_score)
+    out = {"score": float(scores.mean()), **sequence_kl(logp, ref_logp, mask), "response_length": float(mask.sum(-1).mean()),
+           "eos_frac": float(s.ended.float().mean())}
+    if gold is not None:
+        out["gold"] = float(gold_scores(gold, s).mean())
+    torch.random.set_rng_state(rng_state)
+    return out
+
+
+# ---------------------------------------------------------------------------------
+# The train loop
+# ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RLHFResult:
+    run_dir: str
+    checkpoint_dir: str | None
+    policy_path: str
+    reward: str
+    initial: dict[str, float]
+    final: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    wall_time: float = 0.0
+
+
+def samples_table(batch: Batch, gold_values: Tensor | None, rows: int = 8) -> str:
+    """Markdown table of a few generations for TensorBoard's text tab."""
+    lines = ["| prompt | response | score | gold | EOS |", "|-|-|-|-|-|"]
+    for i in range(min(rows, len(batch.samples.prompts))):
+        gold_cell = f"{gold_values[i]:.2f}" if gold_values is not None else ""
+        lines.append(f"| {batch.samples.prompts[i]} | {batch.samples.texts[i]} | {batch.scores[i]:.2f} | {gold_cell} | "
+                     f"{bool(batch.samples.ended[i])} |")
+    return "\n".join(lines)
+
+
+def train(cfg: RLHFConfig, run_name: str | None = None, progress: bool = True, log: bool = True,
+          reward_fn: RewardFn | None = None, echo=print) -> RLHFResult:
+    """Run PPO on a language model; returns an RLHFResult (history has one dict per update).
+
+    ``reward_fn`` (prompts, responses) -> scores overrides cfg.reward (e.g. a lambda in a notebook).
+    """
+    cfg.validate()
+    start_time = time.time()
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    device = resolve_device(cfg.device)
+    quiet = (lambda *a, **k: None)
+    policy_path = resolve_policy_path(cfg, log=echo if progress else quiet)
+    gold = None
+    if reward_fn is None:
+        reward_fn, gold, reward_desc = make_reward(cfg, policy_path, device, progress, log=echo if progress else quiet)
+    else:
+        reward_desc = "reward_fn argument"
+        if cfg.task == "synthetic":
+            from rlkit.envs import text_task
+
+            gold = callable_reward(text_task.gold_reward)
+
+    seed_everything(cfg.seed)
+    policy, tokenizer = load_policy(policy_path, cfg.lora, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules, device)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=cfg.learning_rate, eps=1e-5)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
+
+    if run_name is None:
+        run_name = f"{cfg.task}__{cfg.exp_name}__{cfg.seed}__{int(time.time())}"
+    run_dir = os.path.join(cfg.run_dir, run_name)
+    logger = RunLogger(run_dir, {**cfg.to_dict(), "policy_resolved": policy_path, "reward_resolved": reward_desc},
+                       enabled=log, progress=progress, total=cfg.num_updates * cfg.batch_size)
+    logger.bar.set_description("rlhf")
+    initial = evaluate(policy, tokenizer, cfg, reward_fn, gold)
+    history: list[dict] = []
+    try:
+        for update in range(1, cfg.num_updates + 1):
+            update_start = time.time()
+            beta = kl_ctl.value
+            prompts = sample_prompts(cfg, cfg.batch_size, seed=cfg.seed * 1_000_003 + update)
+            batch = collect(policy, tokenizer, prompts, reward_fn, cfg, beta)
+            stats = ppo_update(policy, optimizer, batch, cfg, beta, generator)
+
+            kl = sequence_kl(batch.logp, batch.ref_logp, batch.mask)
+            kl_ctl.update(kl["kl_k1"], cfg.batch_size)
+            stats.update(kl)
+            stats.update(score=float(batch.scores.mean()), beta=beta, response_length=float(batch.mask.sum(-1).mean()),
+                         eos_frac=float(batch.samples.ended.float().mean()),
+                         sqrt_kl=max(kl["kl_k1"], 0.0) ** 0.5, episodes_per_s=cfg.batch_size / (time.time() - update_start))
+            gold_values = None
+            if gold is not None:
+                gold_values = gold_scores(gold, batch.samples)
+                stats["gold"] = float(gold_values.mean())
+            episodes = update * cfg.batch_size
+            logger.update(episodes, update, stats)
+            history.append({"update": update, "episodes": episodes, **stats})
+            if logger.writer is not None and (update % cfg.sample_every == 0 or update == 1):
+                logger.writer.add_text("samples", samples_table(batch, gold_values), episodes)
+            postfix = {"score": f"{stats['score']:.2f}", "kl": f"{kl['kl_k1']:.2f}"}
+            if "gold" in stats:
+                postfix["gold"] = f"{stats['gold']:.2f}"
+            logger.bar.set_postfix(postfix, refresh=False)
+            logger.bar.update(cfg.batch_size)
+        final = evaluate(policy, tokenizer, cfg, reward_fn, gold)
+        checkpoint_dir = None
+        if cfg.save_checkpoint and log:
+            checkpoint_dir = save_policy_checkpoint(policy, tokenizer, {**cfg.to_dict(), "policy_resolved": policy_path},
+                                                    os.path.join(run_dir, "checkpoint"))
+        if log:
+            import json
+
+            with open(os.path.join(run_dir, "summary.json"), "w") as f:
+                json.dump({"initial": initial, "final": final}, f, indent=2)
+    finally:
+        logger.close()
+    return RLHFResult(os.path.abspath(run_dir), checkpoint_dir, policy_path, reward_desc, initial, final, history,
+                      time.time() - start_time)

@@ -1,0 +1,34 @@
+"""Learning test: on the synthetic task, PPO against the proxy reward model raises the gold reward.
+
+The rlhf-synthetic recipe as shipped (60 updates x 64 prompts, beta 0.05, k1 in
+reward), 3 PPO seeds sharing one base policy and one proxy RM.  Measured on
+held-out prompts (256 samples) before and after training.  About 1.5 min on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rlkit.config import config_from_dict, read_recipe
+from rlkit.rlhf.config import RLHFConfig
+from rlkit.rlhf.ppo_lm import train
+
+GOLD_MARGIN = 0.75  # gold reward (units: +1 per distinct positive adjective) must rise by at least this much
+KL_BOUND = 8.0  # final KL(pi || ref), k1 estimate in nats per sequence, must stay under this
+
+
+@pytest.mark.slow
+def test_ppo_raises_gold_reward_within_kl_bound(tmp_path):
+    _, values, source = read_recipe("rlhf-synthetic")
+    results = []
+    for seed in (1, 2, 3):
+        overrides = {"seed": seed, "artifacts_dir": str(tmp_path / "art"), "run_dir": str(tmp_path / "runs")}
+        cfg = config_from_dict(RLHFConfig, {**values, **overrides}, source)
+        result = train(cfg, progress=False, log=False)
+        results.append((seed, result.initial, result.final))
+        print(f"seed {seed}: gold {result.initial['gold']:+.3f} -> {result.final['gold']:+.3f}  "
+              f"proxy {result.initial['score']:+.3f} -> {result.final['score']:+.3f}  KL k1 {result.final['kl_k1']:.2f}")
+    for seed, initial, final in results:
+        assert final["gold"] - initial["gold"] >= GOLD_MARGIN, (seed, initial, final)
+        assert final["kl_k1"] <= KL_BOUND, (seed, final)
+        assert final["eos_frac"] >= 0.9, (seed, final)
