@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from gymnasium.error import DependencyNotInstalled
+
 from rlkit.checkpoint import CheckpointError
 from rlkit.config import (
     ConfigError,
@@ -173,7 +175,8 @@ def cmd_bench(argv: list[str]) -> int:
     parser.add_argument("recipe", help="recipe name or .toml path")
     parser.add_argument("--env-ids", nargs="+", default=None, help="env ids to run (default: the recipe's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds (default: 1 2 3)")
-    parser.add_argument("--workers", type=int, default=1, help="runs at a time (local backend)")
+    parser.add_argument("--workers", type=int, default=1, help="runs at a time (local backend; with --backend ray "
+                        "and no RAY_ADDRESS, the CPUs of the local Ray started here)")
     parser.add_argument("--devices", nargs="+", default=["cpu"], help="devices assigned round-robin, e.g. cuda:0 cuda:1")
     parser.add_argument("--backend", choices=["local", "ray"], default="local",
                         help="ray: submit to RAY_ADDRESS, or a local Ray started here")
@@ -208,6 +211,12 @@ def cmd_rlhf(argv: list[str]) -> int:
     return run_rlhf(argv)
 
 
+def cmd_report(argv: list[str]) -> int:
+    from rlkit.report import cmd_report as run_report
+
+    return run_report(argv)
+
+
 COMMANDS = {
     "train": (cmd_train, "train PPO from a recipe: rlkit train RECIPE [--key value ...]"),
     "doctor": (cmd_doctor, "run the probe suite and report which probe fails"),
@@ -217,6 +226,7 @@ COMMANDS = {
     "reward-model": (cmd_reward_model, "train the RLHF proxy reward model: rlkit reward-model [RECIPE] [--key value ...]"),
     "rlhf": (cmd_rlhf, "PPO on a language model: rlkit rlhf RECIPE [--key value ...]"),
     "bench": (cmd_bench, "run a recipe over env ids x seeds in parallel processes (resumable)"),
+    "report": (cmd_report, "aggregate a bench folder: per-seed scores, mean +- std, IQM [95% CI], curves, CSV"),
 }
 
 
@@ -234,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         return command(argv[1:])
     except (ConfigError, CheckpointError) as error:
         print(f"rlkit: {error}", file=sys.stderr)
+        return 2
+    except (ImportError, DependencyNotInstalled) as error:
+        print(f"rlkit: a dependency is missing: {error}", file=sys.stderr)
         return 2
     except NonFiniteError as error:
         print(f"rlkit: training stopped: {error}", file=sys.stderr)

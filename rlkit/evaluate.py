@@ -94,7 +94,7 @@ def evaluate(
         from gymnasium.wrappers import RecordVideo
 
         env_kwargs = {"render_mode": "rgb_array"}
-        wrappers = [lambda env: RecordVideo(env, video_dir, episode_trigger=lambda _: True, disable_logger=True)]
+        wrappers = [lambda env: RecordVideo(env, video_dir, episode_trigger=lambda i: i < episodes, disable_logger=True)]
     envs = make_vector_env(cfg.env_id, 1, clip_actions=cfg.clip_actions, normalize_obs=cfg.normalize_obs,
                            obs_clip=cfg.obs_clip, env_kwargs=env_kwargs, sub_env_wrappers=wrappers)
     torch_device = resolve_device(device)

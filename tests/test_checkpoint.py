@@ -255,3 +255,13 @@ def test_save_checkpoint_round_trip_of_numpy_and_python_state(tmp_path):
     assert loaded["a"].dtype == np.float32
     assert torch.equal(tensors["t"]["x"], torch.ones(2))
     np.random.set_state(tuple(loaded["rng"]))
+
+
+def test_eval_records_one_video_per_episode(trained_run, tmp_path, monkeypatch):
+    pytest.importorskip("moviepy", reason='video needs the "video" extra (moviepy, pygame)')
+    pytest.importorskip("pygame", reason='video needs the "video" extra (moviepy, pygame)')
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    result = evaluate(str(trained_run), episodes=2, video_dir=str(tmp_path / "videos"))
+    videos = sorted(p for p in os.listdir(tmp_path / "videos") if p.endswith(".mp4"))
+    assert len(result["returns"]) == 2 and videos == ["rl-video-episode-0.mp4", "rl-video-episode-1.mp4"]
+    assert all(os.path.getsize(tmp_path / "videos" / v) > 10_000 for v in videos)

@@ -19,6 +19,7 @@ GAE, whitening, the losses and the KL estimators are rlkit.ppo's, not copies.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -131,6 +132,19 @@ def sequence_kl(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> dict[str, float
 # ---------------------------------------------------------------------------------
 
 
+def _build_once(path: str, build):
+    """Run ``build(folder)`` into a private temporary folder, then rename it into place:
+    seeds launched in parallel never read a half-written model, and the first to finish wins."""
+    temporary = f"{path}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    result = build(temporary)
+    try:
+        os.rename(temporary, path)
+    except OSError:  # another process put its (equivalent) copy there first
+        shutil.rmtree(temporary, ignore_errors=True)
+    return result
+
+
 def resolve_policy_path(cfg: RLHFConfig, log=print) -> str:
     """cfg.policy, or the synthetic task's tiny GPT-2 (built once per task_seed)."""
     if cfg.policy:  # a local folder becomes absolute, so a LoRA checkpoint's base path works from anywhere
@@ -143,7 +157,7 @@ def resolve_policy_path(cfg: RLHFConfig, log=print) -> str:
             torch.set_num_threads(cfg.torch_threads)
         log(f"building the synthetic base policy -> {path}")
         seed_everything(cfg.task_seed)
-        text_task.pretrain_base_model(path, seed=cfg.task_seed, steps=cfg.pretrain_steps, log=log)
+        _build_once(path, lambda folder: text_task.pretrain_base_model(folder, seed=cfg.task_seed, steps=cfg.pretrain_steps, log=log))
     return path
 
 
@@ -155,7 +169,7 @@ def resolve_reward_model_path(cfg: RLHFConfig, policy_path: str, progress: bool 
     if os.path.isfile(os.path.join(path, "config.json")):
         return path, None
     log(f"training the synthetic proxy reward model -> {path}")
-    return path, build_synthetic_reward_model(cfg, policy_path, path, progress=progress, log=log)
+    return path, _build_once(path, lambda folder: build_synthetic_reward_model(cfg, policy_path, folder, progress=progress, log=log))
 
 
 def make_reward(cfg: RLHFConfig, policy_path: str, device: torch.device, progress: bool = True, log=print) -> tuple[RewardFn, RewardFn | None, str]:
