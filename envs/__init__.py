@@ -13,12 +13,13 @@ from .factory import (
     set_normalizer_updates,
     supports_exact_state,
 )
-from .probes import PROBES, probe_id, register_probes
+from .probes import EXTRA_PROBES, PROBES, probe_id, register_probes
 from .wrappers import NormalizeObservation, NormalizeReward, RunningMeanStd
 
 register_probes()
 
 __all__ = [
+    "EXTRA_PROBES",
     "PROBES",
     "NormalizeObservation",
     "NormalizeReward",

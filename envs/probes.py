@@ -125,6 +125,98 @@ class ObsAndActionDependentReward(_Probe):
         return self._observation(), reward, True, False, {}
 
 
+class MultiDiscreteProbe(gym.Env):
+    """One step, obs is -1 or +1, actions MultiDiscrete([2, 3]).  Reward 0.5 when the
+    first component matches the obs (1 for +1, 0 for -1) plus 0.5 when the second is
+    2 for +1 and 0 for -1: both independent categoricals must read the obs."""
+
+    metadata = {"render_modes": []}
+    observation_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    action_space = spaces.MultiDiscrete([2, 3])
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._obs = float(self.np_random.choice([-1.0, 1.0]))
+        return np.array([self._obs], dtype=np.float32), {}
+
+    def step(self, action):
+        positive = self._obs > 0
+        reward = 0.5 * (int(action[0]) == int(positive)) + 0.5 * (int(action[1]) == (2 if positive else 0))
+        return np.array([self._obs], dtype=np.float32), float(reward), True, False, {}
+
+
+class MaskedActionProbe(gym.Env):
+    """One step, obs 0, Discrete(3) with ``info["action_mask"] = [1, 1, 0]``.  Action 1
+    pays +1, action 0 pays 0, and the masked action 2 would pay +10: a masked agent must
+    learn action 1 and never take action 2 (an episode return of 10 shows it did)."""
+
+    metadata = {"render_modes": []}
+    observation_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    action_space = spaces.Discrete(3)
+    MASK = np.array([1, 1, 0], dtype=np.int8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, dtype=np.float32), {"action_mask": self.MASK.copy()}
+
+    def step(self, action):
+        reward = {0: 0.0, 1: 1.0, 2: 10.0}[int(action)]
+        return np.zeros(1, dtype=np.float32), reward, True, False, {"action_mask": self.MASK.copy()}
+
+
+class MemoryProbe(gym.Env):
+    """Two steps.  Step 0 shows a cue (obs [cue, 0], cue = -1 or +1), any action, reward 0;
+    step 1 shows [0, 1] and pays +1 for the action matching the cue (1 for +1), else -1.
+    At step 1 the observation carries nothing about the cue, so a memoryless policy earns
+    exactly 0 in expectation; a recurrent one can earn +1."""
+
+    metadata = {"render_modes": []}
+    observation_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._cue, self._t = float(self.np_random.choice([-1.0, 1.0])), 0
+        return np.array([self._cue, 0.0], dtype=np.float32), {}
+
+    def step(self, action):
+        if self._t == 0:
+            self._t = 1
+            return np.array([0.0, 1.0], dtype=np.float32), 0.0, False, False, {}
+        reward = 1.0 if int(action) == int(self._cue > 0) else -1.0
+        return np.array([0.0, 1.0], dtype=np.float32), reward, True, False, {}
+
+
+class HideVelocity(gym.ObservationWrapper):
+    """CartPole without its velocities: keeps cart position and pole angle (obs[0], obs[2]).
+
+    The standard partially observed control task: velocities must be inferred from
+    successive observations, which a recurrent agent can do and a feed-forward one cannot.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        low, high = env.observation_space.low[[0, 2]], env.observation_space.high[[0, 2]]
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        return observation[[0, 2]].astype(np.float32)
+
+
+def make_cartpole_no_velocity(**kwargs) -> gym.Env:
+    from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+    return HideVelocity(CartPoleEnv(**kwargs))
+
+
+EXTRA_PROBES: dict[str, type[gym.Env]] = {
+    "rlkit/MultiDiscreteProbe-v0": MultiDiscreteProbe,
+    "rlkit/MaskedActionProbe-v0": MaskedActionProbe,
+    "rlkit/MemoryProbe-v0": MemoryProbe,
+}
+"""Probes with their own action spaces: MultiDiscrete, masked Discrete, and memory (recurrent agents)."""
+
+
 PROBES: dict[str, type[_Probe]] = {
     "ConstantReward": ConstantReward,
     "ObsDependentReward": ObsDependentReward,
@@ -140,7 +232,13 @@ def probe_id(name: str, continuous: bool) -> str:
 
 
 def register_probes() -> None:
-    """Register every probe under rlkit/<Name>-{Discrete,Continuous}-v0 (idempotent)."""
+    """Register every probe under rlkit/<Name>-{Discrete,Continuous}-v0 and the extra probes (idempotent)."""
+    for env_id, cls in EXTRA_PROBES.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=cls, max_episode_steps=10)
+    if "rlkit/CartPoleNoVelocity-v1" not in gym.registry:
+        gym.register(id="rlkit/CartPoleNoVelocity-v1", entry_point=make_cartpole_no_velocity, max_episode_steps=500,
+                     reward_threshold=475.0)
     for name, cls in PROBES.items():
         for continuous in (False, True):
             env_id = probe_id(name, continuous)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from rlkit.config import ConfigError, read_recipe
 
-RECIPE_COMMANDS = {"ppo": "train", "rlhf": "rlhf"}
+RECIPE_COMMANDS = {"ppo": "train", "ppo_lstm": "train", "rlhf": "rlhf"}
 """Recipe table -> the rlkit subcommand that runs it."""
 
 LAUNCHER_KEYS = {"seed": "--seeds", "device": "--devices", "run_dir": "--out", "run_name": "--out", "env_id": "--env-ids"}

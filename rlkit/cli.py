@@ -25,7 +25,8 @@ from rlkit.config import (
 )
 from rlkit.ppo import NonFiniteError
 
-CONFIG_TABLES = {"ppo": ("rlkit.ppo", "PPOConfig")}
+CONFIG_TABLES = {"ppo": ("rlkit.ppo", "PPOConfig"), "ppo_lstm": ("rlkit.ppo_lstm", "RecurrentPPOConfig")}
+"""Recipe table -> (module, config class); the module's ``train(config, run_name, progress)`` runs it."""
 
 
 def _config_class(table: str, source: str):
@@ -69,20 +70,23 @@ def cmd_train(argv: list[str]) -> int:
     parser = _override_parser(f"rlkit train {recipe}", cls, values, f"Train with recipe {recipe}; every key can be overridden.")
     args, overrides = parse_overrides(parser, cls, rest)
     config = config_from_dict(cls, {**values, **overrides}, source=f"{source} + command line")
-    return _run_ppo(config, args.run_name, progress=not args.no_progress)
+    return _run_ppo(config, args.run_name, progress=not args.no_progress, module=CONFIG_TABLES[table][0])
 
 
-def _run_ppo(config, run_name: str | None, progress: bool, resume: str | None = None) -> int:
+def _run_ppo(config, run_name: str | None, progress: bool, resume: str | None = None, module: str = "rlkit.ppo") -> int:
+    import importlib
     import signal
 
     import numpy as np
 
-    from rlkit.ppo import train
-
-    result = train(config, run_name=run_name, progress=progress, resume=resume)
+    train = importlib.import_module(module).train
+    if resume is not None:
+        result = train(config, run_name=run_name, progress=progress, resume=resume)
+    else:
+        result = train(config, run_name=run_name, progress=progress)
     last = result.last_returns(100)
     print()
-    if result.interrupted is not None:
+    if getattr(result, "interrupted", None) is not None:
         name = signal.Signals(result.interrupted).name
         print(f"stopped by {name} after {result.global_step:,} steps; checkpoint: {result.checkpoint}")
         print(f"resume with: rlkit train --resume {result.run_dir}")
@@ -94,8 +98,11 @@ def _run_ppo(config, run_name: str | None, progress: bool, resume: str | None = 
               f"min {last.min():.2f}  max {last.max():.2f}")
     else:
         print("no episode finished during training")
-    print(f"outputs: {result.run_dir}  (config.json, metrics.jsonl, summary.json, checkpoints/, TensorBoard events)")
-    print(f"  rlkit eval {result.run_dir} --episodes 10")
+    if module == "rlkit.ppo":
+        print(f"outputs: {result.run_dir}  (config.json, metrics.jsonl, summary.json, checkpoints/, TensorBoard events)")
+        print(f"  rlkit eval {result.run_dir} --episodes 10")
+    else:
+        print(f"outputs: {result.run_dir}  (config.json, metrics.jsonl, summary.json, TensorBoard events)")
     print(f"  tensorboard --logdir {result.run_dir}")
     return 0 if np.all(np.isfinite(last)) else 1
 
@@ -211,6 +218,12 @@ def cmd_rlhf(argv: list[str]) -> int:
     return run_rlhf(argv)
 
 
+def cmd_setup_offline(argv: list[str]) -> int:
+    from rlkit.rlhf.cli import cmd_setup_offline as run_setup
+
+    return run_setup(argv)
+
+
 def cmd_report(argv: list[str]) -> int:
     from rlkit.report import cmd_report as run_report
 
@@ -225,6 +238,7 @@ COMMANDS = {
     "export": (cmd_export, "write a self-contained agent folder with a model card: rlkit export CHECKPOINT OUT"),
     "reward-model": (cmd_reward_model, "train the RLHF proxy reward model: rlkit reward-model [RECIPE] [--key value ...]"),
     "rlhf": (cmd_rlhf, "PPO on a language model: rlkit rlhf RECIPE [--key value ...]"),
+    "setup-offline": (cmd_setup_offline, "check the offline model/data wheels and convert SmolLM2 once"),
     "bench": (cmd_bench, "run a recipe over env ids x seeds in parallel processes (resumable)"),
     "report": (cmd_report, "aggregate a bench folder: per-seed scores, mean +- std, IQM [95% CI], curves, CSV"),
 }

@@ -21,6 +21,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
 import gymnasium as gym
@@ -208,14 +209,71 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
     if isinstance(action_space, gym.spaces.Box):
         if len(action_space.shape) != 1:
             raise ValueError(f"Box actions must be 1-d, got shape {action_space.shape}")
+    elif isinstance(action_space, gym.spaces.MultiDiscrete):
+        if len(action_space.shape) != 1:
+            raise ValueError(f"MultiDiscrete actions must be 1-d, got shape {action_space.shape}")
     elif not isinstance(action_space, gym.spaces.Discrete):
         raise ValueError(
-            f"unsupported action space {type(action_space).__name__}: rlkit.ppo takes Discrete or 1-d Box actions"
+            f"unsupported action space {type(action_space).__name__}: rlkit.ppo takes Discrete, MultiDiscrete "
+            "or 1-d Box actions"
         )
 
 
+def normal_sample_and_score(
+    mean: Tensor, log_std: Tensor, action: Tensor | None = None, deterministic: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Normal policy [cont 1] with independent dimensions, log-probs summed [cont 3]."""
+    log_std = log_std.expand_as(mean)
+    std = log_std.exp()
+    if action is None:
+        action = mean if deterministic else mean + std * torch.randn_like(mean)
+    log_prob = (-0.5 * ((action - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+    entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).sum(-1)
+    return action, log_prob, entropy
+
+
+def categorical_sample_and_score(
+    logits: Tensor,
+    nvec: list[int] | None = None,
+    action: Tensor | None = None,
+    deterministic: bool = False,
+    action_mask: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Categorical policy; with ``nvec`` (MultiDiscrete) one categorical per action
+    dimension over its slice of the logits, log-probs and entropies summed
+    [multidiscrete 1].  ``action_mask`` (1 = allowed) gives invalid actions the
+    lowest representable logit: never sampled, no probability, no entropy.
+    """
+    if action_mask is not None:
+        logits = logits.masked_fill(~action_mask.bool(), torch.finfo(logits.dtype).min)
+    if nvec is None:
+        log_probs = torch.log_softmax(logits, dim=-1)
+        if action is None:
+            action = log_probs.argmax(-1) if deterministic else torch.multinomial(log_probs.exp(), 1).squeeze(-1)
+        log_prob = log_probs.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return action, log_prob, entropy
+    actions, log_prob, entropy = [], 0.0, 0.0
+    for i, chunk in enumerate(torch.split(logits, list(nvec), dim=-1)):
+        given = None if action is None else action[..., i]
+        chunk_action, chunk_log_prob, chunk_entropy = categorical_sample_and_score(chunk, None, given, deterministic)
+        actions.append(chunk_action)
+        log_prob = log_prob + chunk_log_prob
+        entropy = entropy + chunk_entropy
+    return (torch.stack(actions, -1) if action is None else action), log_prob, entropy
+
+
+def policy_output_size(action_space: gym.Space) -> int:
+    """Units of the policy head: action dims (Box), n (Discrete) or sum(nvec) (MultiDiscrete)."""
+    if isinstance(action_space, gym.spaces.Box):
+        return int(action_space.shape[0])
+    if isinstance(action_space, gym.spaces.MultiDiscrete):
+        return int(np.sum(action_space.nvec))
+    return int(action_space.n)
+
+
 class Agent(nn.Module):
-    """Actor-critic MLP (tanh, two hidden layers) for Discrete or Box actions.
+    """Actor-critic MLP (tanh, two hidden layers) for Discrete, MultiDiscrete or Box actions.
 
     Separate actor and critic networks by default [cont 4]; one shared torso with
     two heads when ``shared=True`` [core 13].  Box actions use a Normal with
@@ -228,7 +286,9 @@ class Agent(nn.Module):
         check_spaces(observation_space, action_space)
         obs_dim = int(np.prod(observation_space.shape))
         self.continuous = isinstance(action_space, gym.spaces.Box)
-        self.action_dim = int(action_space.shape[0]) if self.continuous else int(action_space.n)
+        self.nvec = [int(n) for n in action_space.nvec] if isinstance(action_space, gym.spaces.MultiDiscrete) else None
+        self.action_dim = policy_output_size(action_space)
+        self.action_shape = tuple(action_space.shape)
         self.shared = shared
 
         def torso() -> nn.Sequential:
@@ -262,23 +322,14 @@ class Agent(nn.Module):
         return self.critic(obs).squeeze(-1)
 
     def get_action_and_value(
-        self, obs: Tensor, action: Tensor | None = None, deterministic: bool = False
+        self, obs: Tensor, action: Tensor | None = None, deterministic: bool = False, action_mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Sample (or score the given) action: action, log-prob, entropy, value."""
         policy_out, value = self(obs)
         if self.continuous:
-            mean, log_std = policy_out, self.actor_logstd.expand_as(policy_out)
-            std = log_std.exp()
-            if action is None:
-                action = mean if deterministic else mean + std * torch.randn_like(mean)
-            log_prob = (-0.5 * ((action - mean) / std) ** 2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-            entropy = (0.5 + 0.5 * math.log(2 * math.pi) + log_std).sum(-1)
+            action, log_prob, entropy = normal_sample_and_score(policy_out, self.actor_logstd, action, deterministic)
         else:
-            log_probs = torch.log_softmax(policy_out, dim=-1)
-            if action is None:
-                action = log_probs.argmax(-1) if deterministic else torch.multinomial(log_probs.exp(), 1).squeeze(-1)
-            log_prob = log_probs.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
-            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            action, log_prob, entropy = categorical_sample_and_score(policy_out, self.nvec, action, deterministic, action_mask)
         return action, log_prob, entropy, value
 
 
@@ -410,10 +461,12 @@ class Rollout:
     rewards: Tensor
     dones: Tensor
     values: Tensor
+    action_masks: Tensor | None = None
 
     @classmethod
-    def allocate(cls, num_steps: int, num_envs: int, obs_shape, agent: Agent, device: torch.device) -> Rollout:
-        action_shape = (agent.action_dim,) if agent.continuous else ()
+    def allocate(cls, num_steps: int, num_envs: int, obs_shape, agent: Agent, device: torch.device,
+                 masked: bool = False) -> Rollout:
+        action_shape = agent.action_shape
         action_dtype = torch.float32 if agent.continuous else torch.long
         zeros = lambda *shape, dtype=torch.float32: torch.zeros(num_steps, num_envs, *shape, dtype=dtype, device=device)  # noqa: E731
         return cls(
@@ -423,7 +476,15 @@ class Rollout:
             rewards=zeros(),
             dones=zeros(),
             values=zeros(),
+            action_masks=zeros(agent.action_dim, dtype=torch.bool) if masked else None,
         )
+
+
+def action_mask_from_info(info: dict, device: torch.device) -> Tensor | None:
+    """The env's ``info["action_mask"]`` (1 = allowed) as a bool tensor, or None when it gives none."""
+    if "action_mask" not in info:
+        return None
+    return torch.as_tensor(np.stack(list(info["action_mask"])), dtype=torch.bool, device=device)
 
 
 def ppo_update(
@@ -437,20 +498,32 @@ def ppo_update(
     returns: Tensor,
     old_values: Tensor,
     generator: torch.Generator | None = None,
+    action_masks: Tensor | None = None,
+    minibatches: Callable[[], list[Tensor]] | None = None,
+    score: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] | None = None,
 ) -> dict[str, float]:
     """K epochs of shuffled minibatches over one flattened batch [core 6].
 
     loss = policy_loss - ent_coef * entropy + vf_coef * value_loss [core 10],
     global grad-norm clip [core 11], optional approx-KL early stop per epoch.
+    The recurrent agent (rlkit.ppo_lstm) reuses this loop with its own
+    ``minibatches()`` (whole env sequences) and ``score(mb) -> (log_prob, entropy, value)``.
     """
-    batch_size = obs.shape[0]
+    batch_size = old_log_probs.shape[0]
     minibatch_size = batch_size // cfg.num_minibatches
     clipfracs, approx_kl, first_ratio_error, epochs_run = [], torch.zeros(()), float("nan"), 0
     for epoch in range(cfg.update_epochs):
-        permutation = torch.randperm(batch_size, generator=generator, device="cpu").to(obs.device)
-        for start in range(0, batch_size, minibatch_size):
-            mb = permutation[start : start + minibatch_size]
-            _, new_log_prob, entropy, new_value = agent.get_action_and_value(obs[mb], actions[mb])
+        if minibatches is None:
+            permutation = torch.randperm(batch_size, generator=generator, device="cpu").to(old_log_probs.device)
+            epoch_minibatches = permutation.split(minibatch_size)
+        else:
+            epoch_minibatches = minibatches()
+        for index, mb in enumerate(epoch_minibatches):
+            if score is None:
+                mb_masks = None if action_masks is None else action_masks[mb]
+                _, new_log_prob, entropy, new_value = agent.get_action_and_value(obs[mb], actions[mb], action_mask=mb_masks)
+            else:
+                new_log_prob, entropy, new_value = score(mb)
             mb_advantages = advantages[mb]
             if cfg.norm_adv:
                 mb_advantages = masked_whiten(mb_advantages)  # per minibatch [core 7]
@@ -471,7 +544,7 @@ def ppo_update(
 
             approx_kl = pg_stats["approx_kl"]
             clipfracs.append(pg_stats["clipfrac"])
-            if epoch == 0 and start == 0:
+            if epoch == 0 and index == 0:
                 # Before any step the new policy IS the old one: a ratio != 1 here
                 # means rollout and training compute log-probs differently.
                 first_ratio_error = float(pg_stats["max_ratio_error"])
@@ -609,14 +682,16 @@ def train(
     agent = Agent(envs.single_observation_space, envs.single_action_space, cfg.hidden_size, cfg.shared_network).to(device)
     optimizer = make_optimizer(agent, cfg.learning_rate)
     shuffle_generator = torch.Generator().manual_seed(cfg.seed)
-    rollout = Rollout.allocate(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape, agent, device)
     episode_returns, episode_lengths, episode_steps = [], [], []
     global_step, start_iteration, elapsed_before = 0, 1, 0.0
-    next_obs_np, _ = envs.reset(seed=cfg.seed)
+    next_obs_np, reset_info = envs.reset(seed=cfg.seed)
     next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
+    next_mask = action_mask_from_info(reset_info, device)  # invalid-action masking, when the env provides masks
+    rollout = Rollout.allocate(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape, agent, device,
+                               masked=next_mask is not None)
     notes = []
     if saved is not None:
-        next_obs, note = _restore(saved, tensors, agent, optimizer, shuffle_generator, envs, cfg, device)
+        next_obs, next_mask, note = _restore(saved, tensors, agent, optimizer, shuffle_generator, envs, cfg, device)
         notes.append(note)
         global_step, start_iteration, elapsed_before = saved["global_step"], saved["iteration"] + 1, saved["wall_time"]
         episode_returns, episode_lengths, episode_steps = (list(saved["episodes"][k]) for k in ("returns", "lengths", "steps"))
@@ -649,6 +724,8 @@ def train(
         optimizer_state, groups = optimizer_tensors(optimizer)
         state["optimizer_param_groups"] = groups
         rng = {"torch": torch.get_rng_state(), "shuffle": shuffle_generator.get_state(), "next_obs": next_obs}
+        if next_mask is not None:
+            rng["next_mask"] = next_mask
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
         files = {"model": agent.state_dict(), "optimizer": optimizer_state, "rng": rng}
@@ -669,8 +746,10 @@ def train(
                 for step in range(cfg.num_steps):
                     global_step += cfg.num_envs
                     rollout.obs[step] = next_obs
+                    if next_mask is not None:
+                        rollout.action_masks[step] = next_mask
                     with torch.inference_mode():
-                        action, log_prob, _, value = agent.get_action_and_value(next_obs)
+                        action, log_prob, _, value = agent.get_action_and_value(next_obs, action_mask=next_mask)
                     rollout.actions[step] = action
                     rollout.log_probs[step] = log_prob
                     rollout.values[step] = value
@@ -691,6 +770,8 @@ def train(
                     rollout.dones[step] = torch.as_tensor(terminations | truncations, dtype=torch.float32, device=device)
                     next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
                     _check_finite("observations", next_obs)  # before the policy ever sees them
+                    if next_mask is not None:  # after an autoreset this is the new episode's mask
+                        next_mask = action_mask_from_info(infos, device)
 
                     if "_episode" in infos:
                         for i in np.flatnonzero(infos["_episode"]):
@@ -718,6 +799,7 @@ def train(
                     flat_returns,
                     flat_values,
                     shuffle_generator,
+                    None if rollout.action_masks is None else rollout.action_masks.reshape(cfg.batch_size, -1),
                 )
                 for name, parameter in agent.named_parameters():
                     _check_finite(f"parameter {name}", parameter)
@@ -761,8 +843,9 @@ def train(
     return result
 
 
-def _restore(saved: dict, tensors: dict, agent: Agent, optimizer, shuffle_generator, envs, cfg: PPOConfig, device) -> tuple[Tensor, str]:
-    """Load a checkpoint's weights, optimizer, RNG and env state; returns (next_obs, a note for the log)."""
+def _restore(saved: dict, tensors: dict, agent: Agent, optimizer, shuffle_generator, envs, cfg: PPOConfig, device
+             ) -> tuple[Tensor, Tensor | None, str]:
+    """Load a checkpoint's weights, optimizer, RNG and env state; returns (next_obs, next action mask, a log note)."""
     shape = list(envs.single_observation_space.shape)
     if saved["spaces"]["observation_shape"] != shape or saved["spaces"]["action_space"] != str(envs.single_action_space):
         raise CheckpointError(
@@ -783,12 +866,13 @@ def _restore(saved: dict, tensors: dict, agent: Agent, optimizer, shuffle_genera
     np.random.set_state(tuple(saved["numpy_rng"]))
     if saved["env_exact"] and supports_exact_state(envs):
         load_env_state(envs, saved["env_state"])
-        return tensors["rng"]["next_obs"].to(device), f"resumed at update {saved['iteration']}: exact env state restored"
+        mask = tensors["rng"]["next_mask"].to(device) if "next_mask" in tensors["rng"] else None
+        return tensors["rng"]["next_obs"].to(device), mask, f"resumed at update {saved['iteration']}: exact env state restored"
     load_normalizer_state(envs, saved["normalizers"])
-    next_obs_np, _ = envs.reset(seed=cfg.seed + 10_007 * saved["iteration"])
+    next_obs_np, reset_info = envs.reset(seed=cfg.seed + 10_007 * saved["iteration"])
     note = (f"resumed at update {saved['iteration']}: {cfg.env_id}'s state cannot be saved exactly, so the envs restart "
             "from a seeded reset (weights, optimizer, normaliser statistics and RNGs are restored)")
-    return torch.as_tensor(next_obs_np, dtype=torch.float32, device=device), note
+    return torch.as_tensor(next_obs_np, dtype=torch.float32, device=device), action_mask_from_info(reset_info, device), note
 
 
 def _install_stop_handlers(stop: dict) -> dict:

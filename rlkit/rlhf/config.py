@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from rlkit.ppo import resolve_device
 
 KL_MODES = ("k1_in_reward", "k2_loss")
+TASKS = ("synthetic", "sentiment")
 
 
 @dataclass
@@ -19,7 +20,7 @@ class RLHFConfig:
     """Hyperparameters of an RLHF run (reward model + PPO)."""
 
     task: str = "synthetic"
-    """prompt source and gold reward: 'synthetic' (rlkit.envs.text_task; any policy / reward can be used with its prompts)"""
+    """prompt source, preference data and gold reward: 'synthetic' (rlkit.envs.text_task) or 'sentiment' (rlkit.envs.sentiment_task: movie-review continuations, VADER gold); any policy / reward can be used with either"""
     seed: int = 1
     """seed of python, numpy and torch for the PPO run"""
     task_seed: int = 0
@@ -27,11 +28,15 @@ class RLHFConfig:
     artifacts_dir: str = "runs/rlhf-artifacts"
     """folder where the synthetic base policy and reward model are built when policy / reward_model are empty"""
     policy: str = ""
-    """policy name_or_path for AutoModelForCausalLM.from_pretrained ('' : build the synthetic task's tiny GPT-2)"""
+    """policy name_or_path for AutoModelForCausalLM.from_pretrained, or a packaged model 'offline:smollm2' ('' : build the synthetic task's tiny GPT-2)"""
+    cache_dir: str = ""
+    """where packaged (offline:) models are converted once ('' : $RLKIT_CACHE_DIR or ~/.cache/rlkit)"""
     reward: str = "model"
     """'model' (the reward model below), 'gold' (the task's programmatic reward) or 'module:function' (fn(prompt, response) -> float)"""
     reward_model: str = ""
     """reward model folder for AutoModelForSequenceClassification ('' : train one on the task's preferences)"""
+    rm_backbone: str = ""
+    """backbone of the reward model trained when reward_model is '' (name_or_path or 'offline:minilm'; '' : the policy for 'synthetic', offline:minilm for 'sentiment')"""
     lora: bool = False
     """train a peft LoRA adapter; the reference policy is the same base with the adapter disabled"""
     lora_r: int = 8
@@ -92,12 +97,14 @@ class RLHFConfig:
     """parent folder of the run folder"""
     exp_name: str = "rlhf"
     """run folder name is <run_dir>/<task>__<exp_name>__<seed>__<time>"""
+    eval_samples: int = 256
+    """samples (fixed prompts and seed; held-out prompts where the task has them) of the initial and final evaluation"""
     sample_every: int = 10
     """write a table of sample generations to TensorBoard every this many updates"""
     save_checkpoint: bool = True
     """save the final policy (or adapter), value head, tokenizer and config as save_pretrained folders"""
     rm_pairs: int = 2000
-    """preference pairs sampled from the initial policy for reward-model training (10% held out)"""
+    """preference pairs for reward-model training: synthetic, sampled from the initial policy (10% held out); sentiment, fresh-vs-rotten snippet pairs of the train split (held out: rm_pairs / 10 pairs of the test split)"""
     rm_label_temperature: float = 1.0
     """Bradley-Terry noise of the synthetic labels: P(a > b) = sigmoid((gold_a - gold_b) / T)"""
     rm_epochs: int = 2
@@ -121,10 +128,10 @@ class RLHFConfig:
             )
         if self.kl_mode not in KL_MODES:
             raise ValueError(f"kl_mode must be one of {', '.join(KL_MODES)}, got {self.kl_mode!r}")
-        if self.task != "synthetic":
-            raise ValueError(f"task must be 'synthetic' (the only built-in prompt source so far), got {self.task!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         for key in ["batch_size", "num_minibatches", "grad_accum_steps", "ppo_epochs", "num_updates", "max_new_tokens",
-                    "lora_r", "lora_alpha", "kl_horizon", "sample_every", "rm_pairs", "rm_epochs", "rm_batch_size",
+                    "lora_r", "lora_alpha", "kl_horizon", "sample_every", "eval_samples", "rm_pairs", "rm_epochs", "rm_batch_size",
                     "rm_norm_samples", "pretrain_steps"]:
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")

@@ -14,6 +14,9 @@ Data flow per update (Huang et al. 2024, "The N Implementation Details of RLHF w
 8. KL controller: fixed beta or Ziegler et al.'s adaptive one.
 
 GAE, whitening, the losses and the KL estimators are rlkit.ppo's, not copies.
+Under ``torchrun --nproc_per_node N`` the same loop runs data parallel
+(rlkit.rlhf.distributed: per-rank seeds, averaged gradients, reduced metrics,
+rank 0 the only writer).
 """
 
 from __future__ import annotations
@@ -37,9 +40,17 @@ from rlkit.ppo import (
     resolve_device,
     seed_everything,
 )
+from rlkit.rlhf import distributed
 from rlkit.rlhf.config import RLHFConfig
 from rlkit.rlhf.policy import PolicyWithValue, forward_responses, last_token_index, load_policy, save_policy_checkpoint
-from rlkit.rlhf.reward import RewardFn, build_synthetic_reward_model, callable_reward, load_callable, load_reward_model
+from rlkit.rlhf.reward import (
+    RewardFn,
+    build_sentiment_reward_model,
+    build_synthetic_reward_model,
+    callable_reward,
+    load_callable,
+    load_reward_model,
+)
 from rlkit.rlhf.rollout import Samples, apply_eos_trick, generate_samples
 
 # ---------------------------------------------------------------------------------
@@ -145,10 +156,27 @@ def _build_once(path: str, build):
     return result
 
 
+def task_module(cfg: RLHFConfig):
+    """The task's module in rlkit.envs: sample_prompts(n, seed[, split]), gold_reward(prompt, response), GOLD_NO_EOS."""
+    if cfg.task == "sentiment":
+        from rlkit.envs import sentiment_task
+
+        return sentiment_task
+    from rlkit.envs import text_task
+
+    return text_task
+
+
 def resolve_policy_path(cfg: RLHFConfig, log=print) -> str:
-    """cfg.policy, or the synthetic task's tiny GPT-2 (built once per task_seed)."""
+    """cfg.policy ('offline:smollm2' converted once into the cache), or the synthetic task's tiny GPT-2."""
+    if cfg.policy.startswith("offline:"):
+        from rlkit.rlhf.offline import resolve
+
+        return resolve(cfg.policy, cfg.cache_dir, log=log)
     if cfg.policy:  # a local folder becomes absolute, so a LoRA checkpoint's base path works from anywhere
         return os.path.abspath(cfg.policy) if os.path.isdir(cfg.policy) else cfg.policy
+    if cfg.task != "synthetic":
+        raise ValueError(f"task {cfg.task!r} needs a policy (e.g. policy = \"offline:smollm2\"); only 'synthetic' builds its own")
     from rlkit.envs import text_task
 
     path = os.path.abspath(os.path.join(cfg.artifacts_dir, f"synthetic_base__seed{cfg.task_seed}"))
@@ -161,24 +189,32 @@ def resolve_policy_path(cfg: RLHFConfig, log=print) -> str:
     return path
 
 
+def default_reward_model_path(cfg: RLHFConfig) -> str:
+    return os.path.join(cfg.artifacts_dir, f"{cfg.task}_rm__seed{cfg.task_seed}")
+
+
+def build_reward_model(cfg: RLHFConfig, policy_path: str, out_dir: str, progress: bool = True, log=print) -> dict:
+    """Train the task's proxy reward model into out_dir; returns its report (held-out accuracy, gain / bias...)."""
+    if cfg.task == "sentiment":
+        return build_sentiment_reward_model(cfg, policy_path, out_dir, progress=progress, log=log,
+                                            device=resolve_device(cfg.device))
+    return build_synthetic_reward_model(cfg, policy_path, out_dir, progress=progress, log=log)
+
+
 def resolve_reward_model_path(cfg: RLHFConfig, policy_path: str, progress: bool = True, log=print) -> tuple[str, dict | None]:
-    """cfg.reward_model, or the synthetic task's proxy RM (trained once per task_seed)."""
+    """cfg.reward_model, or the task's proxy RM (trained once per task_seed)."""
     if cfg.reward_model:
         return cfg.reward_model, None
-    path = os.path.join(cfg.artifacts_dir, f"synthetic_rm__seed{cfg.task_seed}")
+    path = default_reward_model_path(cfg)
     if os.path.isfile(os.path.join(path, "config.json")):
         return path, None
-    log(f"training the synthetic proxy reward model -> {path}")
-    return path, _build_once(path, lambda folder: build_synthetic_reward_model(cfg, policy_path, folder, progress=progress, log=log))
+    log(f"training the {cfg.task} proxy reward model -> {path}")
+    return path, _build_once(path, lambda folder: build_reward_model(cfg, policy_path, folder, progress=progress, log=log))
 
 
 def make_reward(cfg: RLHFConfig, policy_path: str, device: torch.device, progress: bool = True, log=print) -> tuple[RewardFn, RewardFn | None, str]:
     """(reward used for training, gold reward for logging or None, description)."""
-    gold = None
-    if cfg.task == "synthetic":
-        from rlkit.envs import text_task
-
-        gold = callable_reward(text_task.gold_reward)
+    gold = callable_reward(task_module(cfg).gold_reward)
     if cfg.reward == "gold":
         if gold is None:
             raise ValueError(f"reward 'gold': task {cfg.task!r} has no gold reward")
@@ -189,17 +225,19 @@ def make_reward(cfg: RLHFConfig, policy_path: str, device: torch.device, progres
     return load_reward_model(path, device), gold, f"reward model {path}"
 
 
-def sample_prompts(cfg: RLHFConfig, n: int, seed: int) -> list[str]:
-    from rlkit.envs import text_task
+def sample_prompts(cfg: RLHFConfig, n: int, seed: int, split: str = "train") -> list[str]:
+    """n prompts of the task; split 'test' (held-out prompts) where the task has one."""
+    if cfg.task == "synthetic":
+        from rlkit.envs import text_task
 
-    return text_task.sample_prompts(n, seed)
+        return text_task.sample_prompts(n, seed)
+    return task_module(cfg).sample_prompts(n, seed, split=split)
 
 
-def gold_scores(gold: RewardFn, samples: Samples) -> Tensor:
-    """The synthetic task's gold score of each sample; a response that never ended gets GOLD_NO_EOS."""
-    from rlkit.envs import text_task
-
-    return apply_eos_trick(gold(samples.prompts, samples.texts), samples.ended.cpu(), text_task.GOLD_NO_EOS)
+def gold_scores(gold: RewardFn, samples: Samples, cfg: RLHFConfig | None = None) -> Tensor:
+    """The task's gold score of each sample; a response that never ended gets the task's GOLD_NO_EOS (if any)."""
+    module = task_module(cfg) if cfg is not None else task_module(RLHFConfig())
+    return apply_eos_trick(gold(samples.prompts, samples.texts), samples.ended.cpu(), module.GOLD_NO_EOS)
 
 
 # ---------------------------------------------------------------------------------
@@ -234,8 +272,11 @@ def collect(policy: PolicyWithValue, tokenizer, prompts: list[str], reward_fn: R
 
 
 def ppo_update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch: Batch, cfg: RLHFConfig, beta: float,
-               generator: torch.Generator) -> dict[str, float]:
-    """ppo_epochs x num_minibatches optimiser steps, each accumulating grad_accum_steps micro-batches."""
+               generator: torch.Generator, sync_gradients=None) -> dict[str, float]:
+    """ppo_epochs x num_minibatches optimiser steps, each accumulating grad_accum_steps micro-batches.
+
+    ``sync_gradients()`` (data parallel: average over ranks) runs after accumulation, before clipping.
+    """
     s = batch.samples
     size, micro_size = cfg.batch_size, cfg.minibatch_size // cfg.grad_accum_steps
     totals: dict[str, float] = {}
@@ -261,6 +302,8 @@ def ppo_update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch:
                 for k, v in step_stats.items():
                     totals[k] = totals.get(k, 0.0) + v
                 count += 1
+            if sync_gradients is not None:
+                sync_gradients()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             optimizer.step()
     return {k: v / count for k, v in totals.items()}
@@ -268,22 +311,36 @@ def ppo_update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch:
 
 @torch.no_grad()
 def evaluate(policy: PolicyWithValue, tokenizer, cfg: RLHFConfig, reward_fn: RewardFn, gold: RewardFn | None,
-             n: int = 256, seed: int = 12345) -> dict[str, float]:
-    """Score, gold and KL(pi || ref) of n fresh samples (prompts and sampling from a fixed evaluation seed)."""
+             n: int | None = None, seed: int = 12345, ctx: distributed.DistContext | None = None,
+             chunk: int = 256) -> dict[str, float]:
+    """Score, gold and KL(pi || ref) of n (cfg.eval_samples) fresh samples: fixed prompts (the task's
+    held-out split where it has one) and a fixed sampling seed.  Data parallel: each rank takes every
+    world_size-th prompt and the means are reduced over ranks."""
+    ctx = ctx or distributed.DistContext()
+    n = cfg.eval_samples if n is None else n
     rng_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    prompts = sample_prompts(cfg, n, seed)
-    s = generate_samples(policy, tokenizer, prompts, cfg.temperature, cfg.max_new_tokens, cfg.stop_string)
-    logp, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature)
-    ref_logp, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature, reference=True)
-    mask = s.response_mask.float()
-    scores = apply_eos_trick(reward_fn(s.prompts, s.texts).float().cpu(), s.ended.cpu(), cfg.no_eos_score)
-    out = {"score": float(scores.mean()), **sequence_kl(logp, ref_logp, mask), "response_length": float(mask.sum(-1).mean()),
-           "eos_frac": float(s.ended.float().mean())}
-    if gold is not None:
-        out["gold"] = float(gold_scores(gold, s).mean())
+    cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    torch.manual_seed(distributed.rank_seed(seed, ctx.rank))
+    prompts = sample_prompts(cfg, n, seed, split="test")[ctx.rank :: ctx.world_size]
+    totals: dict[str, float] = {}
+    for i in range(0, len(prompts), chunk):
+        s = generate_samples(policy, tokenizer, prompts[i : i + chunk], cfg.temperature, cfg.max_new_tokens, cfg.stop_string)
+        logp, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature)
+        ref_logp, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature,
+                                           reference=True)
+        mask = s.response_mask.float()
+        scores = apply_eos_trick(reward_fn(s.prompts, s.texts).float().cpu(), s.ended.cpu(), cfg.no_eos_score)
+        part = {"score": float(scores.mean()), **sequence_kl(logp, ref_logp, mask),
+                "response_length": float(mask.sum(-1).mean()), "eos_frac": float(s.ended.float().mean())}
+        if gold is not None:
+            part["gold"] = float(gold_scores(gold, s, cfg).mean())
+        for k, v in part.items():  # sample-weighted sums
+            totals[k] = totals.get(k, 0.0) + v * len(s.prompts)
     torch.random.set_rng_state(rng_state)
-    return out
+    if cuda_state is not None:
+        torch.cuda.set_rng_state_all(cuda_state)
+    count = max(len(prompts), 1)
+    return distributed.reduce_mean({k: v / count for k, v in totals.items()}, ctx, weight=len(prompts))
 
 
 # ---------------------------------------------------------------------------------
@@ -301,6 +358,8 @@ class RLHFResult:
     final: dict[str, float]
     history: list[dict] = field(default_factory=list)
     wall_time: float = 0.0
+    world_size: int = 1
+    rank: int = 0
 
 
 def samples_table(batch: Batch, gold_values: Tensor | None, rows: int = 8) -> str:
@@ -318,78 +377,102 @@ def train(cfg: RLHFConfig, run_name: str | None = None, progress: bool = True, l
     """Run PPO on a language model; returns an RLHFResult (history has one dict per update).
 
     ``reward_fn`` (prompts, responses) -> scores overrides cfg.reward (e.g. a lambda in a notebook).
+    Under torchrun (WORLD_SIZE > 1) it runs data parallel; every rank returns the same (reduced)
+    numbers, and only rank 0 writes (run folder, checkpoint, summary, progress bars).
     """
     cfg.validate()
     start_time = time.time()
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    device = resolve_device(cfg.device)
+    ctx, device = distributed.init_distributed(cfg.device)
+    try:
+        return _train(cfg, ctx, device, start_time, run_name, progress and ctx.is_main, log and ctx.is_main, reward_fn, echo)
+    finally:
+        distributed.cleanup(ctx)
+
+
+def _train(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.device, start_time: float, run_name: str | None,
+           progress: bool, log: bool, reward_fn: RewardFn | None, echo) -> RLHFResult:
     quiet = (lambda *a, **k: None)
-    policy_path = resolve_policy_path(cfg, log=echo if progress else quiet)
-    gold = None
-    if reward_fn is None:
-        reward_fn, gold, reward_desc = make_reward(cfg, policy_path, device, progress, log=echo if progress else quiet)
-    else:
-        reward_desc = "reward_fn argument"
-        if cfg.task == "synthetic":
-            from rlkit.envs import text_task
+    say = echo if progress else quiet
+    with distributed.main_process_first(ctx):  # rank 0 converts / builds / trains shared artifacts, the others wait
+        policy_path = resolve_policy_path(cfg, log=say)
+        gold = None
+        if reward_fn is None:
+            reward_fn, gold, reward_desc = make_reward(cfg, policy_path, device, progress, log=say)
+        else:
+            reward_desc = "reward_fn argument"
+            gold = callable_reward(task_module(cfg).gold_reward)
 
-            gold = callable_reward(text_task.gold_reward)
-
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same initial weights on every rank (and rank 0's broadcast below)
     policy, tokenizer = load_policy(policy_path, cfg.lora, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules, device)
     trainable = [p for p in policy.parameters() if p.requires_grad]
+    distributed.broadcast_parameters(trainable, ctx)
+    seed = distributed.rank_seed(cfg.seed, ctx.rank)  # different prompts and samples per rank
+    seed_everything(seed)
     optimizer = torch.optim.Adam(trainable, lr=cfg.learning_rate, eps=1e-5)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(seed)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
+    sync = (lambda: distributed.average_gradients(trainable, ctx)) if ctx.enabled else None
+    global_batch = cfg.batch_size * ctx.world_size
 
     if run_name is None:
         run_name = f"{cfg.task}__{cfg.exp_name}__{cfg.seed}__{int(time.time())}"
     run_dir = os.path.join(cfg.run_dir, run_name)
-    logger = RunLogger(run_dir, {**cfg.to_dict(), "policy_resolved": policy_path, "reward_resolved": reward_desc},
-                       enabled=log, progress=progress, total=cfg.num_updates * cfg.batch_size)
+    logger = RunLogger(run_dir, {**cfg.to_dict(), "policy_resolved": policy_path, "reward_resolved": reward_desc,
+                                 "world_size": ctx.world_size},
+                       enabled=log, progress=progress, total=cfg.num_updates * global_batch)
     logger.bar.set_description("rlhf")
-    initial = evaluate(policy, tokenizer, cfg, reward_fn, gold)
+    initial = evaluate(policy, tokenizer, cfg, reward_fn, gold, ctx=ctx)
     history: list[dict] = []
+    checkpoint_dir = None
     try:
         for update in range(1, cfg.num_updates + 1):
             update_start = time.time()
             beta = kl_ctl.value
-            prompts = sample_prompts(cfg, cfg.batch_size, seed=cfg.seed * 1_000_003 + update)
+            prompts = sample_prompts(cfg, cfg.batch_size, seed=seed * 1_000_003 + update)
             batch = collect(policy, tokenizer, prompts, reward_fn, cfg, beta)
-            stats = ppo_update(policy, optimizer, batch, cfg, beta, generator)
+            stats = ppo_update(policy, optimizer, batch, cfg, beta, generator, sync_gradients=sync)
 
             kl = sequence_kl(batch.logp, batch.ref_logp, batch.mask)
-            kl_ctl.update(kl["kl_k1"], cfg.batch_size)
             stats.update(kl)
-            stats.update(score=float(batch.scores.mean()), beta=beta, response_length=float(batch.mask.sum(-1).mean()),
-                         eos_frac=float(batch.samples.ended.float().mean()),
-                         sqrt_kl=max(kl["kl_k1"], 0.0) ** 0.5, episodes_per_s=cfg.batch_size / (time.time() - update_start))
+            stats.update(score=float(batch.scores.mean()), response_length=float(batch.mask.sum(-1).mean()),
+                         eos_frac=float(batch.samples.ended.float().mean()))
             gold_values = None
             if gold is not None:
-                gold_values = gold_scores(gold, batch.samples)
+                gold_values = gold_scores(gold, batch.samples, cfg)
                 stats["gold"] = float(gold_values.mean())
-            episodes = update * cfg.batch_size
+            stats = distributed.reduce_mean(stats, ctx)  # means over ranks: every rank's controller sees the same KL
+            kl_ctl.update(stats["kl_k1"], global_batch)
+            stats.update(beta=beta, sqrt_kl=max(stats["kl_k1"], 0.0) ** 0.5,
+                         episodes_per_s=global_batch / (time.time() - update_start))
+            episodes = update * global_batch
             logger.update(episodes, update, stats)
             history.append({"update": update, "episodes": episodes, **stats})
             if logger.writer is not None and (update % cfg.sample_every == 0 or update == 1):
                 logger.writer.add_text("samples", samples_table(batch, gold_values), episodes)
-            postfix = {"score": f"{stats['score']:.2f}", "kl": f"{kl['kl_k1']:.2f}"}
+            postfix = {"score": f"{stats['score']:.2f}", "kl": f"{stats['kl_k1']:.2f}"}
             if "gold" in stats:
                 postfix["gold"] = f"{stats['gold']:.2f}"
             logger.bar.set_postfix(postfix, refresh=False)
-            logger.bar.update(cfg.batch_size)
-        final = evaluate(policy, tokenizer, cfg, reward_fn, gold)
-        checkpoint_dir = None
-        if cfg.save_checkpoint and log:
+            logger.bar.update(global_batch)
+        final = evaluate(policy, tokenizer, cfg, reward_fn, gold, ctx=ctx)
+        in_sync = distributed.parameters_in_sync(trainable, ctx)
+        if not in_sync:
+            raise RuntimeError("data parallel: the ranks' parameters diverged (gradients were not averaged identically)")
+        if cfg.save_checkpoint and log:  # log is False on every rank but 0: rank 0 is the only writer
             checkpoint_dir = save_policy_checkpoint(policy, tokenizer, {**cfg.to_dict(), "policy_resolved": policy_path},
                                                     os.path.join(run_dir, "checkpoint"))
         if log:
             import json
 
+            summary = {"initial": initial, "final": final,
+                       "distributed": {"world_size": ctx.world_size, "parameters_in_sync": in_sync,
+                                       "global_batch": global_batch, "writer_rank": ctx.rank}}
             with open(os.path.join(run_dir, "summary.json"), "w") as f:
-                json.dump({"initial": initial, "final": final}, f, indent=2)
+                json.dump(summary, f, indent=2)
+        distributed.barrier(ctx)  # nobody leaves before the writer is done
     finally:
         logger.close()
     return RLHFResult(os.path.abspath(run_dir), checkpoint_dir, policy_path, reward_desc, initial, final, history,
-                      time.time() - start_time)
+                      time.time() - start_time, ctx.world_size, ctx.rank)

@@ -253,3 +253,70 @@ def _label_ceiling(test: list[tuple[str, str, str]], temperature: float) -> floa
         diff = abs(text_task.gold_reward(p, c) - text_task.gold_reward(p, r))
         total += 0.5 if diff == 0 else (1.0 / (1.0 + math.exp(-diff / temperature)) if temperature > 0 else 1.0)
     return total / max(1, len(test))
+
+
+# ---------------------------------------------------------------------------------
+# The sentiment task's proxy reward model (fresh preferred over rotten; VADER is the gold judge)
+# ---------------------------------------------------------------------------------
+
+
+def build_sentiment_reward_model(cfg, policy_path: str, out_dir: str, progress: bool = True, log=print,
+                                 device: torch.device | str = "cpu") -> dict:
+    """Train a Bradley-Terry RM on (fresh, rotten) snippet pairs, fit gain/bias on initial-policy samples, save.
+
+    Backbone: cfg.rm_backbone ('' : offline:minilm, the packaged all-MiniLM-L6-v2) with a
+    fresh one-output head.  Reports the held-out pairwise accuracy on pairs of the test
+    split, VADER's own accuracy on those pairs (the gold judge is a different judge), and
+    the correlation of proxy and gold on the initial-policy samples.
+    """
+    import json
+    import time
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlkit.envs import sentiment_task
+    from rlkit.ppo import seed_everything
+    from rlkit.rlhf.offline import resolve
+    from rlkit.rlhf.policy import load_policy
+    from rlkit.rlhf.rollout import generate_samples
+
+    start = time.time()
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.task_seed)
+    backbone = resolve(cfg.rm_backbone or "offline:minilm", cfg.cache_dir, log=log)
+    train = sentiment_task.preference_pairs(cfg.rm_pairs, seed=cfg.task_seed + 1, split="train")
+    test = sentiment_task.preference_pairs(max(32, cfg.rm_pairs // 10), seed=cfg.task_seed + 2, split="test")
+    log(f"training the sentiment proxy reward model on {len(train)} fresh-vs-rotten pairs ({backbone})")
+    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1).to(device)
+    rm = RewardModel(model, AutoTokenizer.from_pretrained(backbone))
+    accuracy_before = pairwise_accuracy(rm, test)
+    losses = train_reward_model(rm, train, cfg.rm_epochs, cfg.rm_batch_size, cfg.rm_learning_rate, cfg.task_seed, progress)
+
+    policy, tokenizer = load_policy(policy_path, device=device)
+    prompts = sentiment_task.sample_prompts(cfg.rm_norm_samples, seed=cfg.task_seed + 3, split="train")
+    texts: list[str] = []
+    for i in range(0, len(prompts), 64):
+        texts += generate_samples(policy, tokenizer, prompts[i : i + 64], cfg.temperature, cfg.max_new_tokens, cfg.stop_string).texts
+    del policy
+    gain, bias = rm.fit_normalization(prompts, texts)
+    proxy = torch.cat([rm(prompts[i : i + 256], texts[i : i + 256]).cpu() for i in range(0, len(prompts), 256)])
+    gold = torch.tensor([sentiment_task.gold_reward(p, r) for p, r in zip(prompts, texts)])
+    report = {
+        "pairs_train": len(train),
+        "pairs_heldout": len(test),
+        "heldout_accuracy": pairwise_accuracy(rm, test),
+        "heldout_accuracy_before_training": accuracy_before,
+        "heldout_gold_accuracy": sentiment_task.gold_pair_accuracy(test),
+        "proxy_gold_correlation": float(torch.corrcoef(torch.stack([proxy, gold]))[0, 1]) if len(prompts) > 2 else float("nan"),
+        "final_train_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "gain": gain,
+        "bias": bias,
+        "seconds": time.time() - start,
+        "backbone": backbone,
+        "policy": policy_path,
+    }
+    rm.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "reward_model_report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    return report
