@@ -9,7 +9,7 @@ fresh subprocess; repeats are interleaved so machine noise hits all of them
 alike; we report medians and the ratio of medians.  Raw env stepping (random
 actions, the same wrapper stack) is measured in the same run as the floor.
 
-    python benchmarks/sps_vs_sb3.py --envs Pendulum-v1 HalfCheetah-v5 --steps 16384 --repeats 3
+    python benchmarks/sps_vs_sb3.py --envs Pendulum-v1 CartPole-v1 HalfCheetah-v5 --steps 16384 --repeats 3
 
 Needs `pip install "rlkit[mujoco,bench]"`.  Writes benchmarks/results/sps_vs_sb3/.
 """
@@ -84,7 +84,7 @@ def child(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", nargs="+", default=["Pendulum-v1", "HalfCheetah-v5"])
+    parser.add_argument("--envs", nargs="+", default=["Pendulum-v1", "CartPole-v1", "HalfCheetah-v5"])
     parser.add_argument("--steps", type=int, default=16384, help="env steps per run (a multiple of 2048)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sb3-threads", type=int, nargs="+", default=[1, 2],

@@ -8,7 +8,7 @@ from rlkit.doctor import print_report, run_probe, run_probe_suite
 
 def test_every_probe_is_solved(capsys):
     results = run_probe_suite(seed=1)
-    assert len(results) == 10
+    assert len(results) == 13
     assert print_report(results) == 0, capsys.readouterr().out
     assert all(r.passed for r in results)
 
