@@ -117,6 +117,8 @@ class PPOConfig:
     """torch.backends.cudnn.deterministic and deterministic algorithms where cheap"""
     torch_threads: int = 1
     """torch CPU threads (0: torch's default); small MLPs run fastest on 1"""
+    torch_compile: bool = False
+    """compile the minibatch loss and its backward with torch.compile (one-off compile time; see benchmarks)"""
     run_dir: str = "runs"
     """parent folder of the run folder"""
     exp_name: str = "ppo"
@@ -487,6 +489,51 @@ def action_mask_from_info(info: dict, device: torch.device) -> Tensor | None:
     return torch.as_tensor(np.stack(list(info["action_mask"])), dtype=torch.bool, device=device)
 
 
+def minibatch_loss(
+    new_log_prob: Tensor,
+    entropy: Tensor,
+    new_value: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    returns: Tensor,
+    old_value: Tensor,
+    norm_adv: bool,
+    clip_coef: float,
+    clip_vloss: bool,
+    ent_coef: float,
+    vf_coef: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    """loss = policy_loss - ent_coef * entropy + vf_coef * value_loss of one minibatch [core 10].
+
+    Returns (loss, policy loss, value loss, mean entropy, policy-loss debug stats).
+    """
+    if norm_adv:
+        advantages = masked_whiten(advantages)  # per minibatch [core 7]
+    pg_loss, pg_stats = clipped_policy_loss(new_log_prob, old_log_prob, advantages, clip_coef)
+    v_loss = clipped_value_loss(new_value, old_value, returns, clip_coef if clip_vloss else None)
+    entropy_loss = entropy.mean()
+    loss = pg_loss - ent_coef * entropy_loss + vf_coef * v_loss
+    return loss, pg_loss, v_loss, entropy_loss, pg_stats
+
+
+def agent_minibatch_loss(agent: Agent, obs: Tensor, actions: Tensor, action_mask: Tensor | None, *targets):
+    """The agent's forward on a minibatch, then :func:`minibatch_loss`."""
+    _, new_log_prob, entropy, new_value = agent.get_action_and_value(obs, actions, action_mask=action_mask)
+    return minibatch_loss(new_log_prob, entropy, new_value, *targets)
+
+
+_COMPILED_LOSS = None
+
+
+def compiled_agent_loss():
+    """agent_minibatch_loss through torch.compile (config ``torch_compile``): the
+    forward, the loss and their backward become a few fused kernels; compiled once."""
+    global _COMPILED_LOSS
+    if _COMPILED_LOSS is None:
+        _COMPILED_LOSS = torch.compile(agent_minibatch_loss, dynamic=False)
+    return _COMPILED_LOSS
+
+
 def ppo_update(
     agent: Agent,
     optimizer: torch.optim.Optimizer,
@@ -511,6 +558,7 @@ def ppo_update(
     """
     batch_size = old_log_probs.shape[0]
     minibatch_size = batch_size // cfg.num_minibatches
+    loss_fn = compiled_agent_loss() if cfg.torch_compile else agent_minibatch_loss
     clipfracs, approx_kl, first_ratio_error, epochs_run = [], torch.zeros(()), float("nan"), 0
     for epoch in range(cfg.update_epochs):
         if minibatches is None:
@@ -519,20 +567,13 @@ def ppo_update(
         else:
             epoch_minibatches = minibatches()
         for index, mb in enumerate(epoch_minibatches):
+            targets = (old_log_probs[mb], advantages[mb], returns[mb], old_values[mb], cfg.norm_adv, cfg.clip_coef,
+                       cfg.clip_vloss, cfg.ent_coef, cfg.vf_coef)
             if score is None:
                 mb_masks = None if action_masks is None else action_masks[mb]
-                _, new_log_prob, entropy, new_value = agent.get_action_and_value(obs[mb], actions[mb], action_mask=mb_masks)
+                loss, pg_loss, v_loss, entropy_loss, pg_stats = loss_fn(agent, obs[mb], actions[mb], mb_masks, *targets)
             else:
-                new_log_prob, entropy, new_value = score(mb)
-            mb_advantages = advantages[mb]
-            if cfg.norm_adv:
-                mb_advantages = masked_whiten(mb_advantages)  # per minibatch [core 7]
-            pg_loss, pg_stats = clipped_policy_loss(new_log_prob, old_log_probs[mb], mb_advantages, cfg.clip_coef)
-            v_loss = clipped_value_loss(
-                new_value, old_values[mb], returns[mb], cfg.clip_coef if cfg.clip_vloss else None
-            )
-            entropy_loss = entropy.mean()
-            loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
+                loss, pg_loss, v_loss, entropy_loss, pg_stats = minibatch_loss(*score(mb), *targets)
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
