@@ -274,7 +274,27 @@ def policy_output_size(action_space: gym.Space) -> int:
     return int(action_space.n)
 
 
-class Agent(nn.Module):
+class ActorCriticBase(nn.Module):
+    """What every agent knows about its spaces, and how policy outputs become actions."""
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space):
+        super().__init__()
+        check_spaces(observation_space, action_space)
+        self.obs_dim = int(np.prod(observation_space.shape))
+        self.continuous = isinstance(action_space, gym.spaces.Box)
+        self.nvec = [int(n) for n in action_space.nvec] if isinstance(action_space, gym.spaces.MultiDiscrete) else None
+        self.action_dim = policy_output_size(action_space)
+        self.action_shape = tuple(action_space.shape)
+
+    def sample_and_score(
+        self, policy_out: Tensor, action: Tensor | None, deterministic: bool, action_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        if self.continuous:
+            return normal_sample_and_score(policy_out, self.actor_logstd, action, deterministic)
+        return categorical_sample_and_score(policy_out, self.nvec, action, deterministic, action_mask)
+
+
+class Agent(ActorCriticBase):
     """Actor-critic MLP (tanh, two hidden layers) for Discrete, MultiDiscrete or Box actions.
 
     Separate actor and critic networks by default [cont 4]; one shared torso with
@@ -284,13 +304,8 @@ class Agent(nn.Module):
     """
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, hidden_size: int = 64, shared: bool = False):
-        super().__init__()
-        check_spaces(observation_space, action_space)
-        obs_dim = int(np.prod(observation_space.shape))
-        self.continuous = isinstance(action_space, gym.spaces.Box)
-        self.nvec = [int(n) for n in action_space.nvec] if isinstance(action_space, gym.spaces.MultiDiscrete) else None
-        self.action_dim = policy_output_size(action_space)
-        self.action_shape = tuple(action_space.shape)
+        super().__init__(observation_space, action_space)
+        obs_dim = self.obs_dim
         self.shared = shared
 
         def torso() -> nn.Sequential:
@@ -328,10 +343,7 @@ class Agent(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Sample (or score the given) action: action, log-prob, entropy, value."""
         policy_out, value = self(obs)
-        if self.continuous:
-            action, log_prob, entropy = normal_sample_and_score(policy_out, self.actor_logstd, action, deterministic)
-        else:
-            action, log_prob, entropy = categorical_sample_and_score(policy_out, self.nvec, action, deterministic, action_mask)
+        action, log_prob, entropy = self.sample_and_score(policy_out, action, deterministic, action_mask)
         return action, log_prob, entropy, value
 
 
@@ -609,6 +621,24 @@ def ppo_update(
 
 
 @dataclass
+class EpisodeLog:
+    """Returns, lengths and end steps of finished episodes, from RecordEpisodeStatistics' info."""
+
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+
+    def record(self, infos: dict, global_step: int, logger: RunLogger) -> None:
+        if "_episode" not in infos:
+            return
+        for i in np.flatnonzero(infos["_episode"]):
+            self.returns.append(float(infos["episode"]["r"][i]))
+            self.lengths.append(int(infos["episode"]["l"][i]))
+            self.steps.append(global_step)
+            logger.episode(global_step, self.returns[-1], self.lengths[-1])
+
+
+@dataclass
 class TrainResult:
     """What a run produced: per-episode returns, the last update's stats, timings."""
 
@@ -723,7 +753,7 @@ def train(
     agent = Agent(envs.single_observation_space, envs.single_action_space, cfg.hidden_size, cfg.shared_network).to(device)
     optimizer = make_optimizer(agent, cfg.learning_rate)
     shuffle_generator = torch.Generator().manual_seed(cfg.seed)
-    episode_returns, episode_lengths, episode_steps = [], [], []
+    episodes = EpisodeLog()
     global_step, start_iteration, elapsed_before = 0, 1, 0.0
     next_obs_np, reset_info = envs.reset(seed=cfg.seed)
     next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
@@ -735,7 +765,7 @@ def train(
         next_obs, next_mask, note = _restore(saved, tensors, agent, optimizer, shuffle_generator, envs, cfg, device)
         notes.append(note)
         global_step, start_iteration, elapsed_before = saved["global_step"], saved["iteration"] + 1, saved["wall_time"]
-        episode_returns, episode_lengths, episode_steps = (list(saved["episodes"][k]) for k in ("returns", "lengths", "steps"))
+        episodes = EpisodeLog(*(list(saved["episodes"][k]) for k in ("returns", "lengths", "steps")))
 
     logger = RunLogger(run_dir, cfg.to_dict(), enabled=log, progress=progress, total=cfg.num_iterations * cfg.batch_size,
                        resume_metrics_at=saved["metrics_offset"] if saved is not None else None)
@@ -759,7 +789,7 @@ def train(
             "normalizers": normalizer_state(envs),
             "spaces": {"observation_shape": list(envs.single_observation_space.shape),
                        "action_space": str(envs.single_action_space)},
-            "episodes": {"returns": episode_returns, "lengths": episode_lengths, "steps": episode_steps},
+            "episodes": {"returns": episodes.returns, "lengths": episodes.lengths, "steps": episodes.steps},
             "metrics_offset": logger.metrics_offset(),
         }
         optimizer_state, groups = optimizer_tensors(optimizer)
@@ -813,13 +843,7 @@ def train(
                     _check_finite("observations", next_obs)  # before the policy ever sees them
                     if next_mask is not None:  # after an autoreset this is the new episode's mask
                         next_mask = action_mask_from_info(infos, device)
-
-                    if "_episode" in infos:
-                        for i in np.flatnonzero(infos["_episode"]):
-                            episode_returns.append(float(infos["episode"]["r"][i]))
-                            episode_lengths.append(int(infos["episode"]["l"][i]))
-                            episode_steps.append(global_step)
-                            logger.episode(global_step, episode_returns[-1], episode_lengths[-1])
+                    episodes.record(infos, global_step, logger)
 
                 _check_finite("rewards", rollout.rewards)
                 with torch.inference_mode():
@@ -868,9 +892,9 @@ def train(
 
     result = TrainResult(
         run_dir=logger.run_dir,
-        episode_returns=episode_returns,
-        episode_lengths=episode_lengths,
-        episode_steps=episode_steps,
+        episode_returns=episodes.returns,
+        episode_lengths=episodes.lengths,
+        episode_steps=episodes.steps,
         last_update=stats,
         global_step=global_step,
         wall_time=wall_time,

@@ -30,19 +30,17 @@ from torch import Tensor
 from rlkit.envs import normalizer_state
 from rlkit.logger import RunLogger
 from rlkit.ppo import (
+    ActorCriticBase,
+    EpisodeLog,
     PPOConfig,
     TrainResult,
     _check_finite,
     action_mask_from_info,
-    categorical_sample_and_score,
-    check_spaces,
     explained_variance,
     gae,
     layer_init,
     make_envs,
     make_optimizer,
-    normal_sample_and_score,
-    policy_output_size,
     ppo_update,
     resolve_device,
     seed_everything,
@@ -70,18 +68,12 @@ class RecurrentPPOConfig(PPOConfig):
         return self
 
 
-class LSTMAgent(nn.Module):
+class LSTMAgent(ActorCriticBase):
     """obs -> Linear(hidden) tanh -> LSTM -> policy head (gain 0.01) and value head (gain 1)."""
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, hidden_size: int = 64, lstm_hidden_size: int = 64):
-        super().__init__()
-        check_spaces(observation_space, action_space)
-        obs_dim = int(np.prod(observation_space.shape))
-        self.continuous = isinstance(action_space, gym.spaces.Box)
-        self.nvec = [int(n) for n in action_space.nvec] if isinstance(action_space, gym.spaces.MultiDiscrete) else None
-        self.action_dim = policy_output_size(action_space)
-        self.action_shape = tuple(action_space.shape)
-        self.encoder = nn.Sequential(layer_init(nn.Linear(obs_dim, hidden_size)), nn.Tanh())
+        super().__init__(observation_space, action_space)
+        self.encoder = nn.Sequential(layer_init(nn.Linear(self.obs_dim, hidden_size)), nn.Tanh())
         self.lstm = nn.LSTM(hidden_size, lstm_hidden_size)
         for name, param in self.lstm.named_parameters():  # [lstm 1]
             if "bias" in name:
@@ -130,10 +122,7 @@ class LSTMAgent(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, LSTMState]:
         output, state = self.get_states(obs, state, episode_starts)
         policy_out, value = self.actor(output), self.critic(output).squeeze(-1)
-        if self.continuous:
-            action, log_prob, entropy = normal_sample_and_score(policy_out, self.actor_logstd, action, deterministic)
-        else:
-            action, log_prob, entropy = categorical_sample_and_score(policy_out, self.nvec, action, deterministic, action_mask)
+        action, log_prob, entropy = self.sample_and_score(policy_out, action, deterministic, action_mask)
         return action, log_prob, entropy, value, state
 
 
@@ -163,7 +152,7 @@ def train(cfg: RecurrentPPOConfig, run_name: str | None = None, progress: bool =
     masks = torch.zeros((T, N, agent.action_dim), dtype=torch.bool, device=device) if next_mask is not None else None
     next_start = torch.ones(N, device=device)
     lstm_state = agent.initial_state(N, device)
-    episode_returns, episode_lengths, episode_steps = [], [], []
+    episodes = EpisodeLog()
     global_step, start_time, stats = 0, time.time(), {}
     try:
         for iteration in range(1, cfg.num_iterations + 1):
@@ -198,12 +187,7 @@ def train(cfg: RecurrentPPOConfig, run_name: str | None = None, progress: bool =
                 _check_finite("observations", next_obs)
                 if next_mask is not None:
                     next_mask = action_mask_from_info(infos, device)
-                if "_episode" in infos:
-                    for i in np.flatnonzero(infos["_episode"]):
-                        episode_returns.append(float(infos["episode"]["r"][i]))
-                        episode_lengths.append(int(infos["episode"]["l"][i]))
-                        episode_steps.append(global_step)
-                        logger.episode(global_step, episode_returns[-1], episode_lengths[-1])
+                episodes.record(infos, global_step, logger)
 
             with torch.inference_mode():
                 next_value = agent.get_value(next_obs, lstm_state, next_start)
@@ -241,7 +225,7 @@ def train(cfg: RecurrentPPOConfig, run_name: str | None = None, progress: bool =
         normalizer = normalizer_state(envs)
         envs.close()
         logger.close()
-    result = TrainResult(logger.run_dir, episode_returns, episode_lengths, episode_steps, stats, global_step, wall_time,
+    result = TrainResult(logger.run_dir, episodes.returns, episodes.lengths, episodes.steps, stats, global_step, wall_time,
                          agent, normalizer)
     logger.summary(result.summary(cfg))
     return result

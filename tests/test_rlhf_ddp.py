@@ -16,7 +16,6 @@ import textwrap
 
 import pytest
 import torch
-
 from rlkit.envs import text_task
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

@@ -14,8 +14,8 @@ import time
 
 import pytest
 import torch
-
 from rlkit.envs import sentiment_task
+
 from rlkit.rlhf import offline
 
 
