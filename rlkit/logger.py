@@ -15,7 +15,6 @@ from collections import deque
 
 from tqdm.auto import tqdm
 
-LOSS_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "explained_variance")
 TB_NAMES = {
     "policy_loss": "losses/policy_loss",
     "value_loss": "losses/value_loss",
@@ -79,10 +78,6 @@ class RunLogger:
             for key, value in stats.items():
                 self.writer.add_scalar(TB_NAMES.get(key, f"charts/{key}"), value, global_step)
         self._write({"kind": "update", "global_step": global_step, "iteration": iteration, **stats})
-
-    def scalar(self, name: str, value: float, global_step: int) -> None:
-        if self.writer is not None:
-            self.writer.add_scalar(name, value, global_step)
 
     def metrics_offset(self) -> int:
         """Bytes of metrics.jsonl written so far (a checkpoint stores it to cut the file on resume)."""
