@@ -4,6 +4,7 @@ Importing this package registers the probes as ``rlkit/<Name>-{Discrete,Continuo
 Nothing here imports the agent.
 """
 
+from .atari import ATARI_BACKENDS, is_atari_id, make_atari_vector_env
 from .factory import (
     env_state,
     load_env_state,
@@ -19,6 +20,9 @@ from .wrappers import NormalizeObservation, NormalizeReward, RunningMeanStd
 register_probes()
 
 __all__ = [
+    "ATARI_BACKENDS",
+    "is_atari_id",
+    "make_atari_vector_env",
     "EXTRA_PROBES",
     "PROBES",
     "NormalizeObservation",

@@ -188,6 +188,9 @@ def cmd_bench(argv: list[str]) -> int:
     parser.add_argument("--backend", choices=["local", "ray"], default="local",
                         help="ray: submit to RAY_ADDRESS, or a local Ray started here")
     parser.add_argument("--out", default="bench_runs", help="output folder: OUT/<env>/seed_<s>/")
+    parser.add_argument("--batched", action="store_true", help="all seeds of an env in one process as one batched "
+                        "computation (rlkit/ppo_multiseed.py: stacked parameters, torch.func.vmap); [ppo] recipes, "
+                        "no checkpoints")
     if "--" in argv:
         split = argv.index("--")
         argv, overrides = argv[:split], argv[split + 1:]
@@ -197,6 +200,8 @@ def cmd_bench(argv: list[str]) -> int:
     from rlkit.bench import launch, plan_runs
 
     runs = plan_runs(args.recipe, args.env_ids, args.seeds, args.devices, args.out, overrides)
+    if args.batched:
+        return _bench_batched(args.recipe, runs, overrides, args.out)
     outcome = launch(runs, workers=args.workers, backend=args.backend)
     print(f"\n{len(outcome['finished'])} runs finished, {len(outcome['skipped'])} skipped (already done), "
           f"{len(outcome['failed'])} failed; outputs under {os.path.abspath(args.out)}")
@@ -204,6 +209,42 @@ def cmd_bench(argv: list[str]) -> int:
         print(f"  failed: {spec.name}: see {spec.run_dir}.log")
     print(f"aggregate with: rlkit report {args.out}")
     return 1 if outcome["failed"] else 0
+
+
+def _bench_batched(recipe: str, runs, overrides: list[str], out: str) -> int:
+    """rlkit bench --batched: per env id, every pending seed in one train_seeds call."""
+    import time
+
+    from rlkit.ppo import PPOConfig
+    from rlkit.ppo_multiseed import train_seeds
+
+    table, values, source = read_recipe(recipe)
+    if table != "ppo":
+        raise ConfigError(f"{source}: --batched runs [ppo] recipes, not [{table}]")
+    parser = _override_parser("rlkit bench --batched", PPOConfig, values, "")
+    _, extra = parse_overrides(parser, PPOConfig, overrides)
+    by_env: dict = {}
+    for spec in runs:
+        by_env.setdefault(spec.label, []).append(spec)
+    for label, specs in by_env.items():
+        pending = [s for s in specs if not s.finished]
+        if not pending:
+            print(f"{label}: all {len(specs)} seeds already finished")
+            continue
+        env = {"env_id": specs[0].env_id} if specs[0].env_id else {}
+        config = config_from_dict(PPOConfig, {**values, **extra, **env, "device": pending[0].device},
+                                  source=f"{source} + command line")
+        start = time.time()
+        results = train_seeds(config, [s.seed for s in pending], run_dirs=[s.run_dir for s in pending])
+        seconds = time.time() - start
+        print(f"\n{label}: {len(pending)} seeds x {results[0].global_step:,} steps in one process, {seconds:.1f} s "
+              f"({len(pending) * 3600 / seconds:.1f} seeds per hour)")
+        for spec, result in zip(pending, results):
+            last = result.last_returns(100)
+            score = f"{last.mean():.2f}" if last.size else "no episode finished"
+            print(f"  seed {spec.seed}: last-100 return {score}  -> {spec.run_dir}")
+    print(f"aggregate with: rlkit report {out}")
+    return 0
 
 
 def cmd_reward_model(argv: list[str]) -> int:

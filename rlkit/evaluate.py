@@ -25,8 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from rlkit.checkpoint import CheckpointError, load_checkpoint
-from rlkit.envs import load_normalizer_state, make_vector_env, set_normalizer_updates
-from rlkit.ppo import Agent, PPOConfig, resolve_device, user_fields
+from rlkit.envs import is_atari_id, load_normalizer_state, make_atari_vector_env, make_vector_env, set_normalizer_updates
+from rlkit.ppo import ActorCriticBase, PPOConfig, make_agent, resolve_device, user_fields
 
 EXPORT_FILES = ("config.json", "model.safetensors")
 
@@ -55,8 +55,8 @@ def load_agent(path: str) -> tuple[PPOConfig, dict[str, torch.Tensor], dict[str,
     return _config(state["config"]), tensors["model"], state["normalizers"]
 
 
-def build_agent(cfg: PPOConfig, weights: dict[str, torch.Tensor], envs, device: torch.device) -> Agent:
-    agent = Agent(envs.single_observation_space, envs.single_action_space, cfg.hidden_size, cfg.shared_network)
+def build_agent(cfg: PPOConfig, weights: dict[str, torch.Tensor], envs, device: torch.device) -> ActorCriticBase:
+    agent = make_agent(cfg, envs.single_observation_space, envs.single_action_space)
     try:
         agent.load_state_dict(weights)
     except RuntimeError as error:
@@ -95,8 +95,13 @@ def evaluate(
 
         env_kwargs = {"render_mode": "rgb_array"}
         wrappers = [lambda env: RecordVideo(env, video_dir, episode_trigger=lambda i: i < episodes, disable_logger=True)]
-    envs = make_vector_env(cfg.env_id, 1, clip_actions=cfg.clip_actions, normalize_obs=cfg.normalize_obs,
-                           obs_clip=cfg.obs_clip, env_kwargs=env_kwargs, sub_env_wrappers=wrappers)
+    if is_atari_id(cfg.env_id):
+        if video_dir is not None:
+            raise CheckpointError("--video is not supported for Atari yet (the frames are the agent's 84x84 input)")
+        envs = make_atari_vector_env(cfg.env_id, 1, cfg.atari_backend)
+    else:
+        envs = make_vector_env(cfg.env_id, 1, clip_actions=cfg.clip_actions, normalize_obs=cfg.normalize_obs,
+                               obs_clip=cfg.obs_clip, env_kwargs=env_kwargs, sub_env_wrappers=wrappers)
     torch_device = resolve_device(device)
     try:
         agent = build_agent(cfg, weights, envs, torch_device)
@@ -132,7 +137,7 @@ def export(path: str, out: str, episodes: int = 10, deterministic: bool = True) 
     """Write the self-contained export folder ``out`` and return the evaluation it reports."""
     cfg, weights, normalizer = load_agent(path)
     os.makedirs(out, exist_ok=True)
-    envs = make_vector_env(cfg.env_id, 1)
+    envs = make_atari_vector_env(cfg.env_id, 1, cfg.atari_backend) if is_atari_id(cfg.env_id) else make_vector_env(cfg.env_id, 1)
     spaces = {"observation_shape": list(envs.single_observation_space.shape)}
     space = envs.single_action_space
     if hasattr(space, "n"):

@@ -321,3 +321,32 @@ def test_train_smoke_and_cli(tmp_path, capsys):
     assert cmd_rlhf(["--help"]) == 0
     with pytest.raises(ConfigError):
         cmd_rlhf([])
+
+
+def test_gradient_checkpointing_gives_the_same_update_and_keeps_generation_cached(tiny_base):
+    """Recomputing activations in the backward pass must change memory only: the same samples
+    and the same ppo_update give bitwise the same LoRA weights, and generation is back in eval
+    mode (KV cache on) afterwards."""
+    from rlkit.rlhf.ppo_lm import collect, enable_activation_checkpointing, ppo_update
+
+    cfg = RLHFConfig(batch_size=4, num_minibatches=2, ppo_epochs=1, max_new_tokens=6, lora=True, lora_r=4, lora_alpha=8,
+                     learning_rate=1e-2).validate()
+    weights = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        policy, tokenizer = load_policy(tiny_base, lora=True, lora_r=4, lora_alpha=8)
+        if checkpointing:
+            enable_activation_checkpointing(policy.lm)
+        cfg.gradient_checkpointing = checkpointing
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(trainable, lr=cfg.learning_rate, eps=1e-5)
+        batch = collect(policy, tokenizer, ["the cat", "a dog is", "good", "the"],
+                        lambda prompts, texts: torch.arange(len(texts), dtype=torch.float32), cfg, beta=0.05)
+        ppo_update(policy, optimizer, batch, cfg, 0.05, torch.Generator().manual_seed(0))
+        assert not policy.lm.training  # eval mode again: generation keeps its KV cache
+        weights.append({n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad})
+    assert weights[0].keys() == weights[1].keys()
+    changed = [n for n in weights[0] if "lora_B" in n and weights[0][n].abs().sum() > 0]
+    assert changed  # the update did move the adapter
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name

@@ -123,7 +123,7 @@ def cmd_rlhf(argv: list[str]) -> int:
     print(f"PPO on {result.policy_path} for {config.num_updates} updates x {config.batch_size} prompts"
           f"{f' x {world} ranks' if world > 1 else ''} "
           f"in {result.wall_time:.1f} s; reward: {result.reward}")
-    print(f"evaluation samples (256, fixed seed; {config.kl_mode}, beta {config.kl_coef}{' adaptive' if config.adaptive_kl else ''}):")
+    print(f"evaluation samples ({config.eval_samples} held-out prompts, fixed seed; {config.kl_mode}, beta {config.kl_coef}{' adaptive' if config.adaptive_kl else ''}):")
     print(f"  score  {i['score']:+.3f} -> {f['score']:+.3f}")
     if "gold" in f:
         print(f"  gold   {i['gold']:+.3f} -> {f['gold']:+.3f}")

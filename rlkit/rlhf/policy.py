@@ -76,21 +76,23 @@ class PolicyWithValue(nn.Module):
         self._reference = [reference] if reference is not None else []
         self.eval()  # dropout stays off, also during PPO updates (gradients flow in eval mode)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits [B, T, V] and values [B, T]."""
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 0) -> tuple[Tensor, Tensor]:
+        """Logits [B, T, V] (only the last ``logits_to_keep`` positions when > 0) and values [B, T]."""
         out = self.lm(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids_from_mask(attention_mask),
             output_hidden_states=True,
+            logits_to_keep=logits_to_keep,
         )
         values = self.value_head(out.hidden_states[-1]).squeeze(-1)
         return out.logits, values
 
     @torch.no_grad()
-    def reference_logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def reference_logits(self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 0) -> Tensor:
         """Logits of the reference policy: the adapter disabled (LoRA) or the frozen copy."""
-        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                      logits_to_keep=logits_to_keep)
         if self.is_lora:
             with self.lm.disable_adapter():
                 return self.lm(**kwargs).logits
@@ -135,7 +137,8 @@ def response_logprobs(logits: Tensor, responses: Tensor, temperature: float) -> 
     """
     log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
     token_logp = log_probs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    with torch.no_grad():  # a statistic, never in a loss: no [B, R, V] tensors kept for backward
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
     return token_logp, entropy
 
 
@@ -147,22 +150,30 @@ def forward_responses(
     response_mask: Tensor,
     temperature: float,
     reference: bool = False,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Score [query | response] in one pass: (logp, entropy, values) per response token, each [B, R].
 
     The logits and value at position t predict / evaluate response token t, so they
     are read one position earlier (the last query token predicts the first response token).
     With ``reference=True`` returns the reference log-probs (and zeros for the rest).
+    ``chunk_size`` rows at a time bounds the [rows, R, vocab] logits in memory (no-grad scoring).
     """
+    if chunk_size is not None and queries.shape[0] > chunk_size:
+        parts = [forward_responses(policy, queries[i : i + chunk_size], query_mask[i : i + chunk_size],
+                                   responses[i : i + chunk_size], response_mask[i : i + chunk_size], temperature, reference)
+                 for i in range(0, queries.shape[0], chunk_size)]
+        return tuple(torch.cat(tensors) for tensors in zip(*parts))
     input_ids = torch.cat([queries, responses], dim=1)
     attention_mask = torch.cat([query_mask, response_mask], dim=1)
     start, length = queries.shape[1] - 1, responses.shape[1]
+    keep = length + 1  # logits only where they predict response tokens (the last query token onwards)
     if reference:
-        logits = policy.reference_logits(input_ids, attention_mask)[:, start : start + length]
+        logits = policy.reference_logits(input_ids, attention_mask, logits_to_keep=keep)[:, :length]
         logp, entropy = response_logprobs(logits, responses, temperature)
         return logp, entropy, torch.zeros_like(logp)
-    logits, values = policy(input_ids, attention_mask)
-    logp, entropy = response_logprobs(logits[:, start : start + length], responses, temperature)
+    logits, values = policy(input_ids, attention_mask, logits_to_keep=keep)
+    logp, entropy = response_logprobs(logits[:, :length], responses, temperature)
     return logp, entropy, values[:, start : start + length]
 
 

@@ -1,0 +1,229 @@
+"""The ``rlhf-sentiment`` task trained with TRL's RLOOTrainer instead of rlkit's PPO, for a side-by-side comparison.
+
+    python benchmarks/rlhf_sentiment_trl.py --seed 1 [--num-updates 40] [--threads 1] [--out DIR]
+
+Everything but the algorithm is rlkit's: the RLHFConfig of the recipe, the policy (SmolLM2-135M-Instruct, same
+tokenizer / pad token, dropout off, LoRA r / alpha of the recipe on "all-linear", dropout 0), the proxy reward model
+with the EOS trick (no "." nor EOS within max_new_tokens scores no_eos_score), plain-text prompts (no chat template),
+sampling (temperature 0.7, top_k 0, top_p 1, max_new_tokens 16), the episode budget (num_updates x batch_size
+= 40 x 16 = 640 completions), Adam (lr, eps 1e-5, no weight decay, constant lr), max_grad_norm, beta = kl_coef, and the
+initial / final evaluation (rlkit.rlhf.ppo_lm.evaluate on an rlkit PolicyWithValue into which TRL's adapter is copied;
+reference = adapter disabled).
+
+RLOO settings (TRL 1.16): num_generations 2 (the minimum for a leave-one-out baseline) x 8 prompts = 16 completions per
+generation round ("update", as rlkit's 16 prompts); per_device_train_batch_size 8, steps_per_generation 2 and
+num_iterations 2: every round is used for 2 passes x 2 optimizer steps of 8 completions, as rlkit's 2 ppo_epochs x 2
+minibatches of 8 (TRL shuffles a round once, rlkit reshuffles every epoch). epsilon = cliprange 0.2 (clipped on the
+sequence ratio), KL as TRL's RLOO does it: beta x the summed k1 (logp - ref_logp) subtracted from the sequence reward,
+like rlkit's per-token k1 in the reward. TRL defaults kept: no advantage normalisation, truncated completions not masked
+(they score no_eos_score, the EOS trick).
+
+Stop string: rlkit samples max_new_tokens and truncates after the first token whose text contains "."; here every
+token containing "." is an extra EOS id of the generation config, so TRL stops there and its loss, KL and lengths cover
+exactly rlkit's tokens (same distribution up to the stop). The reward function still runs rlkit's truncate_responses /
+truncate_at_stop_string on TRL's completion ids and counts any disagreement (``stop_mismatch``, expected 0).
+
+metrics.jsonl: one line per update (generation round = 4 optimizer steps, logging_steps 4). ``score`` is the mean proxy
+score with the EOS trick (before the KL penalty), ``gold`` VADER on the same completions (logged only), ``kl_k1`` is
+TRL's logged ``kl`` (mean over completion tokens of k1 = old_logp - ref_logp, the policy before the round's updates)
+times the mean completion length, i.e. the per-sequence summed k1 of rlkit's sequence_kl; ``kl_k1_per_token`` is TRL's
+raw value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+
+import torch
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--num-updates", type=int, default=None, help="generation rounds of 16 completions (recipe: 40)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the rlkit benchmark run used 1)")
+    p.add_argument("--artifacts-dir", default="bench_runs/rlhf_sentiment/artifacts", help="where the proxy RM lives")
+    p.add_argument("--eval-samples", type=int, default=None, help="override eval_samples (recipe: 64), for smoke runs")
+    p.add_argument("--out", default=None, help="default bench_runs/rlhf_sentiment/runs/trl__seed{seed}")
+    return p.parse_args()
+
+
+def main() -> None:
+    start = time.time()
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    from rlkit.rlhf.ppo_lm import return_freed_memory_to_os
+
+    return_freed_memory_to_os()  # the same allocator setting as the rlkit run, so peak RSS compares like for like
+    import transformers
+    import trl
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        PrinterCallback,
+        TrainerCallback,
+    )
+    from trl import RLOOConfig, RLOOTrainer
+
+    from rlkit.config import config_from_dict, read_recipe
+    from rlkit.ppo import seed_everything
+    from rlkit.rlhf.config import RLHFConfig
+    from rlkit.rlhf.policy import disable_dropout, ensure_pad_token, load_policy
+    from rlkit.rlhf.ppo_lm import (
+        evaluate,
+        make_reward,
+        resolve_policy_path,
+        sample_prompts,
+        task_module,
+    )
+    from rlkit.rlhf.rollout import (
+        apply_eos_trick,
+        truncate_at_stop_string,
+        truncate_responses,
+    )
+
+    transformers.utils.logging.set_verbosity_error()
+    overrides = {"seed": args.seed, "artifacts_dir": args.artifacts_dir, "torch_threads": args.threads}
+    if args.num_updates is not None:
+        overrides["num_updates"] = args.num_updates
+    if args.eval_samples is not None:
+        overrides["eval_samples"] = args.eval_samples
+    _, values, src = read_recipe("rlhf-sentiment")
+    cfg = config_from_dict(RLHFConfig, {**values, **overrides}, src)
+    out = args.out or f"bench_runs/rlhf_sentiment/runs/trl__seed{cfg.seed}"
+    os.makedirs(out, exist_ok=True)
+
+    policy_path = resolve_policy_path(cfg)
+    reward_fn, gold, reward_desc = make_reward(cfg, policy_path, torch.device("cpu"), progress=False)
+    gold_no_eos = task_module(cfg).GOLD_NO_EOS
+
+    # rlkit's policy (fresh LoRA, B = 0): initial evaluation now, final evaluation with TRL's adapter copied in
+    seed_everything(cfg.seed)
+    policy, tokenizer = load_policy(policy_path, lora=True, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                    lora_target_modules=cfg.lora_target_modules)
+    initial_samples: list[dict] = []
+    initial = evaluate(policy, tokenizer, cfg, reward_fn, gold, samples_out=initial_samples)
+    print(f"initial: score {initial['score']:+.3f}  gold {initial['gold']:+.3f}  KL {initial['kl_k1']:.3f}", flush=True)
+
+    # TRL's model: the same base, tokenizer and pad token as load_policy; every token containing the stop string is an EOS
+    tok = AutoTokenizer.from_pretrained(policy_path)
+    lm = AutoModelForCausalLM.from_pretrained(policy_path)
+    ensure_pad_token(tok, lm)
+    disable_dropout(lm)
+    stop_ids = [i for i in range(len(tok)) if cfg.stop_string and cfg.stop_string in tok.decode([i], skip_special_tokens=True)]
+    lm.generation_config.eos_token_id = [tok.eos_token_id, *stop_ids]
+    targets = cfg.lora_target_modules if cfg.lora_target_modules == "all-linear" else [m.strip() for m in cfg.lora_target_modules.split(",")]
+    peft_config = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets)
+
+    def proxy_reward(prompts, completions, completion_ids, log_metric=None, **_):
+        """rlkit's truncation + EOS trick on TRL's completion ids; the proxy score is the reward, VADER is logged."""
+        lengths = torch.tensor([len(ids) for ids in completion_ids])
+        ids = torch.full((len(completion_ids), max(cfg.max_new_tokens, int(lengths.max()))), tok.pad_token_id)
+        for b, row in enumerate(completion_ids):
+            ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        responses, mask, ended = truncate_responses(ids, tok.eos_token_id, tok.pad_token_id)
+        mask = mask * (torch.arange(ids.shape[1])[None, :] < lengths[:, None])
+        if cfg.stop_string:
+            responses, mask, ended = truncate_at_stop_string(responses, mask, ended, tok, cfg.stop_string, tok.pad_token_id)
+        texts = tok.batch_decode(responses, skip_special_tokens=True)
+        scores = apply_eos_trick(reward_fn(list(prompts), texts).float().cpu(), ended, cfg.no_eos_score)
+        if log_metric is not None:
+            log_metric("score", float(scores.mean()))
+            log_metric("gold", float(apply_eos_trick(gold(list(prompts), texts), ended, gold_no_eos).mean()))
+            log_metric("eos_frac", float(ended.float().mean()))
+            log_metric("response_length", float(mask.sum(-1).float().mean()))
+            log_metric("stop_mismatch", float((mask.sum(-1) != lengths).sum() + sum(t != c for t, c in zip(texts, completions))))
+        return scores.tolist()
+
+    steps_per_update = 4  # steps_per_generation 2 x num_iterations 2
+    rounds_prompts = 16 // 2  # cfg.batch_size completions per round = 8 prompts x num_generations 2
+    assert cfg.batch_size == 16 and cfg.ppo_epochs == 2 and cfg.num_minibatches == 2, "RLOO settings below assume the recipe"
+    rloo_args = RLOOConfig(
+        output_dir=os.path.join(out, "trl_trainer"), seed=cfg.seed, use_cpu=True, bf16=False, fp16=False,
+        report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=steps_per_update,
+        gradient_checkpointing=cfg.gradient_checkpointing, disable_dropout=True, dataloader_num_workers=0,
+        max_steps=cfg.num_updates * steps_per_update, learning_rate=cfg.learning_rate, lr_scheduler_type="constant",
+        warmup_steps=0, optim="adamw_torch", weight_decay=0.0, adam_epsilon=1e-5, max_grad_norm=cfg.max_grad_norm,
+        per_device_train_batch_size=8, gradient_accumulation_steps=1, steps_per_generation=2, num_iterations=2,
+        num_generations=2, shuffle_dataset=False, beta=cfg.kl_coef, epsilon=cfg.cliprange,
+        temperature=cfg.temperature, top_k=0, top_p=1.0, max_completion_length=cfg.max_new_tokens,
+    )
+    dataset = Dataset.from_dict({"prompt": sample_prompts(cfg, cfg.num_updates * rounds_prompts, cfg.seed)})
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    open(metrics_path, "w").close()
+
+    class MetricsWriter(TrainerCallback):
+        def __init__(self):
+            self.last = time.perf_counter()
+
+        def on_log(self, _args, state, control, logs=None, **kwargs):
+            if not logs or "reward" not in logs:
+                return
+            now, update = time.perf_counter(), state.global_step // steps_per_update
+            kl_tok, length = logs.get("kl", 0.0), logs["completions/mean_length"]
+            row = {**logs, "update": update, "episodes": update * cfg.batch_size, "score": logs["score"], "gold": logs["gold"],
+                   "kl_k1": kl_tok * length, "sqrt_kl": max(kl_tok * length, 0.0) ** 0.5, "kl_k1_per_token": kl_tok,
+                   "response_length": logs["response_length"], "eos_frac": logs["eos_frac"],
+                   "stop_mismatch": logs["stop_mismatch"], "seconds": now - self.last}
+            self.last = now
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"update {update:3d}  score {row['score']:+.3f}  gold {row['gold']:+.3f}  KL {row['kl_k1']:.3f}  "
+                  f"len {row['response_length']:.1f}  {row['seconds']:.1f} s", flush=True)
+
+    trainer = RLOOTrainer(model=lm, reward_funcs=proxy_reward, args=rloo_args, train_dataset=dataset,
+                          processing_class=tok, peft_config=peft_config, callbacks=[MetricsWriter()])
+    trainer.remove_callback(PrinterCallback)  # MetricsWriter prints one line per update instead of TRL's log dicts
+    assert trainer.eos_token_ids == [tok.eos_token_id, *stop_ids]
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump({"args": vars(args), "rlhf_config": cfg.to_dict(), "policy_resolved": policy_path,
+                   "reward_resolved": reward_desc, "stop_token_ids": len(stop_ids), "trl_version": trl.__version__,
+                   "rloo_config": rloo_args.to_dict()}, f, indent=2, default=str)
+    train_start = time.time()
+    trainer.train()
+    train_time = time.time() - train_start
+    if not os.listdir(rloo_args.output_dir):  # save_strategy "no": TRL's output_dir stays empty
+        os.rmdir(rloo_args.output_dir)
+
+    # TRL's adapter -> rlkit's policy (names match: both are get_peft_model over the same base)
+    trained = {n: p for n, p in trainer.model.named_parameters() if "lora_" in n}
+    target = {n: p for n, p in policy.lm.named_parameters() if "lora_" in n}
+    assert trained and trained.keys() == target.keys(), "LoRA parameter names differ between TRL and rlkit"
+    with torch.no_grad():
+        for name, param in target.items():
+            param.copy_(trained[name].detach().to(param.device, param.dtype))
+    # the copy is functional: rlkit's policy now computes TRL's logits, and differs from the reference (adapter off)
+    probe = tokenizer(sample_prompts(cfg, 4, 0, split="test"), return_tensors="pt", padding=True, padding_side="left")
+    with torch.no_grad():
+        trainer.model.eval()
+        trl_logits, rlkit_logits = trainer.model(**probe).logits, policy.lm(**probe).logits
+        with policy.lm.disable_adapter():
+            ref_logits = policy.lm(**probe).logits
+    assert torch.allclose(trl_logits, rlkit_logits, atol=1e-4), "the copied adapter does not reproduce TRL's logits"
+    print(f"copied {len(target)} LoRA tensors: max |logits TRL - rlkit| {(trl_logits - rlkit_logits).abs().max():.1e}, "
+          f"max |logits policy - reference| {(rlkit_logits - ref_logits).abs().max():.3f}", flush=True)
+    policy.lm.save_pretrained(os.path.join(out, "checkpoint"))  # the trained adapter, for later re-evaluation
+    final_samples: list[dict] = []
+    final = evaluate(policy, tokenizer, cfg, reward_fn, gold, samples_out=final_samples)
+
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    summary = {"initial": initial, "final": final, "wall_time_s": time.time() - start, "train_time_s": train_time,
+               "peak_rss_mb": peak_rss_mb, "initial_samples": initial_samples, "final_samples": final_samples,
+               "trl_version": trl.__version__}
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    for label, m in (("initial", initial), ("final", final)):
+        print(f"{label:8s} score {m['score']:+.3f}  gold {m['gold']:+.3f}  KL(k1) {m['kl_k1']:.3f}  "
+              f"len {m['response_length']:.1f}  eos {m['eos_frac']:.2f}")
+    print(f"wall {summary['wall_time_s']:.0f} s  train {train_time:.0f} s ({train_time / cfg.num_updates:.1f} s/update)  "
+          f"peak RSS {peak_rss_mb:.0f} MiB  -> {out}")
+
+
+if __name__ == "__main__":
+    main()

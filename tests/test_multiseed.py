@@ -1,0 +1,67 @@
+"""Batched multi-seed training (rlkit/ppo_multiseed.py): every seed learns, seeds are
+independent of what they are batched with, per-seed gradient clipping."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from rlkit.envs import probe_id
+
+from rlkit.doctor import PROBE_CONFIG, _policy_checks, _value_checks
+from rlkit.ppo import PPOConfig, make_agent
+from rlkit.ppo_multiseed import clip_per_seed, train_seeds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("continuous", [False, True])
+def test_every_batched_seed_solves_the_probes(continuous):
+    for name in ("ObsAndActionDependentReward", "TwoStepDiscounted"):
+        cfg = replace(PROBE_CONFIG, env_id=probe_id(name, continuous))
+        results = train_seeds(cfg, [1, 2, 3], progress=False, log=False)
+        for result in results:
+            checks = _policy_checks(result.agent, name, continuous) if "Action" in name else _value_checks(result.agent, name)
+            assert all(c.passed for c in checks), (name, result.run_dir, checks)
+
+
+def test_a_seed_does_not_depend_on_the_seeds_batched_with_it():
+    cfg = PPOConfig(env_id="Pendulum-v1", num_envs=2, num_steps=64, total_timesteps=512, num_minibatches=4,
+                    update_epochs=2)
+    alone = train_seeds(cfg, [7], progress=False, log=False)[0]
+    batched = train_seeds(cfg, [3, 7, 11], progress=False, log=False)
+    within = batched[1]
+    assert within.episode_returns == pytest.approx(alone.episode_returns, rel=1e-5)
+    for name, value in alone.agent.state_dict().items():
+        torch.testing.assert_close(within.agent.state_dict()[name], value, atol=1e-4, rtol=1e-4)
+    # ... and the seeds are different runs
+    assert batched[0].episode_returns != pytest.approx(batched[2].episode_returns)
+
+
+def test_initial_weights_are_those_of_a_single_run():
+    cfg = PPOConfig(env_id="CartPole-v1", num_envs=1, num_steps=8, total_timesteps=8, num_minibatches=1,
+                    update_epochs=1, learning_rate=1e-12, anneal_lr=False)
+    result = train_seeds(cfg, [5, 6], progress=False, log=False)[0]
+    torch.manual_seed(5)
+    import gymnasium as gym
+
+    reference = make_agent(cfg, gym.spaces.Box(-5, 5, (4,)), gym.spaces.Discrete(2))
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(result.agent.state_dict()[name], value, atol=1e-6, rtol=0)
+
+
+def test_gradient_clip_is_per_seed():
+    params = {"w": torch.zeros(2, 3, requires_grad=True), "b": torch.zeros(2, 1, requires_grad=True)}
+    params["w"].grad = torch.tensor([[3.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
+    params["b"].grad = torch.tensor([[4.0], [0.0]])
+    norms = clip_per_seed(params, max_norm=0.5)
+    torch.testing.assert_close(norms, torch.tensor([5.0, 0.1]))
+    torch.testing.assert_close(params["w"].grad[0], torch.tensor([0.3, 0.0, 0.0]), atol=1e-6, rtol=0)  # 5 -> 0.5
+    torch.testing.assert_close(params["w"].grad[1], torch.tensor([0.1, 0.0, 0.0]))  # under the limit: untouched
+
+
+def test_unsupported_settings_are_refused():
+    with pytest.raises(ValueError, match="target_kl"):
+        train_seeds(PPOConfig(env_id="CartPole-v1", target_kl=0.01), [1, 2], progress=False, log=False)
+    with pytest.raises(ValueError, match="distinct"):
+        train_seeds(PPOConfig(env_id="CartPole-v1"), [1, 1], progress=False, log=False)
