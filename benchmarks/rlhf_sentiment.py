@@ -65,9 +65,10 @@ def measure_policy_alone(threads: int) -> None:
     from rlkit.config import config_from_dict, read_recipe
     from rlkit.rlhf.config import RLHFConfig
     from rlkit.rlhf.policy import PolicyWithValue, disable_dropout, ensure_pad_token
-    from rlkit.rlhf.ppo_lm import resolve_policy_path, sample_prompts
+    from rlkit.rlhf.ppo_lm import resolve_policy_path, return_freed_memory_to_os, sample_prompts
     from rlkit.rlhf.rollout import generate_samples
 
+    return_freed_memory_to_os()  # the allocator setting of the PPO run: like for like
     _, values, source = read_recipe("rlhf-sentiment")
     cfg = config_from_dict(RLHFConfig, values, source)
     imports_only = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -97,7 +98,7 @@ def reevaluate(args: argparse.Namespace) -> None:
 
     from rlkit.config import config_from_dict, read_recipe
     from rlkit.rlhf.config import RLHFConfig
-    from rlkit.rlhf.policy import PolicyWithValue, disable_dropout, ensure_pad_token
+    from rlkit.rlhf.policy import PolicyWithValue, disable_dropout, ensure_pad_token, load_policy
     from rlkit.rlhf.ppo_lm import evaluate, make_reward, resolve_policy_path, return_freed_memory_to_os
 
     torch.set_num_threads(args.threads)
@@ -114,13 +115,16 @@ def reevaluate(args: argparse.Namespace) -> None:
     for name, checkpoint in targets.items():
         if name in results or (checkpoint is not None and not os.path.isdir(checkpoint)):
             continue
-        tokenizer, lm = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
-        ensure_pad_token(tokenizer, lm)
-        if checkpoint is not None:
-            lm = PeftModel.from_pretrained(lm, checkpoint)
-        disable_dropout(lm)
+        if checkpoint is None:  # the initial policy: a fresh adapter (B = 0), exactly as a run starts
+            policy, tokenizer = load_policy(path, True, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules)
+        else:
+            tokenizer, lm = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+            ensure_pad_token(tokenizer, lm)
+            lm = PeftModel.from_pretrained(lm, checkpoint)  # reference = this adapter disabled
+            disable_dropout(lm)
+            policy = PolicyWithValue(lm)
         start = time.time()
-        results[name] = evaluate(PolicyWithValue(lm.eval()), tokenizer, cfg, reward_fn, gold, n=args.reeval, chunk=64)
+        results[name] = evaluate(policy, tokenizer, cfg, reward_fn, gold, n=args.reeval, chunk=64)
         print(f"re-evaluated {name} on {args.reeval} prompts in {time.time() - start:.0f} s: gold {results[name]['gold']:+.3f}",
               flush=True)
         with open(out_path, "w") as f:
@@ -194,11 +198,16 @@ def load_run(work: str, kind: str, seed: int) -> dict | None:
             row = json.loads(line)
             if row.get("kind", "update") == "update" and "score" in row:
                 history.append(row)
+    config = {}
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        with open(os.path.join(folder, "config.json")) as f:
+            config = json.load(f)
     process = {}
     if os.path.isfile(folder + ".process.json"):
         with open(folder + ".process.json") as f:
             process = json.load(f)
-    return {"kind": kind, "seed": seed, "summary": summary, "history": history, "process": process}
+    config = config.get("rlhf_config", config)  # the TRL script nests rlkit's config
+    return {"kind": kind, "seed": seed, "summary": summary, "history": history, "process": process, "config": config}
 
 
 def mean_std(xs: list[float], fmt: str = "+.3f") -> str:
@@ -310,14 +319,23 @@ def write_report(args: argparse.Namespace, command: str) -> None:
                   f"generation **{statistics.mean(gen):.1f} tokens/s** (sampled response tokens per second of `generate`), "
                   f"training **{statistics.mean(train):.1f} tokens/s** (query + response tokens through forward and backward, "
                   "per second of PPO epochs)."]
-        if memory:
-            ppo_rss = [r["process"].get("peak_rss_mb", r["summary"].get("peak_rss_mb")) for r in rl]
+        current = [r for r in rl if r["config"].get("gradient_checkpointing")]  # the recipe as committed
+        if memory and current:
+            ppo_rss = [r["summary"]["peak_rss_mb"] for r in current]
             ratio = statistics.mean(ppo_rss) / memory["peak_rss_mb"]
+            older = [r for r in rl if r not in current]
             lines += ["", f"Peak RSS: a process that only imports torch / transformers / rlkit: {memory['imports_only_mb']:.0f} MiB; "
                       f"one that loads the policy ({memory['parameters'] / 1e6:.0f}M parameters, fp32) and samples one batch of "
-                      f"16: **{memory['peak_rss_mb']:.0f} MiB** (the policy alone). The whole LoRA PPO run (policy + adapter + "
-                      f"optimiser + value head, the MiniLM reward model, VADER, evaluation) peaks at **{statistics.mean(ppo_rss):.0f} "
-                      f"MiB**: **{ratio:.2f}x** the policy alone (target ≤ 1.3x)."]
+                      f"16: **{memory['peak_rss_mb']:.0f} MiB** (the policy alone). The whole LoRA PPO run with the recipe as "
+                      f"committed (policy + adapter + optimiser + value head, the MiniLM reward model, VADER, evaluation; "
+                      f"seed(s) {', '.join(str(r['seed']) for r in current)}) peaks at **{statistics.mean(ppo_rss):.0f} MiB**: "
+                      f"**{ratio:.2f}x** the policy alone (target ≤ 1.3x)."]
+            if older:
+                older_peaks = ", ".join(f"{r['summary']['peak_rss_mb']:.0f}" for r in older)
+                lines += ["", f"Seed(s) {', '.join(str(r['seed']) for r in older)} ran before `gradient_checkpointing` and the "
+                          "allocator trim were added (same gradients bitwise, tested; the evaluation logits were not yet "
+                          f"chunked): their peaks, {older_peaks} MiB, are not "
+                          "the recipe's."]
     lines += ["", "## Gold and proxy against sqrt(KL) during training", "",
               "![gold and proxy against sqrt(KL)](gold_proxy_vs_sqrtkl.png)", "",
               "Training-batch values (16 episodes per update, moving average of 5 updates); per-update numbers in "

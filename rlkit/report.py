@@ -108,6 +108,10 @@ class SeedRun:
     def score(self, last: int = 100) -> float:
         return float(np.mean(self.values[-last:]))
 
+    def first_score(self, first: int = 100) -> float:
+        """The same mean over the first episodes: where learning started from."""
+        return float(np.mean(self.values[:first]))
+
 
 @dataclass
 class EnvResult:
@@ -292,10 +296,11 @@ def load_reference(path: str) -> dict[str, str]:
 def _env_line(r: EnvResult, reference: dict[str, str] | None) -> list[str]:
     if r.runs:
         per_seed = ", ".join(f"{_fmt(s)}" for s in r.scores)
-        cells = [f"`{r.env_id}`", str(len(r.runs)), per_seed, f"{_fmt(r.mean)} ± {_fmt(r.std)}",
+        first = ", ".join(f"{_fmt(run.first_score(r.last))}" for run in r.runs)
+        cells = [f"`{r.env_id}`", str(len(r.runs)), first, per_seed, f"{_fmt(r.mean)} ± {_fmt(r.std)}",
                  f"{_fmt(r.iqm)} [{_fmt(r.iqm_ci[0])}, {_fmt(r.iqm_ci[1])}]"]
     else:
-        cells = [f"`{r.env_id}`", "0", "", "n/a", "n/a"]
+        cells = [f"`{r.env_id}`", "0", "", "", "n/a", "n/a"]
     if reference is not None:
         cells.append(reference.get(r.env_id, reference.get(r.folder, "")))
     return cells
@@ -313,7 +318,7 @@ def render_report(out_dir: str, reference: dict[str, str] | str | None = None, r
     last = any_result.last if any_result else aggregate_kwargs.get("last", 100)
     what = f"episodic return over its last {last} episodes" if metric == "return" else \
         f"`{metric}` over its last {last} update records"
-    header = ["env", "seeds", "score per seed", "mean ± std", "IQM [95% CI]"] + (["reference"] if reference is not None else [])
+    header = ["env", "seeds", f"first {last} per seed", "score per seed", "mean ± std", "IQM [95% CI]"] + (["reference"] if reference is not None else [])
     lines = [f"# Benchmark report: `{os.path.abspath(out_dir)}`", "",
              f"Score of a seed: mean {what} (CleanRL's score). "
              "std: ddof=0 (np.std, as CleanRL). IQM: interquartile mean across seeds (rliable, trim 25% each end); "
