@@ -523,7 +523,7 @@ def _train(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.device, 
             stats = distributed.reduce_mean(stats, ctx)  # means over ranks: every rank's controller sees the same KL
             kl_ctl.update(stats["kl_k1"], global_batch)
             stats.update(beta=beta, sqrt_kl=max(stats["kl_k1"], 0.0) ** 0.5,
-                         episodes_per_s=global_batch / (time.time() - update_start))
+                         episodes_per_s=global_batch / (time.time() - update_start), peak_rss_mb=peak_rss_mb())
             episodes = update * global_batch
             logger.update(episodes, update, stats)
             history.append({"update": update, "episodes": episodes, **stats})
