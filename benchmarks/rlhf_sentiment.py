@@ -65,7 +65,11 @@ def measure_policy_alone(threads: int) -> None:
     from rlkit.config import config_from_dict, read_recipe
     from rlkit.rlhf.config import RLHFConfig
     from rlkit.rlhf.policy import PolicyWithValue, disable_dropout, ensure_pad_token
-    from rlkit.rlhf.ppo_lm import resolve_policy_path, return_freed_memory_to_os, sample_prompts
+    from rlkit.rlhf.ppo_lm import (
+        resolve_policy_path,
+        return_freed_memory_to_os,
+        sample_prompts,
+    )
     from rlkit.rlhf.rollout import generate_samples
 
     return_freed_memory_to_os()  # the allocator setting of the PPO run: like for like
@@ -98,8 +102,18 @@ def reevaluate(args: argparse.Namespace) -> None:
 
     from rlkit.config import config_from_dict, read_recipe
     from rlkit.rlhf.config import RLHFConfig
-    from rlkit.rlhf.policy import PolicyWithValue, disable_dropout, ensure_pad_token, load_policy
-    from rlkit.rlhf.ppo_lm import evaluate, make_reward, resolve_policy_path, return_freed_memory_to_os
+    from rlkit.rlhf.policy import (
+        PolicyWithValue,
+        disable_dropout,
+        ensure_pad_token,
+        load_policy,
+    )
+    from rlkit.rlhf.ppo_lm import (
+        evaluate,
+        make_reward,
+        resolve_policy_path,
+        return_freed_memory_to_os,
+    )
 
     torch.set_num_threads(args.threads)
     return_freed_memory_to_os()
@@ -131,7 +145,7 @@ def reevaluate(args: argparse.Namespace) -> None:
             json.dump(results, f, indent=2)
 
 
-def run_all(args: argparse.Namespace) -> dict:
+def run_all(args: argparse.Namespace) -> None:
     work = args.work_dir
     os.makedirs(os.path.join(work, "runs"), exist_ok=True)
     artifacts = os.path.join(work, "artifacts")
@@ -178,7 +192,6 @@ def run_all(args: argparse.Namespace) -> dict:
             json.dump(record, f, indent=2)
         print(f"finished {kind} seed {seed}: exit {code} in {record['wall_s']:.0f} s, peak RSS {record['peak_rss_mb']:.0f} MiB",
               flush=True)
-    return {}
 
 
 # ---------------------------------------------------------------------------------

@@ -771,6 +771,18 @@ def make_envs(cfg: PPOConfig) -> gym.vector.VectorEnv:
     )
 
 
+def truncated_final_obs(terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """(indices, last observations) of the envs whose episode hit a time limit this step.
+
+    A time limit is not a terminal state: the return goes on past it, so the caller folds
+    gamma * V(last obs) into the reward and ends the GAE trace there.
+    """
+    truncated_only = np.flatnonzero(truncations & ~terminations)
+    if not truncated_only.size:
+        return truncated_only, None
+    return truncated_only, np.stack([infos["final_obs"][i] for i in truncated_only])
+
+
 class NonFiniteError(RuntimeError):
     """A NaN or inf appeared; the message names the quantity and the update."""
 
@@ -898,11 +910,8 @@ def train(
                     next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
                     reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
                     if cfg.bootstrap_truncation:
-                        # A time limit is not a terminal state: the return goes on past it,
-                        # so fold gamma * V(last obs) into the reward and end the GAE trace.
-                        truncated_only = np.flatnonzero(truncations & ~terminations)
+                        truncated_only, final_obs = truncated_final_obs(terminations, truncations, infos)
                         if truncated_only.size:
-                            final_obs = np.stack([infos["final_obs"][i] for i in truncated_only])
                             with torch.inference_mode():
                                 final_value = agent.get_value(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
                             reward[truncated_only] += cfg.gamma * final_value

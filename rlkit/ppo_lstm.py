@@ -44,6 +44,7 @@ from rlkit.ppo import (
     ppo_update,
     resolve_device,
     seed_everything,
+    truncated_final_obs,
 )
 
 LSTMState = tuple[Tensor, Tensor]
@@ -171,11 +172,11 @@ def train(cfg: RecurrentPPOConfig, run_name: str | None = None, progress: bool =
                 actions[step], log_probs[step], values[step] = action, log_prob, value
                 next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
                 reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
-                truncated_only = np.flatnonzero(truncations & ~terminations) if cfg.bootstrap_truncation else []
-                if len(truncated_only):
+                truncated_only, final_np = (truncated_final_obs(terminations, truncations, infos) if cfg.bootstrap_truncation
+                                            else (np.zeros(0, dtype=np.int64), None))
+                if truncated_only.size:
                     # the final obs continues the ended episode: value it from the current state
-                    final_obs = torch.as_tensor(np.stack([infos["final_obs"][i] for i in truncated_only]),
-                                                dtype=torch.float32, device=device)
+                    final_obs = torch.as_tensor(final_np, dtype=torch.float32, device=device)
                     state = (lstm_state[0][:, truncated_only], lstm_state[1][:, truncated_only])
                     with torch.inference_mode():
                         final_value = agent.get_value(final_obs, state, torch.zeros(len(truncated_only), device=device))

@@ -47,6 +47,7 @@ from rlkit.ppo import (
     minibatch_loss,
     normal_sample_and_score,
     resolve_device,
+    truncated_final_obs,
 )
 
 
@@ -163,10 +164,9 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
                     obs_i, reward_i, terminated, truncated, info = env.step(action[i].cpu().numpy())
                     reward_i = np.asarray(reward_i, dtype=np.float64).copy()
                     if cfg.bootstrap_truncation:  # as rlkit.ppo.train: V(final obs) folded into the reward
-                        truncated_only = np.flatnonzero(truncated & ~terminated)
+                        truncated_only, final_obs = truncated_final_obs(terminated, truncated, info)
                         if truncated_only.size:
-                            final = torch.as_tensor(np.stack([info["final_obs"][j] for j in truncated_only]),
-                                                    dtype=torch.float32, device=device)
+                            final = torch.as_tensor(final_obs, dtype=torch.float32, device=device)
                             with torch.no_grad():
                                 _, final_value = forward({k: v[i] for k, v in params.items()},
                                                          {k: v[i] for k, v in buffers.items()}, final)
