@@ -75,6 +75,16 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         param_id, name = key.split(".", 1)
         state.setdefault(int(param_id), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": groups})
+    # Files hold row-major tensors. A moment must have its parameter's memory layout again
+    # (channels_last conv weights): fused Adam pairs elements by memory position, so on CPU a
+    # row-major moment beside a channels_last weight updates the wrong elements, silently,
+    # and CUDA refuses it.
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            param_state = optimizer.state.get(param, {})
+            for name, value in param_state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    param_state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def _fsync_file(path: str) -> None:

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from rlkit.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, save_checkpoint
+from rlkit.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    save_checkpoint,
+)
 from rlkit.cli import main
 from rlkit.evaluate import evaluate, export
 from rlkit.ppo import NonFiniteError, PPOConfig, train
@@ -255,6 +262,32 @@ def test_save_checkpoint_round_trip_of_numpy_and_python_state(tmp_path):
     assert loaded["a"].dtype == np.float32
     assert torch.equal(tensors["t"]["x"], torch.ones(2))
     np.random.set_state(tuple(loaded["rng"]))
+
+
+def test_optimizer_state_of_channels_last_weights_survives_a_checkpoint(tmp_path):
+    """The Atari CNN keeps its conv weights channels_last; the saved Adam moments are row-major.
+    Loaded back as they are, fused Adam pairs them with the wrong weight elements (silently on
+    CPU): the resumed step must equal the uninterrupted one."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(conv.parameters(), lr=1e-2, fused=True)
+    x, y = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    for _ in range(3):
+        optimizer.zero_grad()
+        conv(x).pow(2).sum().backward()
+        optimizer.step()
+    tensors, groups = optimizer_tensors(optimizer)
+    save_checkpoint(str(tmp_path), 1, {"model": conv.state_dict(), "optimizer": tensors}, {"groups": groups})
+    loaded, state = load_checkpoint(str(tmp_path))
+    resumed = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+    resumed.load_state_dict(loaded["model"])
+    resumed_optimizer = torch.optim.Adam(resumed.parameters(), lr=1e-2, fused=True)
+    load_optimizer_tensors(resumed_optimizer, loaded["optimizer"], state["groups"])
+    for model, opt in ((conv, optimizer), (resumed, resumed_optimizer)):
+        opt.zero_grad()
+        model(y).pow(2).sum().backward()
+        opt.step()
+    assert torch.equal(resumed.weight, conv.weight) and torch.equal(resumed.bias, conv.bias)
 
 
 def test_eval_records_one_video_per_episode(trained_run, tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from rlkit.rlhf.policy import (
     save_policy_checkpoint,
 )
 from rlkit.rlhf.ppo_lm import AdaptiveKLController, FixedKLController, compute_advantages, k2_kl_loss, per_token_rewards
-from rlkit.rlhf.reward import RewardModel, callable_reward, load_reward_model, sequence_scores
+from rlkit.rlhf.reward import RewardModel, RewardModelPerCall, callable_reward, load_reward_model, sequence_scores
 from rlkit.rlhf.rollout import apply_eos_trick, generate_samples, truncate_at_stop_string, truncate_responses
 
 
@@ -123,6 +123,18 @@ def test_reward_normalisation_survives_save_and_load(tmp_path):
     assert torch.allclose(loaded(prompts, responses), scores, atol=1e-5)  # gain and bias are not dropped on load
 
 
+def test_reward_model_loaded_per_call_scores_like_the_resident_one(tmp_path):
+    rm = _tiny_reward_model()
+    prompts = text_task.sample_prompts(8, seed=0)
+    responses = [text_task.sample_response(__import__("random").Random(i)) for i in range(8)]
+    rm.fit_normalization(prompts, responses)
+    rm.save_pretrained(str(tmp_path / "rm"))
+    per_call = RewardModelPerCall(str(tmp_path / "rm"))
+    assert torch.equal(per_call(prompts, responses), load_reward_model(str(tmp_path / "rm"))(prompts, responses))
+    with pytest.raises(OSError):  # a wrong folder fails when the run starts, not at its first update
+        RewardModelPerCall(str(tmp_path / "missing"))
+
+
 def test_callable_reward_on_decoded_text():
     reward = callable_reward(text_task.gold_reward)
     scores = reward(["the cat is"] * 3, ["good and nice", "bad", "good and good"])
@@ -182,6 +194,25 @@ def test_value_head_zero_init_and_rollout_logprobs_match_update(tiny_base):
     assert torch.equal(logp, again)  # deterministic: the first PPO ratio is exactly 1
     ref, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, 0.7, reference=True)
     assert torch.allclose(logp, ref)  # before training, policy == reference
+
+
+def test_response_scoring_matches_full_logits_in_chunks_and_without_entropy(tiny_base):
+    policy, tokenizer = load_policy(tiny_base)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        policy.value_head.weight.normal_()
+    s = generate_samples(policy, tokenizer, text_task.sample_prompts(6, 0), temperature=0.7, max_new_tokens=8)
+    with torch.no_grad():  # the plain way: logits at every position, then the response slice
+        ids = torch.cat([s.queries, s.responses], 1)
+        logits, values = policy(ids, torch.cat([s.query_mask, s.response_mask], 1))
+        start, length = s.queries.shape[1] - 1, s.responses.shape[1]
+        expected_logp, expected_entropy = response_logprobs(logits[:, start : start + length], s.responses, 0.7)
+        logp, entropy, v = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, 0.7)
+        chunked = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, 0.7,
+                                    chunk_size=4, with_entropy=False)
+    assert torch.allclose(logp, expected_logp, atol=1e-6) and torch.allclose(entropy, expected_entropy, atol=1e-5)
+    assert torch.allclose(v, values[:, start : start + length], atol=1e-6)
+    assert torch.equal(chunked[0], logp) and chunked[1] is None and torch.equal(chunked[2], v)
 
 
 def test_lora_adapter_disabled_equals_base_model(tiny_base, tmp_path):

@@ -35,6 +35,8 @@ class RLHFConfig:
     """'model' (the reward model below), 'gold' (the task's programmatic reward) or 'module:function' (fn(prompt, response) -> float)"""
     reward_model: str = ""
     """reward model folder for AutoModelForSequenceClassification ('' : train one on the task's preferences)"""
+    reward_model_resident: bool = True
+    """keep the reward model in memory between scorings (false: load it from its folder for each scoring and free it after, ~0.15 s for MiniLM on CPU, so the PPO update's memory peak does not hold it)"""
     rm_backbone: str = ""
     """backbone of the reward model trained when reward_model is '' (name_or_path or 'offline:minilm'; '' : the policy for 'synthetic', offline:minilm for 'sentiment')"""
     lora: bool = False

@@ -76,8 +76,9 @@ class PolicyWithValue(nn.Module):
         self._reference = [reference] if reference is not None else []
         self.eval()  # dropout stays off, also during PPO updates (gradients flow in eval mode)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 0) -> tuple[Tensor, Tensor]:
-        """Logits [B, T, V] (only the last ``logits_to_keep`` positions when > 0) and values [B, T]."""
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int | Tensor = 0) -> tuple[Tensor, Tensor]:
+        """Logits [B, T, V] and values [B, T]; ``logits_to_keep``: only the last N positions (N > 0) or
+        the positions in a 1-D index tensor (transformers' own argument)."""
         out = self.lm(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -89,7 +90,7 @@ class PolicyWithValue(nn.Module):
         return out.logits, values
 
     @torch.no_grad()
-    def reference_logits(self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int = 0) -> Tensor:
+    def reference_logits(self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int | Tensor = 0) -> Tensor:
         """Logits of the reference policy: the adapter disabled (LoRA) or the frozen copy."""
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
                       logits_to_keep=logits_to_keep)
@@ -136,10 +137,13 @@ def response_logprobs(logits: Tensor, responses: Tensor, temperature: float) -> 
     logits: [B, R, V], the logits that predicted responses [B, R].
     """
     log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    token_logp = log_probs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
-    with torch.no_grad():  # a statistic, never in a loss: no [B, R, V] tensors kept for backward
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-    return token_logp, entropy
+    return log_probs.gather(-1, responses.unsqueeze(-1)).squeeze(-1), entropy_of(log_probs)
+
+
+@torch.no_grad()  # a statistic, never in a loss: no [B, R, V] tensors kept for backward
+def entropy_of(log_probs: Tensor) -> Tensor:
+    """-sum p log p over the last dimension, with one [B, R, V] temporary (the multiply is in place)."""
+    return -log_probs.exp().mul_(log_probs).sum(-1)
 
 
 def forward_responses(
@@ -151,29 +155,42 @@ def forward_responses(
     temperature: float,
     reference: bool = False,
     chunk_size: int | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+    with_entropy: bool = True,
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """Score [query | response] in one pass: (logp, entropy, values) per response token, each [B, R].
 
     The logits and value at position t predict / evaluate response token t, so they
     are read one position earlier (the last query token predicts the first response token).
-    With ``reference=True`` returns the reference log-probs (and zeros for the rest).
-    ``chunk_size`` rows at a time bounds the [rows, R, vocab] logits in memory (no-grad scoring).
+    With ``reference=True`` returns the reference log-probs (and zeros for the values).
+    ``chunk_size`` rows at a time bounds the [rows, R, vocab] logits in memory (no-grad scoring);
+    ``with_entropy=False`` skips the entropy (returned as None) where nobody reads it.
     """
     if chunk_size is not None and queries.shape[0] > chunk_size:
         parts = [forward_responses(policy, queries[i : i + chunk_size], query_mask[i : i + chunk_size],
-                                   responses[i : i + chunk_size], response_mask[i : i + chunk_size], temperature, reference)
+                                   responses[i : i + chunk_size], response_mask[i : i + chunk_size], temperature,
+                                   reference, with_entropy=with_entropy)
                  for i in range(0, queries.shape[0], chunk_size)]
-        return tuple(torch.cat(tensors) for tensors in zip(*parts))
+        return tuple(None if tensors[0] is None else torch.cat(tensors) for tensors in zip(*parts))
     input_ids = torch.cat([queries, responses], dim=1)
     attention_mask = torch.cat([query_mask, response_mask], dim=1)
     start, length = queries.shape[1] - 1, responses.shape[1]
-    keep = length + 1  # logits only where they predict response tokens (the last query token onwards)
+    # Logits only at the R positions that predict response tokens. The [B, R, V] tensors dominate
+    # memory (SmolLM2: 49k vocab), so each is dropped as soon as the next is made (log_softmax keeps
+    # only its output for backward): at most two alive at once, not four.
+    keep = torch.arange(start, start + length, device=input_ids.device)
     if reference:
-        logits = policy.reference_logits(input_ids, attention_mask, logits_to_keep=keep)[:, :length]
-        logp, entropy = response_logprobs(logits, responses, temperature)
+        logits, values = policy.reference_logits(input_ids, attention_mask, logits_to_keep=keep), None
+    else:
+        logits, values = policy(input_ids, attention_mask, logits_to_keep=keep)
+    scaled = logits.float() / temperature
+    del logits
+    log_probs = torch.log_softmax(scaled, dim=-1)
+    del scaled
+    logp = log_probs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+    entropy = entropy_of(log_probs) if with_entropy else None
+    del log_probs
+    if reference:
         return logp, entropy, torch.zeros_like(logp)
-    logits, values = policy(input_ids, attention_mask, logits_to_keep=keep)
-    logp, entropy = response_logprobs(logits[:, :length], responses, temperature)
     return logp, entropy, values[:, start : start + length]
 
 

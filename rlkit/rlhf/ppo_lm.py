@@ -45,6 +45,7 @@ from rlkit.rlhf.config import RLHFConfig
 from rlkit.rlhf.policy import PolicyWithValue, forward_responses, last_token_index, load_policy, save_policy_checkpoint
 from rlkit.rlhf.reward import (
     RewardFn,
+    RewardModelPerCall,
     build_sentiment_reward_model,
     build_synthetic_reward_model,
     callable_reward,
@@ -222,6 +223,8 @@ def make_reward(cfg: RLHFConfig, policy_path: str, device: torch.device, progres
     if cfg.reward != "model":
         return callable_reward(load_callable(cfg.reward)), gold, f"callable {cfg.reward}"
     path, _ = resolve_reward_model_path(cfg, policy_path, progress, log)
+    if not cfg.reward_model_resident:
+        return RewardModelPerCall(path, device), gold, f"reward model {path} (loaded per scoring)"
     return load_reward_model(path, device), gold, f"reward model {path}"
 
 
@@ -268,9 +271,9 @@ def collect(policy: PolicyWithValue, tokenizer, prompts: list[str], reward_fn: R
     mask = s.response_mask.float()
     rows = cfg.minibatch_size // cfg.grad_accum_steps  # the training micro-batch: the logits never outgrow training's
     logp, _, values = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature,
-                                        chunk_size=rows)
+                                        chunk_size=rows, with_entropy=False)
     ref_logp, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature,
-                                       reference=True, chunk_size=rows)
+                                       reference=True, chunk_size=rows, with_entropy=False)
     scores = apply_eos_trick(reward_fn(s.prompts, s.texts).to(mask.device).float(), s.ended, cfg.no_eos_score)
     rewards, _ = per_token_rewards(logp, ref_logp, scores, mask, beta, kl_in_reward=cfg.kl_mode == "k1_in_reward")
     advantages, returns = compute_advantages(rewards, values, mask, cfg.gamma, cfg.lam, cfg.whiten_rewards)
@@ -346,9 +349,9 @@ def evaluate(policy: PolicyWithValue, tokenizer, cfg: RLHFConfig, reward_fn: Rew
         s = generate_samples(policy, tokenizer, prompts[i : i + chunk], cfg.temperature, cfg.max_new_tokens, cfg.stop_string)
         rows = cfg.minibatch_size // cfg.grad_accum_steps
         logp, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature,
-                                       chunk_size=rows)
+                                       chunk_size=rows, with_entropy=False)
         ref_logp, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature,
-                                           reference=True, chunk_size=rows)
+                                           reference=True, chunk_size=rows, with_entropy=False)
         mask = s.response_mask.float()
         scores = apply_eos_trick(reward_fn(s.prompts, s.texts).float().cpu(), s.ended.cpu(), cfg.no_eos_score)
         part = {"score": float(scores.mean()), **sequence_kl(logp, ref_logp, mask),

@@ -104,6 +104,31 @@ def load_reward_model(path: str, device: torch.device | str = "cpu") -> RewardMo
     return RewardModel(model.to(device), AutoTokenizer.from_pretrained(path))
 
 
+class RewardModelPerCall:
+    """A reward model loaded from its folder for each scoring call and freed right after.
+
+    For memory-bound runs: the PPO update (the memory peak) then never holds the reward
+    model's weights. The scores are those of :func:`load_reward_model` (same weights, same
+    code); the cost is one load per call (~0.15 s for MiniLM on CPU, from the page cache).
+    """
+
+    def __init__(self, path: str, device: torch.device | str = "cpu"):
+        self.path, self.device = path, device
+        load_reward_model(path, device)  # fail now, not at the first update, if the folder is not a reward model
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
+        from transformers.utils import logging
+
+        bar_was_on = logging.is_progress_bar_enabled()
+        logging.disable_progress_bar()  # one "Loading weights" bar per update is noise
+        try:
+            return load_reward_model(self.path, self.device)(prompts, responses)
+        finally:
+            if bar_was_on:
+                logging.enable_progress_bar()
+
+
 def bradley_terry_loss(chosen: Tensor, rejected: Tensor) -> Tensor:
     """-log P(chosen > rejected) under Bradley-Terry: -log sigmoid(r_c - r_r)."""
     return -F.logsigmoid(chosen - rejected).mean()
