@@ -31,12 +31,27 @@ SHARED = dict(num_steps=2048, num_minibatches=32, update_epochs=10, learning_rat
               clip_coef=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5)
 
 
-def run_rlkit(env_id: str, steps: int, threads: int) -> float:
+def run_rlkit(env_id: str, steps: int, threads: int, torch_compile: bool = False) -> dict[str, float]:
+    """Whole-run SPS, and SPS after the first update (what a long run sees once compiled)."""
+    import tempfile
+
     from rlkit.ppo import PPOConfig, train
 
-    cfg = PPOConfig(env_id=env_id, total_timesteps=steps, num_envs=1, device="cpu", torch_threads=threads, **SHARED)
-    result = train(cfg, progress=False, log=False)
-    return result.global_step / result.wall_time
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = PPOConfig(env_id=env_id, total_timesteps=steps, num_envs=1, device="cpu", torch_threads=threads,
+                        torch_compile=torch_compile, run_dir=tmp, checkpoint_interval=0, **SHARED)
+        result = train(cfg, run_name="run", progress=False)
+        with open(os.path.join(tmp, "run", "metrics.jsonl")) as f:
+            updates = [u for u in map(json.loads, f) if u.get("kind") == "update"]
+    # each update logs SPS = global_step / seconds since the start, so seconds = global_step / SPS
+    first, last = updates[0], updates[-1]
+    seconds = last["global_step"] / last["SPS"] - first["global_step"] / first["SPS"]
+    return {"sps": result.global_step / result.wall_time,
+            "steady_sps": (last["global_step"] - first["global_step"]) / seconds}
+
+
+def run_rlkit_compiled(env_id: str, steps: int, threads: int) -> dict[str, float]:
+    return run_rlkit(env_id, steps, threads, torch_compile=True)
 
 
 def run_sb3(env_id: str, steps: int, threads: int) -> float:
@@ -74,12 +89,12 @@ def run_raw(env_id: str, steps: int, threads: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-RUNNERS = {"rlkit": run_rlkit, "sb3": run_sb3, "raw_env": run_raw}
+RUNNERS = {"rlkit": run_rlkit, "rlkit_compiled": run_rlkit_compiled, "sb3": run_sb3, "raw_env": run_raw}
 
 
 def child(args: argparse.Namespace) -> None:
     sps = RUNNERS[args.child](args.env, args.steps, args.threads)
-    print(json.dumps({"sps": sps}))
+    print(json.dumps(sps if isinstance(sps, dict) else {"sps": sps}))
 
 
 def main() -> None:
@@ -97,7 +112,7 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    variants = [("rlkit", 1), *[("sb3", t) for t in args.sb3_threads], ("raw_env", 1)]
+    variants = [("rlkit", 1), ("rlkit_compiled", 1), *[("sb3", t) for t in args.sb3_threads], ("raw_env", 1)]
     rows = []
     total = args.repeats * len(args.envs) * len(variants)
     done = 0
@@ -108,8 +123,10 @@ def main() -> None:
                 command = [sys.executable, __file__, "--child", name, "--env", env_id, "--steps", str(steps),
                            "--threads", str(threads)]
                 output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-                sps = json.loads(output.strip().splitlines()[-1])["sps"]
-                rows.append({"repeat": repeat, "env": env_id, "impl": name, "threads": threads, "steps": steps, "sps": sps})
+                measured = json.loads(output.strip().splitlines()[-1])
+                sps = measured["sps"]
+                rows.append({"repeat": repeat, "env": env_id, "impl": name, "threads": threads, "steps": steps, "sps": sps,
+                             "steady_sps": measured.get("steady_sps", "")})
                 done += 1
                 print(f"[{done}/{total}] {env_id:16s} {name:8s} threads={threads}  {sps:8.0f} SPS", flush=True)
 
@@ -119,8 +136,8 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
 
-    def median(env_id, impl, threads=None):
-        values = [r["sps"] for r in rows if r["env"] == env_id and r["impl"] == impl and (threads is None or r["threads"] == threads)]
+    def median(env_id, impl, threads=None, key="sps"):
+        values = [r[key] for r in rows if r["env"] == env_id and r["impl"] == impl and (threads is None or r["threads"] == threads)]
         return statistics.median(values)
 
     command = "python benchmarks/sps_vs_sb3.py " + " ".join(sys.argv[1:])
@@ -132,20 +149,28 @@ def main() -> None:
         f"{args.steps} env steps per PPO run; medians.",
         "",
         "| env | raw env SPS | rlkit SPS | " + " | ".join(f"SB3 SPS ({t} thr)" for t in args.sb3_threads)
-        + " | rlkit / best SB3 | rlkit wall / raw-env wall |",
-        "|---|---|---|" + "---|" * len(args.sb3_threads) + "---|---|",
+        + " | rlkit / best SB3 | rlkit wall / raw-env wall | rlkit compiled SPS: whole run / after update 1 | "
+        "compiled / best SB3: whole run / after update 1 |",
+        "|---|---|---|" + "---|" * len(args.sb3_threads) + "---|---|---|---|",
     ]
     summary = {}
     for env_id in args.envs:
         raw, ours = median(env_id, "raw_env"), median(env_id, "rlkit")
         sb3 = {t: median(env_id, "sb3", t) for t in args.sb3_threads}
         best = max(sb3.values())
+        compiled, compiled_steady = median(env_id, "rlkit_compiled"), median(env_id, "rlkit_compiled", key="steady_sps")
         summary[env_id] = {"raw_env": raw, "rlkit": ours, "sb3": sb3, "ratio_vs_best_sb3": ours / best,
-                           "wall_over_raw": raw / ours}
+                           "wall_over_raw": raw / ours, "rlkit_compiled": compiled, "rlkit_compiled_steady": compiled_steady,
+                           "compiled_ratio_vs_best_sb3": compiled / best, "compiled_steady_ratio_vs_best_sb3": compiled_steady / best}
         lines.append(f"| {env_id} | {raw:,.0f} | {ours:,.0f} | " + " | ".join(f"{sb3[t]:,.0f}" for t in args.sb3_threads)
-                     + f" | {ours / best:.2f}x | {raw / ours:.1f}x |")
+                     + f" | {ours / best:.2f}x | {raw / ours:.1f}x | {compiled:,.0f} / {compiled_steady:,.0f} | "
+                     f"{compiled / best:.2f}x / {compiled_steady / best:.2f}x |")
     lines += ["", "Hyperparameters (both): " + ", ".join(f"{k}={v}" for k, v in SHARED.items())
-              + ", 1 env, obs/reward normalisation, 64x64 tanh separate nets."]
+              + ", 1 env, obs/reward normalisation, 64x64 tanh separate nets.",
+              "", "rlkit compiled = `torch_compile = true`: the rollout's policy step and the minibatch loss with its "
+              "backward through torch.compile. Its whole-run SPS includes the one-off compile; \"after update 1\" is "
+              "the rate from the end of the first update to the end of the run (from the run's own metrics), what a "
+              "long run sees."]
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:

@@ -125,7 +125,7 @@ class PPOConfig:
     torch_threads: int = 1
     """torch CPU threads (0: torch's default); small MLPs run fastest on 1"""
     torch_compile: bool = False
-    """compile the minibatch loss and its backward with torch.compile (one-off compile time; see benchmarks)"""
+    """compile the rollout's policy step and the minibatch loss with its backward with torch.compile (one-off compile time; see benchmarks)"""
     run_dir: str = "runs"
     """parent folder of the run folder"""
     exp_name: str = "ppo"
@@ -613,6 +613,15 @@ def compiled_agent_loss():
     return _COMPILED_LOSS
 
 
+def compiled_policy_step(agent: ActorCriticBase):
+    """agent.get_action_and_value through torch.compile, for the rollout (config ``torch_compile``).
+
+    ``fallback_random``: the compiled step draws its samples from torch's generator as eager
+    code does, so a seed gives the same actions; log-probs may differ in the last bit.
+    """
+    return torch.compile(agent.get_action_and_value, dynamic=False, options={"fallback_random": True})
+
+
 def ppo_update(
     agent: Agent,
     optimizer: torch.optim.Optimizer,
@@ -841,6 +850,7 @@ def train(
     next_mask = action_mask_from_info(reset_info, device)  # invalid-action masking, when the env provides masks
     rollout = Rollout.allocate(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape, agent, device,
                                masked=next_mask is not None)
+    policy_step = compiled_policy_step(agent) if cfg.torch_compile else agent.get_action_and_value
     notes = []
     if saved is not None:
         next_obs, next_mask, note = _restore(saved, tensors, agent, optimizer, shuffle_generator, envs, cfg, device)
@@ -901,7 +911,7 @@ def train(
                     if next_mask is not None:
                         rollout.action_masks[step] = next_mask
                     with torch.inference_mode():
-                        action, log_prob, _, value = agent.get_action_and_value(next_obs, action_mask=next_mask)
+                        action, log_prob, _, value = policy_step(next_obs, action_mask=next_mask)
                     rollout.actions[step] = action
                     rollout.log_probs[step] = log_prob
                     rollout.values[step] = value
