@@ -347,8 +347,8 @@ def write_report(args: argparse.Namespace, command: str) -> None:
             if older:
                 older_peaks = ", ".join(f"{r['summary']['peak_rss_mb']:.0f}" for r in older)
                 lines += ["", f"Seed(s) {', '.join(str(r['seed']) for r in older)} ran with an earlier version of the recipe "
-                          "(the reward model resident, and for the oldest runs no `gradient_checkpointing` or allocator trim; "
-                          f"same gradients bitwise, tested): their peaks, {older_peaks} MiB, are not the recipe's."]
+                          "(the reward model resident, logits of every position kept until the step ended; the same "
+                          f"gradients bitwise, tested): their peaks, {older_peaks} MiB, are not the recipe's."]
     lines += ["", "## Gold and proxy against sqrt(KL) during training", "",
               "![gold and proxy against sqrt(KL)](gold_proxy_vs_sqrtkl.png)", "",
               "Training-batch values (16 episodes per update, moving average of 5 updates); per-update numbers in "
