@@ -429,14 +429,16 @@ def gae(
     folded into ``rewards[t]``).  next_value: [...], the value of the observation
     after step T-1.  Returns (advantages, returns) with returns = advantages + values.
     """
-    advantages = torch.zeros_like(rewards)
+    # Everything but the recursion is computed for all steps at once (the same arithmetic, in the
+    # same order): the loop is then 2 ops per step, which matters at 2,048 steps per update.
+    not_done = 1.0 - dones
+    following_values = torch.cat([values[1:], next_value.unsqueeze(0)])
+    deltas = rewards + gamma * following_values * not_done - values
+    decays = gamma * gae_lambda * not_done
+    advantages = torch.empty_like(rewards)
     last_gae = torch.zeros_like(next_value)
-    num_steps = rewards.shape[0]
-    for t in reversed(range(num_steps)):
-        following_value = next_value if t == num_steps - 1 else values[t + 1]
-        not_done = 1.0 - dones[t]
-        delta = rewards[t] + gamma * following_value * not_done - values[t]
-        last_gae = delta + gamma * gae_lambda * not_done * last_gae
+    for t in reversed(range(rewards.shape[0])):
+        last_gae = deltas[t] + decays[t] * last_gae
         advantages[t] = last_gae
     return advantages, advantages + values
 
