@@ -1,0 +1,164 @@
+"""Where a PPO iteration's time goes on CPU (CleanRL's MuJoCo settings, 1 env, 1 torch thread).
+
+    python benchmarks/ppo_profile.py [--env-id HalfCheetah-v5] [--repeats 5]
+
+Measures, each as the median of --repeats:
+- one minibatch gradient step (64 samples) split into forward + loss, backward, grad-norm clip,
+  finite checks and Adam, the pieces ``rlkit.ppo.ppo_update`` runs 320 times per 2,048 env steps;
+- the rollout's policy step (``get_action_and_value`` on one observation, inference mode);
+- one step of the env stack rlkit trains on (random actions);
+- whole iterations of ``rlkit.ppo.train`` (rollout + GAE + update), from the run's own metrics.
+What the pieces do not cover is bookkeeping (buffer writes, conversions, checks, episode stats).
+Writes results.json and results.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn as nn
+
+SHARED = dict(num_steps=2048, num_minibatches=32, update_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95,
+              clip_coef=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5)
+
+
+def grad_step_parts(cfg, envs, steps: int) -> dict[str, float]:
+    """Seconds per gradient step of each piece, averaged over ``steps`` steps."""
+    from rlkit.ppo import _check_finite, agent_minibatch_loss, make_agent, make_optimizer
+
+    agent = make_agent(cfg, envs.single_observation_space, envs.single_action_space)
+    optimizer = make_optimizer(agent, cfg.learning_rate)
+    n, batch = cfg.batch_size, cfg.batch_size // cfg.num_minibatches
+    obs = torch.randn(n, *envs.single_observation_space.shape)
+    actions = torch.randn(n, *envs.single_action_space.shape)
+    old_log_probs, advantages, returns, old_values = (torch.randn(n) for _ in range(4))
+    parts = dict.fromkeys(("forward_and_loss", "backward", "clip", "finite_checks", "adam"), 0.0)
+    for i in range(steps + 20):  # the first 20 warm up
+        mb = torch.randint(0, n, (batch,))
+        t0 = time.perf_counter()
+        loss, *_ = agent_minibatch_loss(agent, obs[mb], actions[mb], None, old_log_probs[mb], advantages[mb], returns[mb],
+                                        old_values[mb], cfg.norm_adv, cfg.clip_coef, cfg.clip_vloss, cfg.ent_coef,
+                                        cfg.vf_coef)
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
+        t3 = time.perf_counter()
+        _check_finite("loss", loss.detach())
+        _check_finite("gradients", grad_norm)
+        t4 = time.perf_counter()
+        optimizer.step()
+        t5 = time.perf_counter()
+        if i >= 20:
+            for key, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                parts[key] += seconds / steps
+    return parts
+
+
+def policy_step_seconds(cfg, envs, steps: int) -> float:
+    from rlkit.ppo import make_agent
+
+    agent = make_agent(cfg, envs.single_observation_space, envs.single_action_space)
+    obs = torch.randn(cfg.num_envs, *envs.single_observation_space.shape)
+    with torch.inference_mode():
+        for _ in range(20):
+            agent.get_action_and_value(obs)
+        start = time.perf_counter()
+        for _ in range(steps):
+            agent.get_action_and_value(obs)
+    return (time.perf_counter() - start) / steps
+
+
+def env_step_seconds(envs, steps: int) -> float:
+    envs.reset(seed=1)
+    envs.action_space.seed(1)
+    start = time.perf_counter()
+    for _ in range(steps):
+        envs.step(envs.action_space.sample())
+    return (time.perf_counter() - start) / steps
+
+
+def iteration_seconds(cfg, iterations: int) -> list[float]:
+    """Wall seconds of each iteration after the first, from the SPS each update logs."""
+    from dataclasses import replace
+
+    from rlkit.ppo import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_cfg = replace(cfg, total_timesteps=cfg.batch_size * (iterations + 1), run_dir=tmp, checkpoint_interval=0)
+        train(run_cfg, run_name="run", progress=False)
+        with open(os.path.join(tmp, "run", "metrics.jsonl")) as f:
+            updates = [u for u in map(json.loads, f) if u.get("kind") == "update"]
+    ends = [u["global_step"] / u["SPS"] for u in updates]  # SPS = global_step / seconds since the start
+    return [b - a for a, b in zip(ends, ends[1:])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env-id", default="HalfCheetah-v5")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--grad-steps", type=int, default=320, help="gradient steps per repeat")
+    parser.add_argument("--env-steps", type=int, default=2048, help="policy / env steps per repeat")
+    parser.add_argument("--iterations", type=int, default=3, help="whole PPO iterations timed (after a first one)")
+    parser.add_argument("--out", default="benchmarks/results/ppo_profile")
+    args = parser.parse_args(argv)
+    command = "python benchmarks/ppo_profile.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+    from rlkit.ppo import PPOConfig, make_envs
+
+    torch.set_num_threads(1)
+    cfg = PPOConfig(env_id=args.env_id, num_envs=1, device="cpu", torch_threads=1, **SHARED).validate()
+    envs = make_envs(cfg)
+    grad, policy, env = [], [], []
+    for repeat in range(args.repeats):
+        grad.append(grad_step_parts(cfg, envs, args.grad_steps))
+        policy.append(policy_step_seconds(cfg, envs, args.env_steps))
+        env.append(env_step_seconds(envs, args.env_steps))
+        print(f"repeat {repeat + 1}/{args.repeats}: grad step {sum(grad[-1].values()) * 1e6:.0f} us, policy step "
+              f"{policy[-1] * 1e6:.0f} us, env step {env[-1] * 1e6:.0f} us", flush=True)
+    envs.close()
+    iterations = [s for _ in range(args.repeats) for s in iteration_seconds(cfg, args.iterations)]
+
+    med = {key: statistics.median(g[key] for g in grad) for key in grad[0]}
+    grad_step = sum(med.values())
+    per_iteration = {
+        "update (gradient steps)": grad_step * cfg.update_epochs * cfg.num_minibatches,
+        "rollout policy steps": statistics.median(policy) * cfg.num_steps,
+        "env stack steps": statistics.median(env) * cfg.num_steps,
+    }
+    iteration = statistics.median(iterations)
+    per_iteration["bookkeeping and GAE (the rest)"] = iteration - sum(per_iteration.values())
+    lines = ["# Where a PPO iteration's time goes (CPU)", "", "```", command.strip(), "```", "",
+             f"{args.env_id}, CleanRL's MuJoCo settings (1 env, 2,048 steps per iteration, 10 epochs x 32 minibatches "
+             f"of 64), 1 torch thread, {os.cpu_count()} CPU cores (shared machine); medians of {args.repeats} repeats.", "",
+             "| one gradient step (64 samples) | µs |", "|-|-|"]
+    lines += [f"| {key.replace('_', ' ')} | {seconds * 1e6:.0f} |" for key, seconds in med.items()]
+    lines += [f"| **total** | **{grad_step * 1e6:.0f}** |", "",
+              f"| one iteration ({cfg.batch_size} env steps, {iteration:.2f} s measured) | s | share |", "|-|-|-|"]
+    lines += [f"| {key} | {seconds:.3f} | {seconds / iteration:.0%} |" for key, seconds in per_iteration.items()]
+    lines += ["", f"Policy step {statistics.median(policy) * 1e6:.0f} µs and env-stack step "
+              f"{statistics.median(env) * 1e6:.0f} µs per env step; whole-run rate {cfg.batch_size / iteration:,.0f} "
+              "steps/s after the first iteration."]
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"command": command, "grad_step_parts_s": med, "policy_step_s": statistics.median(policy),
+                   "env_step_s": statistics.median(env), "iteration_s": iterations, "per_iteration_s": per_iteration,
+                   "raw": {"grad": grad, "policy": policy, "env": env}}, f, indent=2)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwrote {args.out}/results.json and results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
