@@ -131,13 +131,23 @@ def load_policy(
     return policy, tokenizer
 
 
-def response_logprobs(logits: Tensor, responses: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+def response_logprobs(
+    logits: Tensor, responses: Tensor, temperature: float, with_entropy: bool = True
+) -> tuple[Tensor, Tensor | None]:
     """Log-prob of each response token and the entropy, both under softmax(logits / temperature).
 
-    logits: [B, R, V], the logits that predicted responses [B, R].
+    logits: [B, R, V], the logits that predicted responses [B, R]. The [B, R, V] tensors
+    dominate memory (SmolLM2: 49k vocab), so each is dropped as soon as the next is made
+    (log_softmax keeps only its output for backward); when the caller hands over its only
+    reference to ``logits`` (forward_responses does), they are freed after scaling too.
+    ``with_entropy=False`` skips the entropy (returned as None) where nobody reads it.
     """
-    log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return log_probs.gather(-1, responses.unsqueeze(-1)).squeeze(-1), entropy_of(log_probs)
+    scaled = logits.float() / temperature
+    del logits
+    log_probs = torch.log_softmax(scaled, dim=-1)
+    del scaled
+    logp = log_probs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+    return logp, entropy_of(log_probs) if with_entropy else None
 
 
 @torch.no_grad()  # a statistic, never in a loss: no [B, R, V] tensors kept for backward
@@ -163,7 +173,7 @@ def forward_responses(
     are read one position earlier (the last query token predicts the first response token).
     With ``reference=True`` returns the reference log-probs (and zeros for the values).
     ``chunk_size`` rows at a time bounds the [rows, R, vocab] logits in memory (no-grad scoring);
-    ``with_entropy=False`` skips the entropy (returned as None) where nobody reads it.
+    ``with_entropy``: see :func:`response_logprobs`.
     """
     if chunk_size is not None and queries.shape[0] > chunk_size:
         parts = [forward_responses(policy, queries[i : i + chunk_size], query_mask[i : i + chunk_size],
@@ -174,21 +184,14 @@ def forward_responses(
     input_ids = torch.cat([queries, responses], dim=1)
     attention_mask = torch.cat([query_mask, response_mask], dim=1)
     start, length = queries.shape[1] - 1, responses.shape[1]
-    # Logits only at the R positions that predict response tokens. The [B, R, V] tensors dominate
-    # memory (SmolLM2: 49k vocab), so each is dropped as soon as the next is made (log_softmax keeps
-    # only its output for backward): at most two alive at once, not four.
-    keep = torch.arange(start, start + length, device=input_ids.device)
+    keep = torch.arange(start, start + length, device=input_ids.device)  # logits only where they predict response tokens
     if reference:
-        logits, values = policy.reference_logits(input_ids, attention_mask, logits_to_keep=keep), None
+        outputs = [policy.reference_logits(input_ids, attention_mask, logits_to_keep=keep), None]
     else:
-        logits, values = policy(input_ids, attention_mask, logits_to_keep=keep)
-    scaled = logits.float() / temperature
-    del logits
-    log_probs = torch.log_softmax(scaled, dim=-1)
-    del scaled
-    logp = log_probs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
-    entropy = entropy_of(log_probs) if with_entropy else None
-    del log_probs
+        outputs = list(policy(input_ids, attention_mask, logits_to_keep=keep))
+    values = outputs[1]
+    # pop: this frame keeps no reference to the logits, so response_logprobs frees them early
+    logp, entropy = response_logprobs(outputs.pop(0), responses, temperature, with_entropy)
     if reference:
         return logp, entropy, torch.zeros_like(logp)
     return logp, entropy, values[:, start : start + length]
