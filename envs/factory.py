@@ -62,12 +62,25 @@ def make_vector_env(
     )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     if isinstance(envs.single_action_space, gym.spaces.Box) and clip_actions:
-        envs = gym.wrappers.vector.ClipAction(envs)
+        envs = clip_actions_to_bounds(envs)
     if normalize_obs:
         envs = NormalizeObservation(envs, clip=obs_clip)
     if normalize_reward:
         envs = NormalizeReward(envs, gamma=gamma, clip=reward_clip)
     return envs
+
+
+def clip_actions_to_bounds(envs: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
+    """Clip each batch of Box actions to the bounds; the agent may then sample anywhere (the action
+    space becomes +-inf, as with gymnasium's ClipAction).  One np.clip over the batch: gymnasium's
+    vector ClipAction clips env by env and stacks the results again, ~10 µs more per step."""
+    single = envs.single_action_space
+    low, high = single.low, single.high
+    unbounded = gym.spaces.Box(-np.inf, np.inf, shape=single.shape, dtype=single.dtype)
+    return gym.wrappers.vector.TransformAction(
+        envs, lambda actions: np.clip(actions, low, high),
+        action_space=gym.vector.utils.batch_space(unbounded, envs.num_envs), single_action_space=unbounded,
+    )
 
 
 def _wrappers(envs: gym.vector.VectorEnv):

@@ -74,6 +74,9 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     for key, value in tensors.items():
         param_id, name = key.split(".", 1)
         state.setdefault(int(param_id), {})[name] = value
+    flat = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(flat) == 1 and len(state) > 1 and len(groups) == 1 and flat[0].dim() == 1:
+        state, groups = _concatenated_state(state, groups, flat[0].numel())
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     # Files hold row-major tensors. A moment must have its parameter's memory layout again
     # (channels_last conv weights): fused Adam pairs elements by memory position, so on CPU a
@@ -85,6 +88,27 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
             for name, value in param_state.items():
                 if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
                     param_state[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def _concatenated_state(state: dict[int, dict[str, torch.Tensor]], groups: list[dict], numel: int
+                        ) -> tuple[dict[int, dict[str, torch.Tensor]], list[dict]]:
+    """Per-parameter Adam state (checkpoints written before rlkit.ppo flattened the MLP's parameters)
+    as the state of the one flat parameter: moments concatenated in parameter order."""
+    ids = sorted(state)
+    if ids != sorted(groups[0]["params"]):
+        raise ValueError("optimizer state and param groups name different parameters")
+    merged: dict[str, torch.Tensor] = {}
+    for name in state[ids[0]]:
+        values = [state[i][name] for i in ids]
+        if name == "step":
+            if any(not torch.equal(v, values[0]) for v in values):
+                raise ValueError("per-parameter Adam steps differ; they cannot share one flat state")
+            merged[name] = values[0].clone()  # Adam increments it in place
+        else:
+            merged[name] = torch.cat([v.reshape(-1) for v in values])
+    if any(v.numel() != numel for k, v in merged.items() if k != "step"):
+        raise ValueError(f"the saved optimizer state has a different number of elements than this agent ({numel})")
+    return {0: merged}, [{**groups[0], "params": [0]}]
 
 
 def _fsync_file(path: str) -> None:

@@ -351,14 +351,26 @@ class Agent(ActorCriticBase):
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Policy output (mean or logits) and value, in one pass."""
         if self.shared:
-            hidden = self.torso(obs)
-            return self.actor_head(hidden), self.critic_head(hidden).squeeze(-1)
-        return self.actor(obs), self.critic(obs).squeeze(-1)
+            hidden = run_layers(self.torso, obs)
+            return self.actor_head.forward(hidden), self.critic_head.forward(hidden).squeeze(-1)
+        return run_layers(self.actor, obs), run_layers(self.critic, obs).squeeze(-1)
 
     def get_value(self, obs: Tensor) -> Tensor:
         if self.shared:
-            return self.critic_head(self.torso(obs)).squeeze(-1)
-        return self.critic(obs).squeeze(-1)
+            return self.critic_head.forward(run_layers(self.torso, obs)).squeeze(-1)
+        return run_layers(self.critic, obs).squeeze(-1)
+
+
+def run_layers(layers: nn.Sequential, x: Tensor) -> Tensor:
+    """``layers(x)``, calling each layer's ``forward`` directly.
+
+    Why: nn.Module.__call__'s hook handling costs ~2-3 µs a layer, as much as a 64-wide layer's
+    math, and the MLP runs 12 layers per env step and per minibatch.  Module hooks registered on
+    these layers are therefore not run (hooks on the agent itself are).
+    """
+    for layer in layers:
+        x = layer.forward(x)
+    return x
 
 
 class NatureCNNAgent(ActorCriticBase):
@@ -485,11 +497,12 @@ def clipped_policy_loss(
     clipped = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
     loss = masked_mean(torch.max(unclipped, clipped), mask)
     with torch.no_grad():
-        _, _, k3 = kl_estimators(old_log_prob, new_log_prob)
+        k3 = torch.expm1(log_ratio) - log_ratio  # kl_estimators' k3 of KL(old || new), alone
+        ratio_error = (ratio - 1.0).abs()
         stats = {
             "approx_kl": masked_mean(k3, mask),
-            "clipfrac": masked_mean(((ratio - 1.0).abs() > clip_coef).float(), mask),
-            "max_ratio_error": ((ratio - 1.0).abs() * (mask if mask is not None else 1.0)).max(),
+            "clipfrac": masked_mean((ratio_error > clip_coef).float(), mask),
+            "max_ratio_error": (ratio_error if mask is None else ratio_error * mask).max(),
         }
     return loss, stats
 
@@ -649,6 +662,7 @@ def ppo_update(
     batch_size = old_log_probs.shape[0]
     minibatch_size = batch_size // cfg.num_minibatches
     loss_fn = compiled_agent_loss() if cfg.torch_compile else agent_minibatch_loss
+    parameters = optimized_parameters(optimizer)
     clipfracs, approx_kl, first_ratio_error, epochs_run = [], torch.zeros(()), float("nan"), 0
     for epoch in range(cfg.update_epochs):
         if minibatches is None:
@@ -665,12 +679,13 @@ def ppo_update(
             else:
                 loss, pg_loss, v_loss, entropy_loss, pg_stats = minibatch_loss(*score(mb), *targets)
 
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=False)  # in place: gradients may be views of one flat buffer
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), cfg.max_grad_norm)
-            # Checked before the step, so a bad minibatch never reaches the weights.
-            _check_finite("loss", loss.detach())
-            _check_finite("gradients (global norm)", grad_norm)
+            grad_norm = nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm)
+            # Checked before the step, so a bad minibatch never reaches the weights (one check for both).
+            if not torch.isfinite(loss.detach() + grad_norm):
+                _check_finite("loss", loss.detach())
+                _check_finite("gradients (global norm)", grad_norm)
             optimizer.step()
 
             approx_kl = pg_stats["approx_kl"]
@@ -757,12 +772,46 @@ def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
     torch.backends.cudnn.deterministic = torch_deterministic
 
 
-def make_optimizer(agent: nn.Module, learning_rate: float) -> torch.optim.Adam:
+def flatten_parameters(module: nn.Module) -> nn.Parameter:
+    """Make every parameter of ``module`` a view into one flat tensor, and every gradient a view
+    into one flat gradient; returns the flat tensor as a Parameter whose ``.grad`` is that gradient.
+
+    Why: at PPO's MuJoCo sizes (64-sample minibatches, 64-wide MLPs) a gradient step costs per-op
+    dispatch, not arithmetic.  Over one tensor the norm clip and Adam are one op each instead of
+    one per weight and bias (benchmarks/ppo_profile.py).  Adam's math is elementwise, so it is the
+    same; the global norm is summed in another order (last-bit differences).  The module's
+    state_dict is unchanged.  Gradients must be zeroed in place (``zero_grad(set_to_none=False)``):
+    a fresh ``.grad`` tensor would no longer be a view of the flat one.
+    """
+    parameters = list(module.parameters())
+    if not all(p.is_contiguous() for p in parameters):
+        raise ValueError("flatten_parameters needs contiguous parameters (not channels_last convolutions)")
+    flat = torch.cat([p.detach().reshape(-1) for p in parameters])
+    flat_grad = torch.zeros_like(flat)
+    offset = 0
+    for p in parameters:
+        n = p.numel()
+        p.data = flat[offset:offset + n].view_as(p)
+        p.grad = flat_grad[offset:offset + n].view_as(p)
+        offset += n
+    flat_parameter = nn.Parameter(flat)  # shares flat's memory, so stepping it moves the module's views
+    flat_parameter.grad = flat_grad
+    return flat_parameter
+
+
+def make_optimizer(agent: nn.Module, learning_rate: float, flat: bool = False) -> torch.optim.Adam:
     """Adam with epsilon 1e-5 instead of torch's 1e-8, as in the PPO paper's code [core 3].
 
     fused: one kernel for all parameters instead of a Python loop over them (same math).
+    ``flat``: optimise one flat view of all parameters (:func:`flatten_parameters`); the MLP agent's choice.
     """
-    return torch.optim.Adam(agent.parameters(), lr=learning_rate, eps=1e-5, fused=True)
+    parameters = [flatten_parameters(agent)] if flat else agent.parameters()
+    return torch.optim.Adam(parameters, lr=learning_rate, eps=1e-5, fused=True)
+
+
+def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The tensors the optimizer steps (one flat tensor after :func:`flatten_parameters`)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def make_envs(cfg: PPOConfig) -> gym.vector.VectorEnv:
@@ -843,7 +892,7 @@ def train(
     envs = make_envs(cfg)
     envs.action_space.seed(cfg.seed)
     agent = make_agent(cfg, envs.single_observation_space, envs.single_action_space).to(device)
-    optimizer = make_optimizer(agent, cfg.learning_rate)
+    optimizer = make_optimizer(agent, cfg.learning_rate, flat=cfg.network == "mlp")
     shuffle_generator = torch.Generator().manual_seed(cfg.seed)
     episodes = EpisodeLog()
     global_step, start_iteration, elapsed_before = 0, 1, 0.0
@@ -853,6 +902,8 @@ def train(
     rollout = Rollout.allocate(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape, agent, device,
                                masked=next_mask is not None)
     policy_step = compiled_policy_step(agent) if cfg.torch_compile else agent.get_action_and_value
+    rewards = np.zeros((cfg.num_steps, cfg.num_envs), dtype=np.float32)
+    dones = np.zeros((cfg.num_steps, cfg.num_envs), dtype=np.float32)
     notes = []
     if saved is not None:
         next_obs, next_mask, note = _restore(saved, tensors, agent, optimizer, shuffle_generator, envs, cfg, device)
@@ -907,36 +958,39 @@ def train(
                 optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / cfg.num_iterations) * cfg.learning_rate
 
             try:
-                for step in range(cfg.num_steps):
-                    global_step += cfg.num_envs
-                    rollout.obs[step] = next_obs
-                    if next_mask is not None:
-                        rollout.action_masks[step] = next_mask
-                    with torch.inference_mode():
-                        action, log_prob, _, value = policy_step(next_obs, action_mask=next_mask)
-                    rollout.actions[step] = action
-                    rollout.log_probs[step] = log_prob
-                    rollout.values[step] = value
-
-                    # The env clips Box actions; the unclipped sample is what was stored [cont 5].
-                    next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-                    reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
-                    if cfg.bootstrap_truncation:
-                        truncated_only, final_obs = truncated_final_obs(terminations, truncations, infos)
-                        if truncated_only.size:
-                            with torch.inference_mode():
-                                final_value = agent.get_value(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
-                            reward[truncated_only] += cfg.gamma * final_value
-                    rollout.rewards[step] = reward
-                    rollout.dones[step] = torch.as_tensor(terminations | truncations, dtype=torch.float32, device=device)
-                    next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
-                    _check_finite("observations", next_obs)  # before the policy ever sees them
-                    if next_mask is not None:  # after an autoreset this is the new episode's mask
-                        next_mask = action_mask_from_info(infos, device)
-                    episodes.record(infos, global_step, logger)
-
-                _check_finite("rewards", rollout.rewards)
+                # Rewards and dones come from the env as numpy and are written there: per step, a torch op
+                # costs several times a numpy one at these sizes; they move to the rollout once, below.
                 with torch.inference_mode():
+                    for step in range(cfg.num_steps):
+                        global_step += cfg.num_envs
+                        rollout.obs[step] = next_obs
+                        if next_mask is not None:
+                            rollout.action_masks[step] = next_mask
+                        action, log_prob, _, value = policy_step(next_obs, action_mask=next_mask)
+                        rollout.actions[step] = action
+                        rollout.log_probs[step] = log_prob
+                        rollout.values[step] = value
+
+                        # The env clips Box actions; the unclipped sample is what was stored [cont 5].
+                        next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+                        rewards[step] = reward
+                        if cfg.bootstrap_truncation and truncations.any():
+                            truncated_only, final_obs = truncated_final_obs(terminations, truncations, infos)
+                            if truncated_only.size:
+                                final_value = agent.get_value(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
+                                rewards[step, truncated_only] += np.float32(cfg.gamma) * final_value.cpu().numpy()
+                        dones[step] = terminations | truncations
+                        if not np.isfinite(next_obs_np).all():  # before the policy ever sees them
+                            raise NonFiniteError("non-finite observations")
+                        next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
+                        if next_mask is not None:  # after an autoreset this is the new episode's mask
+                            next_mask = action_mask_from_info(infos, device)
+                        episodes.record(infos, global_step, logger)
+
+                    if not np.isfinite(rewards).all():
+                        raise NonFiniteError("non-finite rewards")
+                    rollout.rewards.copy_(torch.from_numpy(rewards))
+                    rollout.dones.copy_(torch.from_numpy(dones))
                     next_value = agent.get_value(next_obs)
                 advantages, returns = gae(
                     rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda

@@ -208,3 +208,55 @@ def test_torch_compile_gives_the_same_update_up_to_float_rounding():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert compiled.last_update["approx_kl"] == pytest.approx(eager.last_update["approx_kl"], rel=1e-3, abs=1e-7)
     assert eager.last_update["approx_kl"] > 0
+
+
+def _adam_steps(agent, optimizer, batches):
+    for obs in batches:
+        optimizer.zero_grad(set_to_none=False)
+        policy_out, value = agent(obs)
+        (policy_out.pow(2).sum() + value.pow(2).sum() + agent.actor_logstd.sum()).backward()
+        optimizer.step()
+
+
+def test_flat_parameters_step_exactly_like_per_parameter_adam():
+    """make_optimizer(flat=True) views every weight in one tensor: Adam's arithmetic is elementwise,
+    so a flat step must equal the per-parameter step bit for bit, and the state_dict is unchanged."""
+    torch.manual_seed(0)
+    per_parameter = Agent(BOX, gym.spaces.Box(-1.0, 1.0, shape=(2,)), hidden_size=8)
+    flat = copy.deepcopy(per_parameter)
+    optimizers = make_optimizer(per_parameter, 1e-2), make_optimizer(flat, 1e-2, flat=True)
+    assert len(optimizers[1].param_groups[0]["params"]) == 1
+    batches = [torch.randn(5, 3) for _ in range(4)]
+    _adam_steps(per_parameter, optimizers[0], batches)
+    _adam_steps(flat, optimizers[1], batches)
+    assert list(flat.state_dict()) == list(per_parameter.state_dict())
+    for (name, a), b in zip(per_parameter.named_parameters(), flat.parameters()):
+        assert torch.equal(a, b), name
+        assert torch.equal(a.grad, b.grad), name
+    assert not torch.equal(per_parameter.actor[0].weight, Agent(BOX, gym.spaces.Box(-1.0, 1.0, shape=(2,)), 8).actor[0].weight)
+
+
+def test_a_per_parameter_adam_checkpoint_resumes_into_the_flat_optimizer(tmp_path):
+    """Checkpoints written before the MLP's parameters were flattened hold one Adam state per
+    parameter; loaded into the flat optimizer, the next step is the one the old optimizer takes."""
+    from rlkit.checkpoint import load_checkpoint, load_optimizer_tensors, optimizer_tensors, save_checkpoint
+
+    torch.manual_seed(0)
+    old = Agent(BOX, gym.spaces.Box(-1.0, 1.0, shape=(2,)), hidden_size=8)
+    old_optimizer = make_optimizer(old, 1e-2)
+    _adam_steps(old, old_optimizer, [torch.randn(5, 3) for _ in range(3)])
+    tensors, groups = optimizer_tensors(old_optimizer)
+    save_checkpoint(str(tmp_path), 1, {"model": old.state_dict(), "optimizer": tensors}, {"groups": groups})
+    loaded, state = load_checkpoint(str(tmp_path))
+    new = Agent(BOX, gym.spaces.Box(-1.0, 1.0, shape=(2,)), hidden_size=8)
+    new_optimizer = make_optimizer(new, 1e-2, flat=True)
+    new.load_state_dict(loaded["model"])
+    load_optimizer_tensors(new_optimizer, loaded["optimizer"], state["groups"])
+    last = [torch.randn(5, 3)]
+    _adam_steps(old, old_optimizer, last)
+    _adam_steps(new, new_optimizer, last)
+    for a, b in zip(old.parameters(), new.parameters()):
+        assert torch.equal(a, b)
+    smaller = make_optimizer(Agent(BOX, gym.spaces.Box(-1.0, 1.0, shape=(2,)), hidden_size=4), 1e-2, flat=True)
+    with pytest.raises(ValueError, match="different number of elements"):
+        load_optimizer_tensors(smaller, loaded["optimizer"], state["groups"])
