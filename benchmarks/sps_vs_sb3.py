@@ -7,7 +7,7 @@ gamma 0.99, lambda 0.95, clip 0.2 on policy and value, ent 0, vf 0.5, grad clip
 normalisation and reward scaling (VecNormalize for SB3), CPU.  Every run is a
 fresh subprocess; repeats are interleaved so machine noise hits all of them
 alike; we report medians and the ratio of medians.  Raw env stepping (random
-actions, the same wrapper stack) is measured in the same run as the floor.
+actions, the same wrapper stack) and the bare env (no wrappers) are measured in the same run as floors.
 
     python benchmarks/sps_vs_sb3.py --envs Pendulum-v1 CartPole-v1 HalfCheetah-v5 --steps 16384 --repeats 3
 
@@ -83,13 +83,34 @@ def run_raw(env_id: str, steps: int, threads: int) -> float:
     envs = make_vector_env(env_id, 1, normalize_obs=True, normalize_reward=True)
     envs.reset(seed=1)
     envs.action_space.seed(1)
+    actions = [envs.action_space.sample() for _ in range(1000)]  # drawn beforehand: the floor is the env's cost
     start = time.perf_counter()
-    for _ in range(steps):
-        envs.step(envs.action_space.sample())
+    for i in range(steps):
+        envs.step(actions[i % 1000])
     return steps / (time.perf_counter() - start)
 
 
-RUNNERS = {"rlkit": run_rlkit, "rlkit_compiled": run_rlkit_compiled, "sb3": run_sb3, "raw_env": run_raw}
+def run_bare(env_id: str, steps: int, threads: int) -> float:
+    """The env alone: gym.make, no vector env, no wrappers; actions drawn beforehand."""
+    import gymnasium as gym
+
+    env = gym.make(env_id).unwrapped  # no TimeLimit either: episodes end by termination or by the loop below
+    env.action_space.seed(1)
+    actions = [env.action_space.sample() for _ in range(1000)]
+    env.reset(seed=1)
+    length = 0
+    start = time.perf_counter()
+    for i in range(steps):
+        _, _, terminated, _, _ = env.step(actions[i % 1000])
+        length += 1
+        if terminated or length == 1000:  # every env here has a 500- or 1000-step limit
+            env.reset()
+            length = 0
+    return steps / (time.perf_counter() - start)
+
+
+RUNNERS = {"rlkit": run_rlkit, "rlkit_compiled": run_rlkit_compiled, "sb3": run_sb3, "raw_env": run_raw,
+           "bare_env": run_bare}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -112,14 +133,15 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    variants = [("rlkit", 1), ("rlkit_compiled", 1), *[("sb3", t) for t in args.sb3_threads], ("raw_env", 1)]
+    variants = [("rlkit", 1), ("rlkit_compiled", 1), *[("sb3", t) for t in args.sb3_threads], ("raw_env", 1),
+                ("bare_env", 1)]
     rows = []
     total = args.repeats * len(args.envs) * len(variants)
     done = 0
     for repeat in range(args.repeats):
         for env_id in args.envs:
             for name, threads in variants:
-                steps = args.steps * (4 if name == "raw_env" else 1)
+                steps = args.steps * {"raw_env": 4, "bare_env": 8}.get(name, 1)
                 command = [sys.executable, __file__, "--child", name, "--env", env_id, "--steps", str(steps),
                            "--threads", str(threads)]
                 output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -148,24 +170,29 @@ def main() -> None:
         f"Machine: {os.cpu_count()} CPU cores, no GPU; {args.repeats} interleaved repeats, fresh process per run, "
         f"{args.steps} env steps per PPO run; medians.",
         "",
-        "| env | raw env SPS | rlkit SPS | " + " | ".join(f"SB3 SPS ({t} thr)" for t in args.sb3_threads)
-        + " | rlkit / best SB3 | rlkit wall / raw-env wall | rlkit compiled SPS: whole run / after update 1 | "
-        "compiled / best SB3: whole run / after update 1 |",
-        "|---|---|---|" + "---|" * len(args.sb3_threads) + "---|---|---|---|",
+        "| env | bare env SPS | env stack SPS | rlkit SPS | " + " | ".join(f"SB3 SPS ({t} thr)" for t in args.sb3_threads)
+        + " | rlkit / best SB3 | rlkit wall / bare-env wall | rlkit wall / env-stack wall "
+        "| rlkit compiled SPS: whole run / after update 1 | compiled / best SB3: whole run / after update 1 |",
+        "|---|---|---|---|" + "---|" * len(args.sb3_threads) + "---|---|---|---|---|",
     ]
     summary = {}
     for env_id in args.envs:
-        raw, ours = median(env_id, "raw_env"), median(env_id, "rlkit")
+        bare, raw, ours = median(env_id, "bare_env"), median(env_id, "raw_env"), median(env_id, "rlkit")
         sb3 = {t: median(env_id, "sb3", t) for t in args.sb3_threads}
         best = max(sb3.values())
         compiled, compiled_steady = median(env_id, "rlkit_compiled"), median(env_id, "rlkit_compiled", key="steady_sps")
-        summary[env_id] = {"raw_env": raw, "rlkit": ours, "sb3": sb3, "ratio_vs_best_sb3": ours / best,
-                           "wall_over_raw": raw / ours, "rlkit_compiled": compiled, "rlkit_compiled_steady": compiled_steady,
-                           "compiled_ratio_vs_best_sb3": compiled / best, "compiled_steady_ratio_vs_best_sb3": compiled_steady / best}
-        lines.append(f"| {env_id} | {raw:,.0f} | {ours:,.0f} | " + " | ".join(f"{sb3[t]:,.0f}" for t in args.sb3_threads)
-                     + f" | {ours / best:.2f}x | {raw / ours:.1f}x | {compiled:,.0f} / {compiled_steady:,.0f} | "
-                     f"{compiled / best:.2f}x / {compiled_steady / best:.2f}x |")
-    lines += ["", "Hyperparameters (both): " + ", ".join(f"{k}={v}" for k, v in SHARED.items())
+        summary[env_id] = {"bare_env": bare, "raw_env": raw, "rlkit": ours, "sb3": sb3, "ratio_vs_best_sb3": ours / best,
+                           "wall_over_bare": bare / ours, "wall_over_raw": raw / ours, "rlkit_compiled": compiled,
+                           "rlkit_compiled_steady": compiled_steady, "compiled_ratio_vs_best_sb3": compiled / best,
+                           "compiled_steady_ratio_vs_best_sb3": compiled_steady / best}
+        lines.append(f"| {env_id} | {bare:,.0f} | {raw:,.0f} | {ours:,.0f} | "
+                     + " | ".join(f"{sb3[t]:,.0f}" for t in args.sb3_threads)
+                     + f" | {ours / best:.2f}x | {bare / ours:.1f}x | {raw / ours:.1f}x | {compiled:,.0f} / "
+                     f"{compiled_steady:,.0f} | {compiled / best:.2f}x / {compiled_steady / best:.2f}x |")
+    lines += ["", "bare env: `gym.make(env_id).unwrapped` stepped with actions drawn beforehand (no vector env, no "
+              "wrappers). env stack: the vector env and wrappers rlkit trains on (episode statistics, action clip, "
+              "observation and reward normalisation), actions drawn beforehand. Both are floors a PPO run cannot beat.",
+              "", "Hyperparameters (both): " + ", ".join(f"{k}={v}" for k, v in SHARED.items())
               + ", 1 env, obs/reward normalisation, 64x64 tanh separate nets.",
               "", "rlkit compiled = `torch_compile = true`: the rollout's policy step and the minibatch loss with its "
               "backward through torch.compile. Its whole-run SPS includes the one-off compile; \"after update 1\" is "

@@ -95,7 +95,7 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
     params, buffers = stack_module_state(agents)  # {name: [n, ...]} leaves with requires_grad
     template = copy.deepcopy(agents[0]).to("meta")
     continuous = template.continuous
-    optimizer = torch.optim.Adam(list(params.values()), lr=cfg.learning_rate, eps=1e-5)  # [core 3]
+    optimizer = torch.optim.Adam(list(params.values()), lr=cfg.learning_rate, eps=1e-5, fused=True)  # [core 3], as rlkit.ppo
     sample_generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     shuffle_generators = [torch.Generator().manual_seed(s) for s in seeds]
 
