@@ -13,7 +13,6 @@ of it is used by rlkit.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -22,6 +21,8 @@ import time
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
+
+from results_io import write_results  # benchmarks/ is sys.path[0] when run as a script
 
 
 def step_seconds(step, action: np.ndarray, steps: int) -> float:
@@ -74,14 +75,8 @@ def main(argv: list[str] | None = None) -> int:
              f"(shared machine); medians of {args.repeats} interleaved repeats of {args.steps} steps.", "",
              "| variant | µs per step | vs SyncVectorEnv |", "|-|-|-|"]
     lines += [f"| {name} | {seconds * 1e6:.1f} | {seconds / reference:.2f}x |" for name, seconds in medians.items()]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"command": command, "env_id": args.env_id, "envpool": envpool.__version__, "median_s": medians,
-                   "raw_s": times}, f, indent=2)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwrote {args.out}/results.json and results.md")
+    write_results(args.out, {"command": command, "env_id": args.env_id, "envpool": envpool.__version__, "median_s": medians,
+                   "raw_s": times}, lines)
     return 0
 
 

@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from results_io import write_results  # benchmarks/ is sys.path[0] when run as a script
+
 SHARED = dict(num_steps=2048, num_minibatches=32, update_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95,
               clip_coef=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5)
 
@@ -268,16 +270,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{sb3['ops_per_env_step'] / ops['policy_step']:.2f}x |", "",
                   f"SB3's gradient step takes {sb3['grad_step_s'] * 1e6:.0f} µs here "
                   f"({sb3['grad_step_s'] * 1e6 / sb3['ops_per_grad_step']:.1f} µs per op), rlkit's {grad_step * 1e6:.0f} µs."]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"command": command, "grad_step_parts_s": med, "policy_step_s": statistics.median(policy),
+    write_results(args.out, {"command": command, "grad_step_parts_s": med, "policy_step_s": statistics.median(policy),
                    "env_step_s": statistics.median(env), "iteration_s": iterations, "per_iteration_s": per_iteration,
                    "aten_ops": ops, "small_op_s": small_op, "sb3": sb3,
-                   "raw": {"grad": grad, "policy": policy, "env": env}}, f, indent=2)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwrote {args.out}/results.json and results.md")
+                   "raw": {"grad": grad, "policy": policy, "env": env}}, lines)
     return 0
 
 

@@ -2,8 +2,9 @@
 
 The N agents' parameters are stacked along a leading seed dimension
 (``torch.func.stack_module_state``); every forward pass, loss and backward runs once
-for all seeds through ``torch.func.vmap``, so the per-call overhead that dominates
-small-network PPO on CPU is paid once instead of N times.
+for all seeds (the update through ``torch.func.vmap``, the rollout's forward as one
+batched matmul per layer), so the per-call overhead that dominates small-network PPO
+on CPU is paid once instead of N times.
 
 What stays per seed, so the seeds are independent runs: the envs (and their
 normalisers), the initial weights (the same as ``rlkit.ppo.train`` with that seed),
@@ -30,12 +31,14 @@ from dataclasses import replace
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.nn as nn
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from rlkit.envs import normalizer_state
 from rlkit.logger import RunLogger
 from rlkit.ppo import (
+    Agent,
     EpisodeLog,
     NonFiniteError,
     PPOConfig,
@@ -117,7 +120,6 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
             cfg.norm_adv, cfg.clip_coef, cfg.clip_vloss, cfg.ent_coef, cfg.vf_coef)
         return loss, (pg_loss, v_loss, entropy_loss, stats["approx_kl"], stats["clipfrac"], stats["max_ratio_error"])
 
-    batched_forward = vmap(forward)
     batched_loss = vmap(seed_loss)
 
     def sample(policy_out: Tensor) -> Tensor:
@@ -155,9 +157,9 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
                 global_step += num_envs
                 rollout_obs[step] = next_obs
                 with torch.no_grad():
-                    policy_out, value = batched_forward(params, buffers, next_obs)
+                    policy_out, value = stacked_mlp_forward(template, params, next_obs)
                     action = sample(policy_out)
-                    log_prob, _ = vmap(score)(params, policy_out, action)
+                    log_prob, _ = score(params, policy_out, action)  # broadcasts over the seed dimension
                 rollout_actions[step], rollout_log_probs[step], rollout_values[step] = action, log_prob, value
                 observations, rewards, dones = [], [], []
                 for i, env in enumerate(envs):
@@ -182,7 +184,7 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
                 raise NonFiniteError(f"non-finite observations or rewards at update {iteration}")
 
             with torch.no_grad():
-                _, next_value = batched_forward(params, buffers, next_obs)
+                _, next_value = stacked_mlp_forward(template, params, next_obs)
             advantages, returns = gae(rollout_rewards, rollout_values, rollout_dones, next_value, cfg.gamma, cfg.gae_lambda)
 
             def per_seed(x: Tensor) -> Tensor:  # [T, n, E, ...] -> [n, T * E, ...]
@@ -236,6 +238,28 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
         loggers[i].close()
         results.append(result)
     return results
+
+
+def stacked_mlp_forward(template: Agent, params: dict[str, Tensor], obs: Tensor) -> tuple[Tensor, Tensor]:
+    """The MLP agent's forward for all seeds at once: obs [n, E, obs_dim] -> (policy out [n, E, A], value [n, E]).
+
+    Each Linear is one batched matmul over the seeds' stacked weights (torch.baddbmm): the math of
+    ``vmap(functional_call(template))`` without vmap's per-call Python overhead, which the rollout
+    would pay at every env step.  The update, which differentiates, keeps vmap.
+    """
+
+    def linear(name: str, x: Tensor) -> Tensor:
+        return torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), x, params[f"{name}.weight"].transpose(1, 2))
+
+    def run(prefix: str, layers: nn.Sequential, x: Tensor) -> Tensor:
+        for index, layer in layers.named_children():
+            x = linear(f"{prefix}.{index}", x) if isinstance(layer, nn.Linear) else layer.forward(x)  # else: activation
+        return x
+
+    if template.shared:
+        hidden = run("torso", template.torso, obs)
+        return linear("actor_head", hidden), linear("critic_head", hidden).squeeze(-1)
+    return run("actor", template.actor, obs), run("critic", template.critic, obs).squeeze(-1)
 
 
 def clip_per_seed(params: dict[str, Tensor], max_norm: float) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import gymnasium as gym
 import pytest
 import torch
 from rlkit.envs import probe_id
@@ -65,3 +66,30 @@ def test_unsupported_settings_are_refused():
         train_seeds(PPOConfig(env_id="CartPole-v1", target_kl=0.01), [1, 2], progress=False, log=False)
     with pytest.raises(ValueError, match="distinct"):
         train_seeds(PPOConfig(env_id="CartPole-v1"), [1, 1], progress=False, log=False)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_stacked_forward_of_the_rollout_matches_vmap_of_the_agent(shared):
+    """The rollout's batched-matmul forward computes what vmap(functional_call(agent)) computes."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from rlkit.ppo import Agent
+    from rlkit.ppo_multiseed import stacked_mlp_forward
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, shape=(5,))
+    torch.manual_seed(0)
+    agents = [Agent(observation_space, gym.spaces.Discrete(3), hidden_size=16, shared=shared) for _ in range(4)]
+    params, buffers = stack_module_state(agents)
+    template = copy.deepcopy(agents[0]).to("meta")
+    obs = torch.randn(4, 7, 5)
+    with torch.no_grad():
+        expected = vmap(lambda p, b, o: functional_call(template, (p, b), (o,)))(params, buffers, obs)
+        got = stacked_mlp_forward(template, params, obs)
+    for e, g in zip(expected, got):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    for i, agent in enumerate(agents):  # and each seed's slice is that seed's own network
+        with torch.no_grad():
+            torch.testing.assert_close(got[0][i], agent(obs[i])[0], rtol=1e-5, atol=1e-6)
