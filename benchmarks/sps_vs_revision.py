@@ -1,0 +1,91 @@
+"""PPO steps per second of this checkout against an earlier git revision of rlkit, side by side.
+
+    python benchmarks/sps_vs_revision.py --rev 57edba5 [--envs Pendulum-v1 HalfCheetah-v5] [--steps 10240] [--repeats 3]
+
+The revision is checked out into a temporary git worktree; every run is a fresh process that
+imports rlkit from one of the two trees (same venv, same recipe: CleanRL's MuJoCo settings, as
+benchmarks/sps_vs_sb3.py), and the two alternate so machine noise hits both alike.  Reported:
+the rate after the first update (from the run's own metrics, so process start-up is left out),
+medians, and the ratio now / then, per repeat too.  Writes results.json and results.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from results_io import write_results  # benchmarks/ is sys.path[0] when run as a script
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CHILD = """
+import json, os, sys
+sys.path.insert(0, os.environ["RLKIT_TREE"])
+sys.path.insert(0, os.path.join(os.environ["RLKIT_TREE"], "benchmarks"))
+import sps_vs_sb3
+print(json.dumps(sps_vs_sb3.run_rlkit(os.environ["RLKIT_ENV"], int(os.environ["RLKIT_STEPS"]), 1)))
+"""
+
+
+def run(tree: str, env_id: str, steps: int) -> float:
+    env = {**os.environ, "RLKIT_TREE": tree, "RLKIT_ENV": env_id, "RLKIT_STEPS": str(steps), "PYTHONPATH": tree}
+    output = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=tree, check=True, capture_output=True,
+                            text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])["steady_sps"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rev", required=True, help="the earlier revision (commit, tag or branch)")
+    parser.add_argument("--envs", nargs="+", default=["Pendulum-v1", "HalfCheetah-v5"])
+    parser.add_argument("--steps", type=int, default=10240, help="env steps per run (a multiple of 2048)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "sps_vs_revision"))
+    args = parser.parse_args(argv)
+    command = "python benchmarks/sps_vs_revision.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    rev = subprocess.run(["git", "rev-parse", "--short", args.rev], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "rlkit", "envs"], cwd=ROOT, check=True,
+                                capture_output=True, text=True).stdout.strip())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        then_tree = os.path.join(tmp, "then")
+        subprocess.run(["git", "worktree", "add", "--detach", then_tree, rev], cwd=ROOT, check=True, capture_output=True)
+        try:
+            for repeat in range(args.repeats):
+                for env_id in args.envs:
+                    for label, tree in (("then", then_tree), ("now", ROOT)):
+                        sps = run(tree, env_id, args.steps)
+                        rows.append({"repeat": repeat, "env": env_id, "tree": label, "steady_sps": sps})
+                        print(f"repeat {repeat + 1}/{args.repeats} {env_id:16s} {label:4s} {sps:8.0f} SPS", flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", then_tree], cwd=ROOT, capture_output=True)
+
+    now_label = f"{head}{' + uncommitted changes' if dirty else ''}"
+    lines = ["# PPO steps per second: this checkout vs an earlier revision (CPU)", "", "```", command.strip(), "```", "",
+             f"then = {rev}, now = {now_label}. {os.cpu_count()} CPU cores (shared machine), CleanRL's MuJoCo settings "
+             f"(1 env, 2,048-step rollouts, 10 x 32 minibatches), {args.steps} env steps per run, 1 torch thread; "
+             f"rate after the first update; {args.repeats} interleaved repeats, medians.", "",
+             "| env | then SPS | now SPS | now / then | per repeat |", "|-|-|-|-|-|"]
+    summary = {}
+    for env_id in args.envs:
+        then = [r["steady_sps"] for r in rows if r["env"] == env_id and r["tree"] == "then"]
+        now = [r["steady_sps"] for r in rows if r["env"] == env_id and r["tree"] == "now"]
+        ratio = statistics.median(now) / statistics.median(then)
+        summary[env_id] = {"then": statistics.median(then), "now": statistics.median(now), "ratio": ratio}
+        per_repeat = ", ".join(f"{b / a:.2f}x" for a, b in zip(then, now))
+        lines.append(f"| {env_id} | {statistics.median(then):,.0f} | {statistics.median(now):,.0f} | {ratio:.2f}x | "
+                     f"{per_repeat} |")
+    write_results(args.out, {"command": command, "then": rev, "now": now_label, "summary": summary, "rows": rows}, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
