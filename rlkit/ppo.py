@@ -497,7 +497,7 @@ def clipped_policy_loss(
     clipped = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
     loss = masked_mean(torch.max(unclipped, clipped), mask)
     with torch.no_grad():
-        k3 = torch.expm1(log_ratio) - log_ratio  # kl_estimators' k3 of KL(old || new), alone
+        _, _, k3 = kl_estimators(old_log_prob, new_log_prob)
         ratio_error = (ratio - 1.0).abs()
         stats = {
             "approx_kl": masked_mean(k3, mask),

@@ -23,6 +23,19 @@ def test_running_mean_std_matches_numpy_over_batches():
     np.testing.assert_allclose(rms.var, data.var(0), rtol=1e-9)
 
 
+@pytest.mark.parametrize("shape", [(4,), ()])
+def test_running_mean_std_one_sample_at_a_time_matches_numpy(shape):
+    """One env feeds batches of one sample: the fast path must give numpy's statistics too."""
+    rng = np.random.default_rng(1)
+    data = rng.normal(-5.0, 30.0, size=(2000, *shape))
+    rms = RunningMeanStd(shape=shape, epsilon=1e-12)
+    for sample in data:
+        rms.update(sample[None])
+    np.testing.assert_allclose(rms.mean, data.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(rms.var, data.var(0), rtol=1e-9)
+    assert rms.count == pytest.approx(2000)
+
+
 def test_observation_normaliser_matches_numpy_statistics_of_what_it_saw():
     # Two identical envs, same seed and actions: one raw, one normalised.
     raw = make_vector_env("Pendulum-v1", 3)
