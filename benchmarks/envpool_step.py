@@ -21,7 +21,6 @@ import time
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
-
 from results_io import write_results  # benchmarks/ is sys.path[0] when run as a script
 
 

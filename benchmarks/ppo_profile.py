@@ -29,13 +29,9 @@ import time
 
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
-
 from results_io import write_results  # benchmarks/ is sys.path[0] when run as a script
-
-SHARED = dict(num_steps=2048, num_minibatches=32, update_epochs=10, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95,
-              clip_coef=0.2, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5)
-
+from sps_vs_sb3 import SHARED, make_sb3_ppo
+from torch.utils._python_dispatch import TorchDispatchMode
 
 PARTS = ("forward_and_loss", "backward", "clip", "finite_checks", "adam")
 
@@ -130,20 +126,10 @@ def sb3_ops_and_seconds(env_id: str) -> dict[str, float] | None:
     """Stable-Baselines3 PPO at the same settings (benchmarks/sps_vs_sb3.py's model): aten ops per env
     step of its rollout and per gradient step of its update, and the update's seconds per gradient step."""
     try:
-        import gymnasium as gym
-        from stable_baselines3 import PPO
-        from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+        import stable_baselines3  # noqa: F401
     except ImportError:
         return None
-    env = VecNormalize(DummyVecEnv([lambda: gym.make(env_id)]), gamma=SHARED["gamma"])
-    model = PPO(
-        "MlpPolicy", env, n_steps=SHARED["num_steps"], batch_size=SHARED["num_steps"] // SHARED["num_minibatches"],
-        n_epochs=SHARED["update_epochs"], learning_rate=SHARED["learning_rate"], gamma=SHARED["gamma"],
-        gae_lambda=SHARED["gae_lambda"], clip_range=SHARED["clip_coef"], clip_range_vf=SHARED["clip_coef"],
-        ent_coef=SHARED["ent_coef"], vf_coef=SHARED["vf_coef"], max_grad_norm=SHARED["max_grad_norm"],
-        policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64]), activation_fn=torch.nn.Tanh, log_std_init=0.0),
-        device="cpu", seed=1, verbose=0,
-    )
+    model = make_sb3_ppo(env_id)
     measured = {}
     collect, train = model.collect_rollouts, model.train
 

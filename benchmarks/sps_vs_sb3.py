@@ -54,17 +54,17 @@ def run_rlkit_compiled(env_id: str, steps: int, threads: int) -> dict[str, float
     return run_rlkit(env_id, steps, threads, torch_compile=True)
 
 
-def run_sb3(env_id: str, steps: int, threads: int) -> float:
+def make_sb3_ppo(env_id: str):
+    """Stable-Baselines3 PPO at rlkit's settings (SHARED), on a VecNormalize-d env.  SB3 clips actions
+    to the bounds itself and stores the unclipped ones, like rlkit."""
     import gymnasium as gym
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-    torch.set_num_threads(threads)
-    # SB3 clips actions to the bounds itself and stores the unclipped ones, like rlkit
     env = VecNormalize(DummyVecEnv([lambda: gym.make(env_id)]), gamma=SHARED["gamma"])
     lr = SHARED["learning_rate"]
-    model = PPO(
+    return PPO(
         "MlpPolicy", env, n_steps=SHARED["num_steps"], batch_size=SHARED["num_steps"] // SHARED["num_minibatches"],
         n_epochs=SHARED["update_epochs"], learning_rate=lambda progress: progress * lr, gamma=SHARED["gamma"],
         gae_lambda=SHARED["gae_lambda"], clip_range=SHARED["clip_coef"], clip_range_vf=SHARED["clip_coef"],
@@ -72,6 +72,13 @@ def run_sb3(env_id: str, steps: int, threads: int) -> float:
         policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64]), activation_fn=torch.nn.Tanh, log_std_init=0.0),
         device="cpu", seed=1, verbose=0,
     )
+
+
+def run_sb3(env_id: str, steps: int, threads: int) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    model = make_sb3_ppo(env_id)
     start = time.perf_counter()
     model.learn(total_timesteps=steps)
     return steps / (time.perf_counter() - start)

@@ -59,6 +59,11 @@ def from_json(value: Any) -> Any:
     return value
 
 
+def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The tensors the optimizer steps (one flat tensor after rlkit.ppo.flatten_parameters)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Flatten an optimizer's state into named tensors + JSON-able param groups."""
     state = optimizer.state_dict()
@@ -74,7 +79,7 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     for key, value in tensors.items():
         param_id, name = key.split(".", 1)
         state.setdefault(int(param_id), {})[name] = value
-    flat = [p for group in optimizer.param_groups for p in group["params"]]
+    flat = optimized_parameters(optimizer)
     if len(flat) == 1 and len(state) > 1 and len(groups) == 1 and flat[0].dim() == 1:
         state, groups = _concatenated_state(state, groups, flat[0].numel())
     optimizer.load_state_dict({"state": state, "param_groups": groups})

@@ -34,6 +34,7 @@ from rlkit.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_optimizer_tensors,
+    optimized_parameters,
     optimizer_tensors,
     resolve_checkpoint,
     save_checkpoint,
@@ -807,11 +808,6 @@ def make_optimizer(agent: nn.Module, learning_rate: float, flat: bool = False) -
     """
     parameters = [flatten_parameters(agent)] if flat else agent.parameters()
     return torch.optim.Adam(parameters, lr=learning_rate, eps=1e-5, fused=True)
-
-
-def optimized_parameters(optimizer: torch.optim.Optimizer) -> list[Tensor]:
-    """The tensors the optimizer steps (one flat tensor after :func:`flatten_parameters`)."""
-    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 def make_envs(cfg: PPOConfig) -> gym.vector.VectorEnv:
