@@ -1,12 +1,16 @@
 """PPO steps per second of this checkout against an earlier git revision of rlkit, side by side.
 
     python benchmarks/sps_vs_revision.py --rev 57edba5 [--envs Pendulum-v1 HalfCheetah-v5] [--steps 10240] [--repeats 3]
+    python benchmarks/sps_vs_revision.py --rev 28c3280 --batched-seeds 5 --out benchmarks/results/multiseed_vs_revision
 
 The revision is checked out into a temporary git worktree; every run is a fresh process that
 imports rlkit from one of the two trees (same venv, same recipe: CleanRL's MuJoCo settings, as
 benchmarks/sps_vs_sb3.py), and the two alternate so machine noise hits both alike.  Reported:
 the rate after the first update (from the run's own metrics, so process start-up is left out),
-medians, and the ratio now / then, per repeat too.  Writes results.json and results.md to --out.
+medians, and the ratio now / then, per repeat too.  With ``--batched-seeds N`` each run trains N
+seeds batched in one process (rlkit.ppo_multiseed.train_seeds) and the rate is all seeds' steps
+per second (seeds per hour = that rate * 3600 / steps per seed).  Writes results.json and results.md
+to --out.
 """
 
 from __future__ import annotations
@@ -28,12 +32,27 @@ import json, os, sys
 sys.path.insert(0, os.environ["RLKIT_TREE"])
 sys.path.insert(0, os.path.join(os.environ["RLKIT_TREE"], "benchmarks"))
 import sps_vs_sb3
-print(json.dumps(sps_vs_sb3.run_rlkit(os.environ["RLKIT_ENV"], int(os.environ["RLKIT_STEPS"]), 1)))
+env_id, steps, seeds = os.environ["RLKIT_ENV"], int(os.environ["RLKIT_STEPS"]), int(os.environ["RLKIT_SEEDS"])
+if not seeds:
+    print(json.dumps(sps_vs_sb3.run_rlkit(env_id, steps, 1)))
+else:
+    import tempfile
+    from rlkit.ppo import PPOConfig
+    from rlkit.ppo_multiseed import train_seeds
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = PPOConfig(env_id=env_id, total_timesteps=steps, num_envs=1, device="cpu", torch_threads=1, run_dir=tmp,
+                        checkpoint_interval=0, **sps_vs_sb3.SHARED)
+        train_seeds(cfg, list(range(1, seeds + 1)), run_dirs=[os.path.join(tmp, str(s)) for s in range(seeds)], progress=False)
+        updates = [u for u in map(json.loads, open(os.path.join(tmp, "0", "metrics.jsonl"))) if u.get("kind") == "update"]
+    first, last = updates[0], updates[-1]
+    seconds = last["global_step"] / last["SPS"] - first["global_step"] / first["SPS"]
+    print(json.dumps({"steady_sps": seeds * (last["global_step"] - first["global_step"]) / seconds}))
 """
 
 
-def run(tree: str, env_id: str, steps: int) -> float:
-    env = {**os.environ, "RLKIT_TREE": tree, "RLKIT_ENV": env_id, "RLKIT_STEPS": str(steps), "PYTHONPATH": tree}
+def run(tree: str, env_id: str, steps: int, seeds: int = 0) -> float:
+    env = {**os.environ, "RLKIT_TREE": tree, "RLKIT_ENV": env_id, "RLKIT_STEPS": str(steps), "RLKIT_SEEDS": str(seeds),
+           "PYTHONPATH": tree}
     output = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=tree, check=True, capture_output=True,
                             text=True).stdout
     return json.loads(output.strip().splitlines()[-1])["steady_sps"]
@@ -45,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--envs", nargs="+", default=["Pendulum-v1", "HalfCheetah-v5"])
     parser.add_argument("--steps", type=int, default=10240, help="env steps per run (a multiple of 2048)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batched-seeds", type=int, default=0, help="N > 0: time N seeds batched in one process")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "sps_vs_revision"))
     args = parser.parse_args(argv)
     command = "python benchmarks/sps_vs_revision.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -62,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             for repeat in range(args.repeats):
                 for env_id in args.envs:
                     for label, tree in (("then", then_tree), ("now", ROOT)):
-                        sps = run(tree, env_id, args.steps)
+                        sps = run(tree, env_id, args.steps, args.batched_seeds)
                         rows.append({"repeat": repeat, "env": env_id, "tree": label, "steady_sps": sps})
                         print(f"repeat {repeat + 1}/{args.repeats} {env_id:16s} {label:4s} {sps:8.0f} SPS", flush=True)
         finally:
@@ -72,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# PPO steps per second: this checkout vs an earlier revision (CPU)", "", "```", command.strip(), "```", "",
              f"then = {rev}, now = {now_label}. {os.cpu_count()} CPU cores (shared machine), CleanRL's MuJoCo settings "
              f"(1 env, 2,048-step rollouts, 10 x 32 minibatches), {args.steps} env steps per run, 1 torch thread; "
-             f"rate after the first update; {args.repeats} interleaved repeats, medians.", "",
+             f"rate after the first update; {args.repeats} interleaved repeats, medians."
+             + (f" {args.batched_seeds} seeds batched in one process; SPS counts all seeds' steps." if args.batched_seeds else ""), "",
              "| env | then SPS | now SPS | now / then | per repeat |", "|-|-|-|-|-|"]
     summary = {}
     for env_id in args.envs:

@@ -37,7 +37,10 @@ def make_vector_env(
     env_kwargs: dict[str, Any] | None = None,
     sub_env_wrappers: list | None = None,
 ) -> gym.vector.VectorEnv:
-    """Build ``num_envs`` copies of ``env_id`` as one same-step-autoreset vector env.
+    """Build ``num_envs`` copies of ``env_id`` as one same-step-autoreset vector env [core 1].
+
+    Box actions are clipped to their bounds here, in the env; the agent stores the unclipped
+    sample [cont 5].
 
     Seeding is done by the caller through ``envs.reset(seed=...)`` (sub-env i gets
     seed + i) and ``envs.action_space.seed``.

@@ -58,7 +58,7 @@ class RunningMeanStd:
 
 
 class NormalizeObservation(VectorWrapper):
-    """obs -> clip((obs - mean) / sqrt(var + eps), -clip, clip), statistics over all sub-envs.
+    """obs -> clip((obs - mean) / sqrt(var + eps), -clip, clip), statistics over all sub-envs [cont 6, 7].
 
     The returned observations (which include the first observations of episodes
     that were just auto-reset) update the statistics, as CleanRL's per-env wrapper
@@ -102,7 +102,7 @@ class NormalizeObservation(VectorWrapper):
 
 
 class NormalizeReward(VectorWrapper):
-    """reward -> clip(reward / sqrt(var(discounted return) + eps), -clip, clip).
+    """reward -> clip(reward / sqrt(var(discounted return) + eps), -clip, clip) [cont 8, 9].
 
     The reward is scaled, not centred: the "reward scaling" detail of the PPO paper's
     code (baselines VecNormalize, CleanRL).  The running discounted return restarts

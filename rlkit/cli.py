@@ -98,11 +98,8 @@ def _run_ppo(config, run_name: str | None, progress: bool, resume: str | None = 
               f"min {last.min():.2f}  max {last.max():.2f}")
     else:
         print("no episode finished during training")
-    if module == "rlkit.ppo":
-        print(f"outputs: {result.run_dir}  (config.json, metrics.jsonl, summary.json, checkpoints/, TensorBoard events)")
-        print(f"  rlkit eval {result.run_dir} --episodes 10")
-    else:
-        print(f"outputs: {result.run_dir}  (config.json, metrics.jsonl, summary.json, TensorBoard events)")
+    print(f"outputs: {result.run_dir}  (config.json, metrics.jsonl, summary.json, checkpoints/, TensorBoard events)")
+    print(f"  rlkit eval {result.run_dir} --episodes 10")
     print(f"  tensorboard --logdir {result.run_dir}")
     return 0 if np.all(np.isfinite(last)) else 1
 
@@ -189,8 +186,8 @@ def cmd_bench(argv: list[str]) -> int:
                         help="ray: submit to RAY_ADDRESS, or a local Ray started here")
     parser.add_argument("--out", default="bench_runs", help="output folder: OUT/<env>/seed_<s>/")
     parser.add_argument("--batched", action="store_true", help="all seeds of an env in one process as one batched "
-                        "computation (rlkit/ppo_multiseed.py: stacked parameters, torch.func.vmap); [ppo] recipes, "
-                        "no checkpoints")
+                        "computation (rlkit/ppo_multiseed.py: stacked parameters, torch.func.vmap); [ppo] recipes; "
+                        "a checkpoint per seed, and re-running the command resumes")
     if "--" in argv:
         split = argv.index("--")
         argv, overrides = argv[:split], argv[split + 1:]
@@ -235,7 +232,10 @@ def _bench_batched(recipe: str, runs, overrides: list[str], out: str) -> int:
         config = config_from_dict(PPOConfig, {**values, **extra, **env, "device": pending[0].device},
                                   source=f"{source} + command line")
         start = time.time()
-        results = train_seeds(config, [s.seed for s in pending], run_dirs=[s.run_dir for s in pending])
+        results = train_seeds(config, [s.seed for s in pending], run_dirs=[s.run_dir for s in pending], resume=True)
+        if results[0].interrupted is not None:
+            print(f"\n{label}: stopped by signal {results[0].interrupted}; checkpoints written; re-run the same command to resume")
+            return 128 + results[0].interrupted
         seconds = time.time() - start
         print(f"\n{label}: {len(pending)} seeds x {results[0].global_step:,} steps in one process, {seconds:.1f} s "
               f"({len(pending) * 3600 / seconds:.1f} seeds per hour)")

@@ -134,7 +134,7 @@ def run_extra_probe(name: str, seed: int = 1) -> ProbeResult:
         from rlkit.ppo_lstm import train as train_recurrent
 
         shared = {k: getattr(PROBE_CONFIG, k) for k in user_fields()}
-        cfg = RecurrentPPOConfig(**{**shared, "env_id": env_id, "seed": seed, "total_timesteps": 4096, "num_steps": 16})
+        cfg = RecurrentPPOConfig(**{**shared, "env_id": env_id, "seed": seed, "shared_network": True, "total_timesteps": 4096, "num_steps": 16})
         result = train_recurrent(cfg, progress=False, log=False)
         score = float(np.mean(result.episode_returns[-100:]))
         checks = [Check("mean return, last 100 episodes", score, 1.0, VALUE_TOLERANCE)]

@@ -26,18 +26,21 @@ from safetensors.torch import load_file, save_file
 
 from rlkit.checkpoint import CheckpointError, load_checkpoint
 from rlkit.envs import is_atari_id, load_normalizer_state, make_atari_vector_env, make_vector_env, set_normalizer_updates
-from rlkit.ppo import ActorCriticBase, PPOConfig, make_agent, resolve_device, user_fields
+from rlkit.ppo import ActorCriticBase, FeedForward, PPOConfig, action_mask_from_info, resolve_device, user_fields, variant_named
 
 EXPORT_FILES = ("config.json", "model.safetensors")
 
 
-def _config(values: dict) -> PPOConfig:
-    known = set(user_fields())
-    return PPOConfig(**{k: v for k, v in values.items() if k in known}).validate()
+def _config(values: dict, variant: FeedForward) -> PPOConfig:
+    known = set(user_fields(variant.config_class))
+    return variant.config_class(**{k: v for k, v in values.items() if k in known}).validate()
 
 
 def load_agent(path: str) -> tuple[PPOConfig, dict[str, torch.Tensor], dict[str, np.ndarray]]:
-    """(config, agent weights, observation-normaliser state) from an export folder or a checkpoint/run folder."""
+    """(config, agent weights, observation-normaliser state) from an export folder or a checkpoint/run folder.
+
+    The config's class says which variant made the agent (rlkit.ppo's or rlkit.ppo_lstm's); see :func:`variant_of`.
+    """
     if all(os.path.isfile(os.path.join(path, f)) for f in EXPORT_FILES):
         with open(os.path.join(path, "config.json")) as f:
             config = json.load(f)
@@ -50,13 +53,21 @@ def load_agent(path: str) -> tuple[PPOConfig, dict[str, torch.Tensor], dict[str,
             with open(os.path.join(path, "normalizer.json")) as f:
                 saved = json.load(f)
             normalizer = {f"obs.{k}": np.asarray(saved[k], dtype=np.float64) for k in ("mean", "var", "count")}
-        return _config(config["ppo"]), weights, normalizer
+        variant = variant_named(config.get("variant", "ppo"))
+        return _config(config["ppo"], variant), weights, normalizer
     tensors, state = load_checkpoint(path)
-    return _config(state["config"]), tensors["model"], state["normalizers"]
+    return _config(state["config"], variant_named(state.get("variant", "ppo"))), tensors["model"], state["normalizers"]
+
+
+def variant_of(cfg: PPOConfig) -> FeedForward:
+    """The training variant whose agent a config describes."""
+    from rlkit.ppo import VARIANTS
+
+    return next(variant_named(name) for name in VARIANTS if type(cfg) is variant_named(name).config_class)
 
 
 def build_agent(cfg: PPOConfig, weights: dict[str, torch.Tensor], envs, device: torch.device) -> ActorCriticBase:
-    agent = make_agent(cfg, envs.single_observation_space, envs.single_action_space)
+    agent = variant_of(cfg).make_agent(cfg, envs)
     try:
         agent.load_state_dict(weights)
     except RuntimeError as error:
@@ -114,14 +125,15 @@ def evaluate(
                 raise CheckpointError(f"the saved normaliser does not fit {cfg.env_id}: {error}") from None
             set_normalizer_updates(envs, False)
         torch.manual_seed(seed)
-        obs, _ = envs.reset(seed=seed)
+        policy = variant_of(cfg).rollout_policy(agent, cfg, 1)  # carries a recurrent agent's state
+        obs, infos = envs.reset(seed=seed)
         returns, lengths = [], []
         while len(returns) < episodes:
             with torch.inference_mode():
-                action, _, _, _ = agent.get_action_and_value(
-                    torch.as_tensor(obs, dtype=torch.float32, device=torch_device), deterministic=deterministic
-                )
-            obs, _, _, _, infos = envs.step(action.cpu().numpy())
+                action, _, _ = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=torch_device),
+                                          action_mask_from_info(infos, torch_device), deterministic=deterministic)
+            obs, _, terminations, truncations, infos = envs.step(action.cpu().numpy())
+            policy.after_step((terminations | truncations).astype(np.float32))
             if "_episode" in infos and infos["_episode"][0]:
                 returns.append(float(infos["episode"]["r"][0]))
                 lengths.append(int(infos["episode"]["l"][0]))
@@ -142,12 +154,15 @@ def export(path: str, out: str, episodes: int = 10, deterministic: bool = True) 
     space = envs.single_action_space
     if hasattr(space, "n"):
         spaces["action"] = {"type": "Discrete", "n": int(space.n)}
+    elif hasattr(space, "nvec"):
+        spaces["action"] = {"type": "MultiDiscrete", "nvec": [int(k) for k in space.nvec]}
     else:
         base = envs.unwrapped.single_action_space  # before ClipAction widened it to +-inf
         spaces["action"] = {"type": "Box", "shape": list(base.shape), "low": base.low.tolist(), "high": base.high.tolist()}
     envs.close()
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump({"format": "rlkit-ppo-agent/1", "ppo": {k: getattr(cfg, k) for k in user_fields()}, **spaces}, f, indent=2)
+        json.dump({"format": "rlkit-ppo-agent/1", "variant": variant_of(cfg).name,
+                   "ppo": {k: getattr(cfg, k) for k in user_fields(type(cfg))}, **spaces}, f, indent=2)
     save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(out, "model.safetensors"))
     if cfg.normalize_obs:
         with open(os.path.join(out, "normalizer.json"), "w") as f:
@@ -160,7 +175,7 @@ def export(path: str, out: str, episodes: int = 10, deterministic: bool = True) 
 
 
 def _model_card(cfg: PPOConfig, result: dict) -> str:
-    rows = "\n".join(f"| {k} | {getattr(cfg, k)} |" for k in user_fields())
+    rows = "\n".join(f"| {k} | {getattr(cfg, k)} |" for k in user_fields(type(cfg)))
     policy = "deterministic (mean / argmax)" if result["deterministic"] else "stochastic"
     return f"""# PPO agent for {cfg.env_id}
 

@@ -11,15 +11,18 @@ optional target-KL early stop, and ``device = auto | cpu | cuda[:i]``.
 The pure functions (``gae``, ``clipped_policy_loss``, ``clipped_value_loss``,
 ``kl_estimators``, ``masked_whiten``, ...) take tensors and an optional padding
 mask, so the RLHF path (rlkit.rlhf) calls them on token sequences unchanged.
+
+One rollout (:func:`collect_rollout`) and one update (:func:`ppo_update`) serve every
+variant: a variant (:class:`FeedForward` here, the recurrent one in rlkit.ppo_lstm, batched
+seeds in rlkit.ppo_multiseed) supplies only its network, its :class:`RolloutPolicy` and its
+:class:`Learner`.  The run lifecycle (run folder, checkpoints, SIGINT/SIGTERM, the non-finite
+guard, callbacks) is rlkit.runtime's; speed-only code is rlkit.fast's.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import random
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -37,7 +40,6 @@ from rlkit.checkpoint import (
     optimized_parameters,
     optimizer_tensors,
     resolve_checkpoint,
-    save_checkpoint,
 )
 from rlkit.envs import (
     ATARI_BACKENDS,
@@ -50,7 +52,20 @@ from rlkit.envs import (
     normalizer_state,
     supports_exact_state,
 )
+from rlkit.fast import NumpyStaging, compiled, compiled_policy_step, flatten_parameters, run_layers
 from rlkit.logger import RunLogger
+from rlkit.runtime import (  # the run lifecycle, shared with every other loop
+    Callback,
+    Lifecycle,
+    NonFiniteError,
+    check_finite,
+    check_finite_parameters,
+    default_run_name,
+    linear_lr,
+    restore_rng_state,
+    rng_state,
+    seed_everything,
+)
 
 # ---------------------------------------------------------------------------------
 # Config
@@ -362,18 +377,6 @@ class Agent(ActorCriticBase):
         return run_layers(self.critic, obs).squeeze(-1)
 
 
-def run_layers(layers: nn.Sequential, x: Tensor) -> Tensor:
-    """``layers(x)``, calling each layer's ``forward`` directly.
-
-    Why: nn.Module.__call__'s hook handling costs ~2-3 µs a layer, as much as a 64-wide layer's
-    math, and the MLP runs 12 layers per env step and per minibatch.  Module hooks registered on
-    these layers are therefore not run (hooks on the agent itself are).
-    """
-    for layer in layers:
-        x = layer.forward(x)
-    return x
-
-
 class NatureCNNAgent(ActorCriticBase):
     """The Nature DQN network (Mnih et al. 2015) as a shared actor-critic torso, for [4, 84, 84] frames.
 
@@ -407,6 +410,7 @@ class NatureCNNAgent(ActorCriticBase):
         self.to(memory_format=torch.channels_last)
 
     def features(self, obs: Tensor) -> Tensor:
+        """Pixels 0-255 -> [0, 1] inside the network, then the torso [atari 9]."""
         return self.torso((obs / 255.0).contiguous(memory_format=torch.channels_last))
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -544,7 +548,7 @@ def explained_variance(predicted: Tensor, target: Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------
-# Rollout storage and the update
+# Rollout: storage and collection (one path for every variant)
 # ---------------------------------------------------------------------------------
 
 
@@ -561,7 +565,7 @@ class Rollout:
     action_masks: Tensor | None = None
 
     @classmethod
-    def allocate(cls, num_steps: int, num_envs: int, obs_shape, agent: Agent, device: torch.device,
+    def allocate(cls, num_steps: int, num_envs: int, obs_shape, agent: ActorCriticBase, device: torch.device,
                  masked: bool = False) -> Rollout:
         action_shape = agent.action_shape
         action_dtype = torch.float32 if agent.continuous else torch.long
@@ -584,6 +588,142 @@ def action_mask_from_info(info: dict, device: torch.device) -> Tensor | None:
     return torch.as_tensor(np.stack(list(info["action_mask"])), dtype=torch.bool, device=device)
 
 
+def truncated_final_obs(terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """(indices, last observations) of the envs whose episode hit a time limit this step.
+
+    A time limit is not a terminal state: the return goes on past it, so the caller folds
+    gamma * V(last obs) into the reward and ends the GAE trace there.
+    """
+    truncated_only = np.flatnonzero(truncations & ~terminations)
+    if not truncated_only.size:
+        return truncated_only, None
+    return truncated_only, np.stack([infos["final_obs"][i] for i in truncated_only])
+
+
+class RolloutPolicy:
+    """How a variant acts while collecting: the feed-forward agent's version.
+
+    The recurrent variant carries its LSTM state through these hooks, the batched-seed variant
+    acts for all seeds at once; :func:`collect_rollout` is the same for all of them.
+    """
+
+    def __init__(self, agent: ActorCriticBase, step: Callable | None = None):
+        self.agent = agent
+        self.step = step or agent.get_action_and_value  # fast.compiled_policy_step with torch_compile
+
+    def begin(self) -> None:
+        """Called before each rollout, outside inference mode."""
+
+    def act(self, obs: Tensor, action_mask: Tensor | None, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """(action, log-prob, value) for a batch of observations; deterministic: the mean / argmax action."""
+        if deterministic:
+            action, log_prob, _, value = self.agent.get_action_and_value(obs, action_mask=action_mask, deterministic=True)
+        else:
+            action, log_prob, _, value = self.step(obs, action_mask=action_mask)
+        return action, log_prob, value
+
+    def final_values(self, final_obs: Tensor, env_index: np.ndarray) -> Tensor:
+        """V of the last observation of episodes that were truncated, in envs ``env_index``."""
+        return self.agent.get_value(final_obs)
+
+    def after_step(self, dones: np.ndarray) -> None:
+        """The step's episode ends (1 = ended), after the truncation bootstrap."""
+
+    def bootstrap_value(self, obs: Tensor) -> Tensor:
+        """V of the observation after the rollout's last step (GAE's next value)."""
+        return self.agent.get_value(obs)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """What a checkpoint must hold to continue acting exactly (none for a feed-forward policy)."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor] | None) -> None:
+        """Restore :meth:`state_tensors`; None: the envs were reset, start fresh."""
+
+
+@dataclass
+class EnvCursor:
+    """Where the vector envs stand between rollouts: the next observation and action mask, the step count."""
+
+    obs: Tensor
+    mask: Tensor | None
+    global_step: int = 0
+
+    @classmethod
+    def reset(cls, envs: gym.vector.VectorEnv, seed: int, device: torch.device) -> EnvCursor:
+        obs, info = envs.reset(seed=seed)
+        return cls(torch.as_tensor(obs, dtype=torch.float32, device=device), action_mask_from_info(info, device))
+
+
+def collect_rollout(envs: gym.vector.VectorEnv, policy: RolloutPolicy, rollout: Rollout, staging: NumpyStaging,
+                    cursor: EnvCursor, cfg: PPOConfig, record: Callable[[dict, int], None]) -> Tensor:
+    """Fill ``rollout`` with one fixed-length segment [core 1]; returns V(obs after the last step).
+
+    Truncated episodes get gamma * V(final obs) folded into their last reward (``bootstrap_truncation``);
+    the env's same-step autoreset means the stored next obs already begins the new episode.
+    ``record(infos, global_step)`` receives every step's infos (finished episodes).
+    """
+    device = cursor.obs.device
+    policy.begin()
+    with torch.inference_mode():
+        for step in range(rollout.obs.shape[0]):
+            cursor.global_step += cfg.num_envs
+            rollout.obs[step] = cursor.obs
+            if cursor.mask is not None:
+                rollout.action_masks[step] = cursor.mask
+            action, log_prob, value = policy.act(cursor.obs, cursor.mask)
+            rollout.actions[step] = action
+            rollout.log_probs[step] = log_prob
+            rollout.values[step] = value
+
+            # The env clips Box actions; the unclipped sample is what was stored [cont 5].
+            next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+            staging.rewards[step] = reward
+            if cfg.bootstrap_truncation and truncations.any():
+                truncated_only, final_obs = truncated_final_obs(terminations, truncations, infos)
+                if truncated_only.size:
+                    final_value = policy.final_values(torch.as_tensor(final_obs, dtype=torch.float32, device=device),
+                                                      truncated_only)
+                    staging.rewards[step, truncated_only] += np.float32(cfg.gamma) * final_value.cpu().numpy()
+            staging.dones[step] = terminations | truncations
+            policy.after_step(staging.dones[step])
+            if not np.isfinite(next_obs).all():  # before the policy ever sees them
+                raise NonFiniteError("non-finite observations")
+            cursor.obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
+            if cursor.mask is not None:  # after an autoreset this is the new episode's mask
+                cursor.mask = action_mask_from_info(infos, device)
+            record(infos, cursor.global_step)
+
+        if not np.isfinite(staging.rewards).all():
+            raise NonFiniteError("non-finite rewards")
+        staging.to(rollout.rewards, rollout.dones)
+        return policy.bootstrap_value(cursor.obs)
+
+
+# ---------------------------------------------------------------------------------
+# The update (one routine for every variant)
+# ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One rollout flattened for the update: [num_steps * num_envs, ...], time-major (index t * N + n)."""
+
+    obs: Tensor
+    actions: Tensor
+    log_probs: Tensor
+    advantages: Tensor
+    returns: Tensor
+    values: Tensor
+    action_masks: Tensor | None = None
+
+    @classmethod
+    def from_rollout(cls, rollout: Rollout, advantages: Tensor, returns: Tensor) -> Batch:
+        flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+        return cls(flat(rollout.obs), flat(rollout.actions), flat(rollout.log_probs), flat(advantages), flat(returns),
+                   flat(rollout.values), None if rollout.action_masks is None else flat(rollout.action_masks))
+
+
 def minibatch_loss(
     new_log_prob: Tensor,
     entropy: Tensor,
@@ -600,6 +740,7 @@ def minibatch_loss(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
     """loss = policy_loss - ent_coef * entropy + vf_coef * value_loss of one minibatch [core 10].
 
+    Advantages are normalised here, per minibatch [core 7].
     Returns (loss, policy loss, value loss, mean entropy, policy-loss debug stats).
     """
     if norm_adv:
@@ -611,82 +752,65 @@ def minibatch_loss(
     return loss, pg_loss, v_loss, entropy_loss, pg_stats
 
 
-def agent_minibatch_loss(agent: Agent, obs: Tensor, actions: Tensor, action_mask: Tensor | None, *targets):
+def agent_minibatch_loss(agent: ActorCriticBase, obs: Tensor, actions: Tensor, action_mask: Tensor | None, *targets):
     """The agent's forward on a minibatch, then :func:`minibatch_loss`."""
     _, new_log_prob, entropy, new_value = agent.get_action_and_value(obs, actions, action_mask=action_mask)
     return minibatch_loss(new_log_prob, entropy, new_value, *targets)
 
 
-_COMPILED_LOSS = None
+class Learner:
+    """What a variant gives the update: its optimizer, how it splits a batch into minibatches, and the
+    loss of one minibatch.  This is the feed-forward agent's: shuffled index minibatches [core 6].
 
-
-def compiled_agent_loss():
-    """agent_minibatch_loss through torch.compile (config ``torch_compile``): the
-    forward, the loss and their backward become a few fused kernels; compiled once."""
-    global _COMPILED_LOSS
-    if _COMPILED_LOSS is None:
-        _COMPILED_LOSS = torch.compile(agent_minibatch_loss, dynamic=False)
-    return _COMPILED_LOSS
-
-
-def compiled_policy_step(agent: ActorCriticBase):
-    """agent.get_action_and_value through torch.compile, for the rollout (config ``torch_compile``).
-
-    ``fallback_random``: the compiled step draws its samples from torch's generator as eager
-    code does, so a seed gives the same actions; log-probs may differ in the last bit.
+    The recurrent variant forms minibatches of whole env sequences and rebuilds LSTM states; the
+    batched-seed variant scores all seeds at once with vmap and clips each seed's gradient.
     """
-    return torch.compile(agent.get_action_and_value, dynamic=False, options={"fallback_random": True})
+
+    def __init__(self, agent: ActorCriticBase, optimizer: torch.optim.Optimizer, cfg: PPOConfig,
+                 generator: torch.Generator | None = None):
+        self.agent, self.optimizer, self.cfg, self.generator = agent, optimizer, cfg, generator
+        self.parameters = optimized_parameters(optimizer)
+        self.loss_fn = compiled(agent_minibatch_loss) if cfg.torch_compile else agent_minibatch_loss
+
+    def targets(self, batch: Batch, mb: Tensor) -> tuple:
+        cfg = self.cfg
+        return (batch.log_probs[mb], batch.advantages[mb], batch.returns[mb], batch.values[mb], cfg.norm_adv,
+                cfg.clip_coef, cfg.clip_vloss, cfg.ent_coef, cfg.vf_coef)
+
+    def minibatches(self, batch: Batch) -> list[Tensor]:
+        size = batch.log_probs.shape[0]
+        permutation = torch.randperm(size, generator=self.generator, device="cpu").to(batch.log_probs.device)
+        return permutation.split(size // self.cfg.num_minibatches)
+
+    def loss(self, batch: Batch, mb: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        masks = None if batch.action_masks is None else batch.action_masks[mb]
+        return self.loss_fn(self.agent, batch.obs[mb], batch.actions[mb], masks, *self.targets(batch, mb))
+
+    def clip_gradients(self, max_norm: float) -> Tensor:
+        """Global gradient-norm clip [core 11]; returns the norm before clipping."""
+        return nn.utils.clip_grad_norm_(self.parameters, max_norm)
 
 
-def ppo_update(
-    agent: Agent,
-    optimizer: torch.optim.Optimizer,
-    cfg: PPOConfig,
-    obs: Tensor,
-    actions: Tensor,
-    old_log_probs: Tensor,
-    advantages: Tensor,
-    returns: Tensor,
-    old_values: Tensor,
-    generator: torch.Generator | None = None,
-    action_masks: Tensor | None = None,
-    minibatches: Callable[[], list[Tensor]] | None = None,
-    score: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]] | None = None,
-) -> dict[str, float]:
-    """K epochs of shuffled minibatches over one flattened batch [core 6].
+def ppo_update(batch: Batch, learner: Learner, cfg: PPOConfig) -> dict[str, Tensor | int]:
+    """K epochs of the learner's minibatches over one batch [core 6], one optimiser step each.
 
-    loss = policy_loss - ent_coef * entropy + vf_coef * value_loss [core 10],
-    global grad-norm clip [core 11], optional approx-KL early stop per epoch.
-    The recurrent agent (rlkit.ppo_lstm) reuses this loop with its own
-    ``minibatches()`` (whole env sequences) and ``score(mb) -> (log_prob, entropy, value)``.
+    loss = policy_loss - ent_coef * entropy + vf_coef * value_loss [core 10], global grad-norm
+    clip [core 11], optional approx-KL early stop per epoch.  Returns the statistics as tensors
+    (one value per seed for batched seeds): the last minibatch's losses, approx_kl and the
+    ratio error of the first minibatch, the mean clipfrac, and the epochs run.
     """
-    batch_size = old_log_probs.shape[0]
-    minibatch_size = batch_size // cfg.num_minibatches
-    loss_fn = compiled_agent_loss() if cfg.torch_compile else agent_minibatch_loss
-    parameters = optimized_parameters(optimizer)
-    clipfracs, approx_kl, first_ratio_error, epochs_run = [], torch.zeros(()), float("nan"), 0
+    optimizer = learner.optimizer
+    clipfracs, approx_kl, first_ratio_error, epochs_run = [], torch.zeros(()), torch.tensor(float("nan")), 0
     for epoch in range(cfg.update_epochs):
-        if minibatches is None:
-            permutation = torch.randperm(batch_size, generator=generator, device="cpu").to(old_log_probs.device)
-            epoch_minibatches = permutation.split(minibatch_size)
-        else:
-            epoch_minibatches = minibatches()
-        for index, mb in enumerate(epoch_minibatches):
-            targets = (old_log_probs[mb], advantages[mb], returns[mb], old_values[mb], cfg.norm_adv, cfg.clip_coef,
-                       cfg.clip_vloss, cfg.ent_coef, cfg.vf_coef)
-            if score is None:
-                mb_masks = None if action_masks is None else action_masks[mb]
-                loss, pg_loss, v_loss, entropy_loss, pg_stats = loss_fn(agent, obs[mb], actions[mb], mb_masks, *targets)
-            else:
-                loss, pg_loss, v_loss, entropy_loss, pg_stats = minibatch_loss(*score(mb), *targets)
-
+        for index, mb in enumerate(learner.minibatches(batch)):
+            loss, pg_loss, v_loss, entropy_loss, pg_stats = learner.loss(batch, mb)
             optimizer.zero_grad(set_to_none=False)  # in place: gradients may be views of one flat buffer
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(parameters, cfg.max_grad_norm)
+            grad_norm = learner.clip_gradients(cfg.max_grad_norm)
             # Checked before the step, so a bad minibatch never reaches the weights (one check for both).
-            if not torch.isfinite(loss.detach() + grad_norm):
-                _check_finite("loss", loss.detach())
-                _check_finite("gradients (global norm)", grad_norm)
+            if not torch.isfinite(loss.detach() + grad_norm).all():
+                check_finite("loss", loss.detach())
+                check_finite("gradients (global norm)", grad_norm)
             optimizer.step()
 
             approx_kl = pg_stats["approx_kl"]
@@ -694,19 +818,56 @@ def ppo_update(
             if epoch == 0 and index == 0:
                 # Before any step the new policy IS the old one: a ratio != 1 here
                 # means rollout and training compute log-probs differently.
-                first_ratio_error = float(pg_stats["max_ratio_error"])
+                first_ratio_error = pg_stats["max_ratio_error"]
         epochs_run = epoch + 1
         if cfg.target_kl is not None and approx_kl > cfg.target_kl:
             break
     return {
-        "policy_loss": pg_loss.item(),
-        "value_loss": v_loss.item(),
-        "entropy": entropy_loss.item(),
-        "approx_kl": float(approx_kl),
-        "clipfrac": float(torch.stack(clipfracs).mean()),
+        "policy_loss": pg_loss.detach(),
+        "value_loss": v_loss.detach(),
+        "entropy": entropy_loss.detach(),
+        "approx_kl": approx_kl,
+        "clipfrac": torch.stack(clipfracs).mean(0),
         "first_ratio_error": first_ratio_error,
         "epochs": epochs_run,
     }
+
+
+# ---------------------------------------------------------------------------------
+# Variants: what differs between feed-forward, recurrent and batched-seed PPO
+# ---------------------------------------------------------------------------------
+
+
+class FeedForward:
+    """The feed-forward variant (the MLP or the Nature CNN): every setting of PPOConfig works."""
+
+    name = "ppo"
+    config_class = PPOConfig
+
+    def check(self, cfg: PPOConfig, envs: gym.vector.VectorEnv) -> None:
+        """Refuse, up front and by key, any setting this variant cannot honour."""
+
+    def make_agent(self, cfg: PPOConfig, envs: gym.vector.VectorEnv) -> ActorCriticBase:
+        return make_agent(cfg, envs.single_observation_space, envs.single_action_space)
+
+    def make_optimizer(self, agent: ActorCriticBase, cfg: PPOConfig) -> torch.optim.Optimizer:
+        return make_optimizer(agent, cfg.learning_rate, flat=cfg.network == "mlp")
+
+    def rollout_policy(self, agent: ActorCriticBase, cfg: PPOConfig, num_envs: int) -> RolloutPolicy:
+        return RolloutPolicy(agent, compiled_policy_step(agent) if cfg.torch_compile else None)
+
+    def learner(self, agent: ActorCriticBase, optimizer, cfg: PPOConfig, generator: torch.Generator,
+                policy: RolloutPolicy) -> Learner:
+        return Learner(agent, optimizer, cfg, generator)
+
+    def batch(self, rollout: Rollout, advantages: Tensor, returns: Tensor, policy: RolloutPolicy) -> Batch:
+        return Batch.from_rollout(rollout, advantages, returns)
+
+
+def refuse(variant: str, problems: list[str], advice: str) -> None:
+    """One error for every setting a variant cannot honour: names the keys and the variant."""
+    if problems:
+        raise ValueError(f"{variant} does not support {'; '.join(problems)}; {advice}")
 
 
 # ---------------------------------------------------------------------------------
@@ -722,14 +883,24 @@ class EpisodeLog:
     lengths: list[int] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
 
-    def record(self, infos: dict, global_step: int, logger: RunLogger) -> None:
+    def record(self, infos: dict, global_step: int, logger: RunLogger, envs: slice | None = None) -> None:
+        """Episodes that ended this step (in the vector envs ``envs`` only, when given)."""
         if "_episode" not in infos:
             return
-        for i in np.flatnonzero(infos["_episode"]):
-            self.returns.append(float(infos["episode"]["r"][i]))
-            self.lengths.append(int(infos["episode"]["l"][i]))
+        ended, episode = infos["_episode"], infos["episode"]
+        offset = 0 if envs is None else envs.start
+        for i in np.flatnonzero(ended if envs is None else ended[envs]) + offset:
+            self.returns.append(float(episode["r"][i]))
+            self.lengths.append(int(episode["l"][i]))
             self.steps.append(global_step)
             logger.episode(global_step, self.returns[-1], self.lengths[-1])
+
+    def state(self) -> dict:
+        return {"returns": self.returns, "lengths": self.lengths, "steps": self.steps}
+
+    @classmethod
+    def from_state(cls, state: dict) -> EpisodeLog:
+        return cls(*(list(state[k]) for k in ("returns", "lengths", "steps")))
 
 
 @dataclass
@@ -743,7 +914,7 @@ class TrainResult:
     last_update: dict[str, float]
     global_step: int
     wall_time: float
-    agent: Agent = field(repr=False)
+    agent: ActorCriticBase = field(repr=False)
     normalizer: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     interrupted: int | None = None
     """the signal that stopped the run early, if any"""
@@ -766,45 +937,11 @@ class TrainResult:
                 "last_episodes": int(last.size), **stats, "wall_time": self.wall_time, "sps": self.sps}
 
 
-def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = torch_deterministic
-
-
-def flatten_parameters(module: nn.Module) -> nn.Parameter:
-    """Make every parameter of ``module`` a view into one flat tensor, and every gradient a view
-    into one flat gradient; returns the flat tensor as a Parameter whose ``.grad`` is that gradient.
-
-    Why: at PPO's MuJoCo sizes (64-sample minibatches, 64-wide MLPs) a gradient step costs per-op
-    dispatch, not arithmetic.  Over one tensor the norm clip and Adam are one op each instead of
-    one per weight and bias (benchmarks/ppo_profile.py).  Adam's math is elementwise, so it is the
-    same; the global norm is summed in another order (last-bit differences).  The module's
-    state_dict is unchanged.  Gradients must be zeroed in place (``zero_grad(set_to_none=False)``):
-    a fresh ``.grad`` tensor would no longer be a view of the flat one.
-    """
-    parameters = list(module.parameters())
-    if not all(p.is_contiguous() for p in parameters):
-        raise ValueError("flatten_parameters needs contiguous parameters (not channels_last convolutions)")
-    flat = torch.cat([p.detach().reshape(-1) for p in parameters])
-    flat_grad = torch.zeros_like(flat)
-    offset = 0
-    for p in parameters:
-        n = p.numel()
-        p.data = flat[offset:offset + n].view_as(p)
-        p.grad = flat_grad[offset:offset + n].view_as(p)
-        offset += n
-    flat_parameter = nn.Parameter(flat)  # shares flat's memory, so stepping it moves the module's views
-    flat_parameter.grad = flat_grad
-    return flat_parameter
-
-
 def make_optimizer(agent: nn.Module, learning_rate: float, flat: bool = False) -> torch.optim.Adam:
     """Adam with epsilon 1e-5 instead of torch's 1e-8, as in the PPO paper's code [core 3].
 
     fused: one kernel for all parameters instead of a Python loop over them (same math).
-    ``flat``: optimise one flat view of all parameters (:func:`flatten_parameters`); the MLP agent's choice.
+    ``flat``: optimise one flat view of all parameters (:func:`rlkit.fast.flatten_parameters`); the MLP agent's choice.
     """
     parameters = [flatten_parameters(agent)] if flat else agent.parameters()
     return torch.optim.Adam(parameters, lr=learning_rate, eps=1e-5, fused=True)
@@ -827,30 +964,10 @@ def make_envs(cfg: PPOConfig) -> gym.vector.VectorEnv:
     )
 
 
-def truncated_final_obs(terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> tuple[np.ndarray, np.ndarray | None]:
-    """(indices, last observations) of the envs whose episode hit a time limit this step.
-
-    A time limit is not a terminal state: the return goes on past it, so the caller folds
-    gamma * V(last obs) into the reward and ends the GAE trace there.
-    """
-    truncated_only = np.flatnonzero(truncations & ~terminations)
-    if not truncated_only.size:
-        return truncated_only, None
-    return truncated_only, np.stack([infos["final_obs"][i] for i in truncated_only])
-
-
-class NonFiniteError(RuntimeError):
-    """A NaN or inf appeared; the message names the quantity and the update."""
-
-
-def _check_finite(name: str, tensor: Tensor) -> None:
-    if not torch.isfinite(tensor).all():
-        raise NonFiniteError(f"non-finite {name}")
-
-
-def _config_from_checkpoint(state: dict) -> PPOConfig:
-    known = set(user_fields())
-    return PPOConfig(**{k: v for k, v in state["config"].items() if k in known}).validate()
+def update_stats(stats: dict, batch: Batch, optimizer: torch.optim.Optimizer, global_step: int, seconds: float) -> dict:
+    """The statistics every variant logs after an update, beside ppo_update's [core 12]."""
+    return {**stats, "explained_variance": explained_variance(batch.values, batch.returns),
+            "learning_rate": optimizer.param_groups[0]["lr"], "SPS": global_step / seconds}
 
 
 def train(
@@ -859,27 +976,20 @@ def train(
     progress: bool = True,
     log: bool = True,
     resume: str | None = None,
+    callbacks: list[Callback] = (),
+    variant: FeedForward | None = None,
 ) -> TrainResult:
     """Train a PPO agent; writes to <run_dir>/<run_name> when ``log``.
 
-    ``resume``: a run folder (or checkpoint folder) to continue from; its saved
-    config is used.  Where the env state is plain data (probes, classic control)
-    the continued run is bit-for-bit the uninterrupted one on CPU; elsewhere the
-    envs restart from a seeded reset, and the log says so.
-    SIGINT / SIGTERM finish the current update, write a checkpoint and return
-    with ``result.interrupted`` set to the signal number.
+    ``resume``: a run folder (or checkpoint folder) to continue from; its saved config is used.
+    Where the env state is plain data (probes, classic control) the continued run is bit-for-bit
+    the uninterrupted one on CPU; elsewhere the envs restart from a seeded reset, and the log
+    says so.  SIGINT / SIGTERM finish the current update, write a checkpoint and return with
+    ``result.interrupted`` set to the signal number.  ``variant`` (default: feed-forward) supplies
+    the network, the rollout policy and the learner; the recurrent variant is rlkit.ppo_lstm's.
     """
-    tensors, saved = load_checkpoint(resume) if resume is not None else ({}, None)
-    if saved is not None:
-        cfg = _config_from_checkpoint(saved)
-        run_dir = os.path.dirname(os.path.dirname(resolve_checkpoint(resume)))
-    elif cfg is None:
-        raise ValueError("train() needs a config or a run to resume")
-    cfg.validate()
-    if saved is None:
-        if run_name is None:
-            run_name = f"{cfg.env_id.replace('/', '_')}__{cfg.exp_name}__{cfg.seed}__{int(time.time())}"
-        run_dir = os.path.join(cfg.run_dir, run_name)
+    variant = variant or saved_variant(resume)
+    cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume, variant.config_class)
     seed_everything(cfg.seed, cfg.torch_deterministic)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -887,170 +997,157 @@ def train(
 
     envs = make_envs(cfg)
     envs.action_space.seed(cfg.seed)
-    agent = make_agent(cfg, envs.single_observation_space, envs.single_action_space).to(device)
-    optimizer = make_optimizer(agent, cfg.learning_rate, flat=cfg.network == "mlp")
+    variant.check(cfg, envs)
+    agent = variant.make_agent(cfg, envs).to(device)
+    optimizer = variant.make_optimizer(agent, cfg)
     shuffle_generator = torch.Generator().manual_seed(cfg.seed)
     episodes = EpisodeLog()
-    global_step, start_iteration, elapsed_before = 0, 1, 0.0
-    next_obs_np, reset_info = envs.reset(seed=cfg.seed)
-    next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
-    next_mask = action_mask_from_info(reset_info, device)  # invalid-action masking, when the env provides masks
+    cursor = EnvCursor.reset(envs, cfg.seed, device)  # the mask: invalid-action masking, when the env provides masks
     rollout = Rollout.allocate(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape, agent, device,
-                               masked=next_mask is not None)
-    policy_step = compiled_policy_step(agent) if cfg.torch_compile else agent.get_action_and_value
-    rewards = np.zeros((cfg.num_steps, cfg.num_envs), dtype=np.float32)
-    dones = np.zeros((cfg.num_steps, cfg.num_envs), dtype=np.float32)
-    notes = []
+                               masked=cursor.mask is not None)
+    staging = NumpyStaging(cfg.num_steps, cfg.num_envs)
+    policy = variant.rollout_policy(agent, cfg, cfg.num_envs)
+    learner = variant.learner(agent, optimizer, cfg, shuffle_generator, policy)
+    start_iteration, elapsed_before, notes = 1, 0.0, []
     if saved is not None:
-        next_obs, next_mask, note = _restore(saved, tensors, agent, optimizer, shuffle_generator, envs, cfg, device)
-        notes.append(note)
-        global_step, start_iteration, elapsed_before = saved["global_step"], saved["iteration"] + 1, saved["wall_time"]
-        episodes = EpisodeLog(*(list(saved["episodes"][k]) for k in ("returns", "lengths", "steps")))
+        notes.append(restore_training_state(saved, tensors, agent, optimizer, {"shuffle": shuffle_generator}, envs,
+                                            cursor, policy, cfg, device))
+        start_iteration, elapsed_before, episodes = saved["iteration"] + 1, saved["wall_time"], EpisodeLog.from_state(saved["episodes"])
 
     logger = RunLogger(run_dir, cfg.to_dict(), enabled=log, progress=progress, total=cfg.num_iterations * cfg.batch_size,
                        resume_metrics_at=saved["metrics_offset"] if saved is not None else None)
-    logger.advance(global_step, global_step, 0.0)
+    logger.advance(cursor.global_step, cursor.global_step, 0.0)
     for note in notes:
         logger.note(note)
-
-    def save(iteration: int) -> str | None:
-        if not log:
-            return None
-        exact = supports_exact_state(envs)
-        state = {
-            "config": {k: getattr(cfg, k) for k in user_fields()},
-            "global_step": global_step,
-            "iteration": iteration,
-            "wall_time": time.time() - start_time,
-            "python_rng": random.getstate(),
-            "numpy_rng": np.random.get_state(),
-            "env_exact": exact,
-            "env_state": env_state(envs) if exact else None,
-            "normalizers": normalizer_state(envs),
-            "spaces": {"observation_shape": list(envs.single_observation_space.shape),
-                       "action_space": str(envs.single_action_space)},
-            "episodes": {"returns": episodes.returns, "lengths": episodes.lengths, "steps": episodes.steps},
-            "metrics_offset": logger.metrics_offset(),
-        }
-        optimizer_state, groups = optimizer_tensors(optimizer)
-        state["optimizer_param_groups"] = groups
-        rng = {"torch": torch.get_rng_state(), "shuffle": shuffle_generator.get_state(), "next_obs": next_obs}
-        if next_mask is not None:
-            rng["next_mask"] = next_mask
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
-        files = {"model": agent.state_dict(), "optimizer": optimizer_state, "rng": rng}
-        return save_checkpoint(run_dir, iteration, files, state, keep=cfg.keep_checkpoints)
-
-    stop = {"signal": None}
-    handlers = _install_stop_handlers(stop)
+    lifecycle = Lifecycle([run_dir], cfg.num_iterations, cfg.checkpoint_interval, cfg.keep_checkpoints, enabled=log,
+                          last_checkpoint=resolve_checkpoint(resume) if resume is not None else None,
+                          callbacks=list(callbacks))
     start_time = time.time() - elapsed_before
-    stats: dict[str, float] = {}
-    last_checkpoint = resolve_checkpoint(resume) if resume is not None else None
-    iteration = start_iteration - 1
+    last_stats: dict[str, float] = {}
+
+    def iterate(iteration: int) -> dict[str, float]:
+        if cfg.anneal_lr:
+            linear_lr(optimizer, iteration, cfg.num_iterations, cfg.learning_rate)  # [core 4]
+        next_value = collect_rollout(envs, policy, rollout, staging, cursor, cfg,
+                                     lambda infos, step: episodes.record(infos, step, logger))
+        advantages, returns = gae(rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda)
+        batch = variant.batch(rollout, advantages, returns, policy)
+        stats = {k: v if isinstance(v, int) else float(v) for k, v in ppo_update(batch, learner, cfg).items()}
+        check_finite_parameters(agent)
+        last_stats.update(update_stats(stats, batch, optimizer, cursor.global_step, time.time() - start_time))
+        log_update(logger, cfg, iteration, cursor.global_step, last_stats)
+        return last_stats
+
+    def capture(iteration: int) -> tuple[dict, dict]:
+        return checkpoint_payload(cfg, envs, agent.state_dict(), optimizer_tensors(optimizer), {"shuffle": shuffle_generator},
+                                  cursor, policy.state_tensors(), episodes, logger, iteration, time.time() - start_time,
+                                  extra={"variant": variant.name})
+
     try:
-        for iteration in range(start_iteration, cfg.num_iterations + 1):
-            if cfg.anneal_lr:  # [core 4]
-                optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / cfg.num_iterations) * cfg.learning_rate
-
-            try:
-                # Rewards and dones come from the env as numpy and are written there: per step, a torch op
-                # costs several times a numpy one at these sizes; they move to the rollout once, below.
-                with torch.inference_mode():
-                    for step in range(cfg.num_steps):
-                        global_step += cfg.num_envs
-                        rollout.obs[step] = next_obs
-                        if next_mask is not None:
-                            rollout.action_masks[step] = next_mask
-                        action, log_prob, _, value = policy_step(next_obs, action_mask=next_mask)
-                        rollout.actions[step] = action
-                        rollout.log_probs[step] = log_prob
-                        rollout.values[step] = value
-
-                        # The env clips Box actions; the unclipped sample is what was stored [cont 5].
-                        next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-                        rewards[step] = reward
-                        if cfg.bootstrap_truncation and truncations.any():
-                            truncated_only, final_obs = truncated_final_obs(terminations, truncations, infos)
-                            if truncated_only.size:
-                                final_value = agent.get_value(torch.as_tensor(final_obs, dtype=torch.float32, device=device))
-                                rewards[step, truncated_only] += np.float32(cfg.gamma) * final_value.cpu().numpy()
-                        dones[step] = terminations | truncations
-                        if not np.isfinite(next_obs_np).all():  # before the policy ever sees them
-                            raise NonFiniteError("non-finite observations")
-                        next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
-                        if next_mask is not None:  # after an autoreset this is the new episode's mask
-                            next_mask = action_mask_from_info(infos, device)
-                        episodes.record(infos, global_step, logger)
-
-                    if not np.isfinite(rewards).all():
-                        raise NonFiniteError("non-finite rewards")
-                    rollout.rewards.copy_(torch.from_numpy(rewards))
-                    rollout.dones.copy_(torch.from_numpy(dones))
-                    next_value = agent.get_value(next_obs)
-                advantages, returns = gae(
-                    rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda
-                )
-                flat_values = rollout.values.reshape(-1)
-                flat_returns = returns.reshape(-1)
-                stats = ppo_update(
-                    agent,
-                    optimizer,
-                    cfg,
-                    rollout.obs.reshape(-1, *envs.single_observation_space.shape),
-                    rollout.actions.reshape(cfg.batch_size, *rollout.actions.shape[2:]),
-                    rollout.log_probs.reshape(-1),
-                    advantages.reshape(-1),
-                    flat_returns,
-                    flat_values,
-                    shuffle_generator,
-                    None if rollout.action_masks is None else rollout.action_masks.reshape(cfg.batch_size, -1),
-                )
-                for name, parameter in agent.named_parameters():
-                    _check_finite(f"parameter {name}", parameter)
-            except NonFiniteError as error:
-                where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-                raise NonFiniteError(f"{error} at update {iteration} (global step {global_step}); {where}") from None
-
-            stats["explained_variance"] = explained_variance(flat_values, flat_returns)
-            stats["learning_rate"] = optimizer.param_groups[0]["lr"]
-            stats["SPS"] = global_step / (time.time() - start_time)
-            if iteration % cfg.log_interval == 0 or iteration == cfg.num_iterations:
-                logger.update(global_step, iteration, stats)
-            logger.advance(global_step, cfg.batch_size, stats["SPS"])
-            due = cfg.checkpoint_interval and iteration % cfg.checkpoint_interval == 0
-            if due or iteration == cfg.num_iterations or stop["signal"] is not None:
-                last_checkpoint = save(iteration) or last_checkpoint
-            if stop["signal"] is not None:
-                break
+        lifecycle.run(start_iteration, iterate, capture, where=lambda: f" (global step {cursor.global_step})")
     finally:
-        _restore_handlers(handlers)
         wall_time = time.time() - start_time
         normalizer = normalizer_state(envs)
         envs.close()
         logger.close()
-
-    result = TrainResult(
-        run_dir=logger.run_dir,
-        episode_returns=episodes.returns,
-        episode_lengths=episodes.lengths,
-        episode_steps=episodes.steps,
-        last_update=stats,
-        global_step=global_step,
-        wall_time=wall_time,
-        agent=agent,
-        normalizer=normalizer,
-        interrupted=stop["signal"],
-        checkpoint=last_checkpoint,
-    )
-    if stop["signal"] is None:
+    result = TrainResult(logger.run_dir, episodes.returns, episodes.lengths, episodes.steps, last_stats, cursor.global_step,
+                         wall_time, agent, normalizer, interrupted=lifecycle.interrupted,
+                         checkpoint=lifecycle.last_checkpoint)
+    if lifecycle.interrupted is None:
         logger.summary(result.summary(cfg))  # written last: its presence marks a finished run
     return result
 
 
-def _restore(saved: dict, tensors: dict, agent: Agent, optimizer, shuffle_generator, envs, cfg: PPOConfig, device
-             ) -> tuple[Tensor, Tensor | None, str]:
-    """Load a checkpoint's weights, optimizer, RNG and env state; returns (next_obs, next action mask, a log note)."""
+def log_update(logger: RunLogger, cfg: PPOConfig, iteration: int, global_step: int, stats: dict[str, float],
+               steps: int | None = None) -> None:
+    if iteration % cfg.log_interval == 0 or iteration == cfg.num_iterations:
+        logger.update(global_step, iteration, stats)
+    logger.advance(global_step, cfg.batch_size if steps is None else steps, stats["SPS"])
+
+
+# ---------------------------------------------------------------------------------
+# Checkpoint state: what a run holds, in and out (the files themselves: rlkit.checkpoint)
+# ---------------------------------------------------------------------------------
+
+
+VARIANTS = {"ppo": ("rlkit.ppo", "FeedForward"), "ppo_lstm": ("rlkit.ppo_lstm", "Recurrent")}
+"""A checkpoint's ``variant`` -> (module, class): how ``--resume``, eval and export rebuild its agent."""
+
+
+def variant_named(name: str) -> FeedForward:
+    import importlib
+
+    if name not in VARIANTS:
+        raise CheckpointError(f"unknown training variant {name!r} in the checkpoint; known: {', '.join(VARIANTS)}")
+    module, cls = VARIANTS[name]
+    return getattr(importlib.import_module(module), cls)()
+
+
+def saved_variant(resume: str | None) -> FeedForward:
+    """The variant that wrote the checkpoint ``resume`` names (feed-forward for a new run or an older checkpoint)."""
+    if resume is None:
+        return FeedForward()
+    _, saved = load_checkpoint(resume)
+    return variant_named(saved.get("variant", "ppo"))
+
+
+def open_run(cfg: PPOConfig | None, run_name: str | None, resume: str | None, config_class=PPOConfig
+             ) -> tuple[PPOConfig, str, dict, dict | None]:
+    """(config, run folder, checkpoint tensors, checkpoint state): a new run, or the run ``resume`` names."""
+    if resume is not None:
+        tensors, saved = load_checkpoint(resume)
+        known = set(user_fields(config_class))
+        cfg = config_class(**{k: v for k, v in saved["config"].items() if k in known})
+        return cfg.validate(), os.path.dirname(os.path.dirname(resolve_checkpoint(resume))), tensors, saved
+    if cfg is None:
+        raise ValueError("train() needs a config or a run to resume")
+    cfg.validate()
+    return cfg, os.path.join(cfg.run_dir, run_name or default_run_name(cfg.env_id, cfg.exp_name, cfg.seed)), {}, None
+
+
+def checkpoint_payload(cfg: PPOConfig, envs: gym.vector.VectorEnv, model: dict[str, Tensor],
+                       optimizer_state: tuple[dict[str, Tensor], list[dict]], generators: dict[str, torch.Generator],
+                       cursor: EnvCursor, policy_state: dict[str, Tensor], episodes: EpisodeLog, logger: RunLogger,
+                       iteration: int, wall_time: float, torch_rng: Tensor | None = None, extra: dict | None = None
+                       ) -> tuple[dict[str, dict[str, Tensor]], dict]:
+    """(tensor files, JSON state) of a checkpoint, for rlkit.checkpoint.save_checkpoint.
+
+    ``torch_rng``: the generator that samples this run's actions, when it is not torch's global one
+    (batched seeds), saved where the global one would be so the checkpoint resumes alone too.
+    """
+    exact = supports_exact_state(envs)
+    random_state, rng = rng_state(cursor.obs.device, generators)
+    if torch_rng is not None:
+        rng["torch"] = torch_rng
+    rng["next_obs"] = cursor.obs
+    if cursor.mask is not None:
+        rng["next_mask"] = cursor.mask
+    optimizer_files, groups = optimizer_state
+    state = {
+        "config": {k: getattr(cfg, k) for k in user_fields(type(cfg))},
+        "global_step": cursor.global_step,
+        "iteration": iteration,
+        "wall_time": wall_time,
+        **random_state,
+        "env_exact": exact,
+        "env_state": env_state(envs) if exact else None,
+        "normalizers": normalizer_state(envs),
+        "spaces": {"observation_shape": list(envs.single_observation_space.shape),
+                   "action_space": str(envs.single_action_space)},
+        "episodes": episodes.state(),
+        "metrics_offset": logger.metrics_offset(),
+        "optimizer_param_groups": groups,
+        **(extra or {}),
+    }
+    files = {"model": model, "optimizer": optimizer_files, "rng": rng}
+    if policy_state:
+        files["policy_state"] = policy_state
+    return files, state
+
+
+def restore_training_state(saved: dict, tensors: dict, agent: nn.Module, optimizer, generators: dict[str, torch.Generator],
+                           envs, cursor: EnvCursor, policy: RolloutPolicy, cfg: PPOConfig, device: torch.device) -> str:
+    """Load a checkpoint's weights, optimizer, RNG and env state into a run being built; returns a log note."""
     shape = list(envs.single_observation_space.shape)
     if saved["spaces"]["observation_shape"] != shape or saved["spaces"]["action_space"] != str(envs.single_action_space):
         raise CheckpointError(
@@ -1059,43 +1156,21 @@ def _restore(saved: dict, tensors: dict, agent: Agent, optimizer, shuffle_genera
         )
     try:
         agent.load_state_dict(tensors["model"])
-        load_optimizer_tensors(optimizer, tensors["optimizer"], saved["optimizer_param_groups"])
+        if optimizer is not None:
+            load_optimizer_tensors(optimizer, tensors["optimizer"], saved["optimizer_param_groups"])
     except (RuntimeError, KeyError, ValueError) as error:
         raise CheckpointError(f"checkpoint does not fit this agent's architecture: {error}") from None
-    torch.set_rng_state(tensors["rng"]["torch"])
-    shuffle_generator.set_state(tensors["rng"]["shuffle"])
-    if device.type == "cuda" and "cuda" in tensors["rng"]:
-        torch.cuda.set_rng_state(tensors["rng"]["cuda"], device)
-    version, internal, gauss = saved["python_rng"]
-    random.setstate((version, tuple(internal), gauss))
-    np.random.set_state(tuple(saved["numpy_rng"]))
+    restore_rng_state(saved, tensors["rng"], device, generators)
+    cursor.global_step = saved["global_step"]
     if saved["env_exact"] and supports_exact_state(envs):
         load_env_state(envs, saved["env_state"])
-        mask = tensors["rng"]["next_mask"].to(device) if "next_mask" in tensors["rng"] else None
-        return tensors["rng"]["next_obs"].to(device), mask, f"resumed at update {saved['iteration']}: exact env state restored"
+        cursor.obs = tensors["rng"]["next_obs"].to(device)
+        cursor.mask = tensors["rng"]["next_mask"].to(device) if "next_mask" in tensors["rng"] else None
+        policy.load_state_tensors({k: v.to(device) for k, v in tensors.get("policy_state", {}).items()})
+        return f"resumed at update {saved['iteration']}: exact env state restored"
     load_normalizer_state(envs, saved["normalizers"])
-    next_obs_np, reset_info = envs.reset(seed=cfg.seed + 10_007 * saved["iteration"])
-    note = (f"resumed at update {saved['iteration']}: {cfg.env_id}'s state cannot be saved exactly, so the envs restart "
+    fresh = EnvCursor.reset(envs, cfg.seed + 10_007 * saved["iteration"], device)
+    cursor.obs, cursor.mask = fresh.obs, fresh.mask
+    policy.load_state_tensors(None)
+    return (f"resumed at update {saved['iteration']}: {cfg.env_id}'s state cannot be saved exactly, so the envs restart "
             "from a seeded reset (weights, optimizer, normaliser statistics and RNGs are restored)")
-    return torch.as_tensor(next_obs_np, dtype=torch.float32, device=device), action_mask_from_info(reset_info, device), note
-
-
-def _install_stop_handlers(stop: dict) -> dict:
-    """SIGINT/SIGTERM set a flag that ends training after the current update; a second SIGINT aborts."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-
-    def request_stop(signum, frame):
-        if stop["signal"] is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        stop["signal"] = signum
-
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.signal(signum, request_stop)
-    return previous
-
-
-def _restore_handlers(previous: dict) -> None:
-    for signum, handler in previous.items():
-        signal.signal(signum, handler)

@@ -10,15 +10,16 @@ The five LSTM details of "The 37 Implementation Details of PPO", tagged ``[lstm 
 5. During training the states are rebuilt from the states stored at the start of
    the rollout, not from the states seen during collection.
 
-Everything else (GAE, the clipped losses, the update loop with its KL stop and
-grad clip, truncation bootstrapping, same-step autoreset, logging) is rlkit.ppo's.
-No checkpoint/resume here yet: a run is short enough to restart.
+Everything else is rlkit.ppo's, through the same loop: the rollout, GAE, the clipped losses,
+the update with its KL stop and grad clip, truncation bootstrapping, same-step autoreset,
+logging, and the run lifecycle (checkpoints with the LSTM state, ``--resume``, SIGINT/SIGTERM,
+the non-finite guard, callbacks).  This file supplies only what differs: the network, a
+:class:`RecurrentPolicy` that carries the LSTM state through the rollout, and a
+:class:`SequenceLearner` that forms minibatches of whole sequences [lstm 4, 5].
 """
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -27,25 +28,22 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from rlkit.envs import normalizer_state
-from rlkit.logger import RunLogger
 from rlkit.ppo import (
     ActorCriticBase,
-    EpisodeLog,
+    Batch,
+    FeedForward,
+    Learner,
     PPOConfig,
+    Rollout,
+    RolloutPolicy,
     TrainResult,
-    _check_finite,
-    action_mask_from_info,
-    explained_variance,
-    gae,
     layer_init,
-    make_envs,
     make_optimizer,
-    ppo_update,
-    resolve_device,
-    seed_everything,
-    truncated_final_obs,
+    minibatch_loss,
+    refuse,
 )
+from rlkit.ppo import train as ppo_train
+from rlkit.runtime import Callback
 
 LSTMState = tuple[Tensor, Tensor]
 
@@ -56,9 +54,17 @@ class RecurrentPPOConfig(PPOConfig):
 
     lstm_hidden_size: int = 64
     """units of the LSTM layer between the torso and the heads"""
+    shared_network: bool = True
+    """the recurrent agent's encoder and LSTM are shared by actor and critic (separate ones are not implemented)"""
 
     def validate(self) -> RecurrentPPOConfig:
         super().validate()
+        refuse("recurrent PPO (ppo_lstm)",
+               [problem for bad, problem in (
+                   (not self.shared_network, "shared_network = false (the encoder and LSTM are shared by both heads)"),
+                   (self.torch_compile, "torch_compile = true"),
+                   (self.network != "mlp", f"network = {self.network!r} (its encoder is one tanh layer)"),
+               ) if bad], "remove these keys or use the feed-forward [ppo] table")
         if self.lstm_hidden_size <= 0:
             raise ValueError(f"lstm_hidden_size must be > 0, got {self.lstm_hidden_size}")
         if self.num_envs % self.num_minibatches:
@@ -127,106 +133,104 @@ class LSTMAgent(ActorCriticBase):
         return action, log_prob, entropy, value, state
 
 
-def train(cfg: RecurrentPPOConfig, run_name: str | None = None, progress: bool = True, log: bool = True) -> TrainResult:
-    """Recurrent PPO; same outputs as rlkit.ppo.train (no checkpoints)."""
-    cfg.validate()
-    seed_everything(cfg.seed, cfg.torch_deterministic)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    device = resolve_device(cfg.device)
-    envs = make_envs(cfg)
-    agent = LSTMAgent(envs.single_observation_space, envs.single_action_space, cfg.hidden_size, cfg.lstm_hidden_size).to(device)
-    optimizer = make_optimizer(agent, cfg.learning_rate)
-    shuffle_generator = torch.Generator().manual_seed(cfg.seed)
-    run_name = run_name or f"{cfg.env_id.replace('/', '_')}__{cfg.exp_name}__{cfg.seed}__{int(time.time())}"
-    logger = RunLogger(os.path.join(cfg.run_dir, run_name), cfg.to_dict(), enabled=log, progress=progress,
-                       total=cfg.num_iterations * cfg.batch_size)
+class RecurrentPolicy(RolloutPolicy):
+    """The LSTM agent acting in the rollout: its state is carried from step to step and rollout to rollout."""
 
-    T, N = cfg.num_steps, cfg.num_envs
-    obs_shape = envs.single_observation_space.shape
-    obs = torch.zeros((T, N, *obs_shape), device=device)
-    actions = torch.zeros((T, N, *agent.action_shape), device=device, dtype=torch.float32 if agent.continuous else torch.long)
-    log_probs, rewards, dones, values, starts = (torch.zeros((T, N), device=device) for _ in range(5))
-    next_obs_np, reset_info = envs.reset(seed=cfg.seed)
-    next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
-    next_mask = action_mask_from_info(reset_info, device)
-    masks = torch.zeros((T, N, agent.action_dim), dtype=torch.bool, device=device) if next_mask is not None else None
-    next_start = torch.ones(N, device=device)
-    lstm_state = agent.initial_state(N, device)
-    episodes = EpisodeLog()
-    global_step, start_time, stats = 0, time.time(), {}
-    try:
-        for iteration in range(1, cfg.num_iterations + 1):
-            rollout_start_state = (lstm_state[0].clone(), lstm_state[1].clone())  # [lstm 5]
-            if cfg.anneal_lr:
-                optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / cfg.num_iterations) * cfg.learning_rate
-            for step in range(T):
-                global_step += N
-                obs[step], starts[step] = next_obs, next_start
-                if masks is not None:
-                    masks[step] = next_mask
-                with torch.inference_mode():
-                    action, log_prob, _, value, lstm_state = agent.get_action_and_value(
-                        next_obs, lstm_state, next_start, action_mask=next_mask
-                    )
-                actions[step], log_probs[step], values[step] = action, log_prob, value
-                next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-                reward = torch.as_tensor(reward, dtype=torch.float32, device=device)
-                truncated_only, final_np = (truncated_final_obs(terminations, truncations, infos) if cfg.bootstrap_truncation
-                                            else (np.zeros(0, dtype=np.int64), None))
-                if truncated_only.size:
-                    # the final obs continues the ended episode: value it from the current state
-                    final_obs = torch.as_tensor(final_np, dtype=torch.float32, device=device)
-                    state = (lstm_state[0][:, truncated_only], lstm_state[1][:, truncated_only])
-                    with torch.inference_mode():
-                        final_value = agent.get_value(final_obs, state, torch.zeros(len(truncated_only), device=device))
-                    reward[truncated_only] += cfg.gamma * final_value
-                rewards[step] = reward
-                next_start = torch.as_tensor(terminations | truncations, dtype=torch.float32, device=device)
-                dones[step] = next_start
-                next_obs = torch.as_tensor(next_obs_np, dtype=torch.float32, device=device)
-                _check_finite("observations", next_obs)
-                if next_mask is not None:
-                    next_mask = action_mask_from_info(infos, device)
-                episodes.record(infos, global_step, logger)
+    def __init__(self, agent: LSTMAgent, num_envs: int):
+        self.agent, self.num_envs = agent, num_envs
+        self.load_state_tensors(None)
 
-            with torch.inference_mode():
-                next_value = agent.get_value(next_obs, lstm_state, next_start)
-            advantages, returns = gae(rewards, values, dones, next_value, cfg.gamma, cfg.gae_lambda)
+    def begin(self) -> None:
+        # the states the rollout starts from, rebuilt from in training [lstm 5]
+        self.rollout_start_state = (self.state[0].clone(), self.state[1].clone())
+        self.rollout_first_start = self.start.clone()
 
-            flat = lambda x: x.reshape(T * N, *x.shape[2:])  # noqa: E731  time-major: index t * N + n
-            b_obs, b_actions, b_starts = flat(obs), flat(actions), flat(starts)
-            b_masks = None if masks is None else flat(masks)
-            envs_per_minibatch = N // cfg.num_minibatches
-            step_index = torch.arange(T * N, device=device).reshape(T, N)
+    def act(self, obs: Tensor, action_mask: Tensor | None, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        action, log_prob, _, value, self.state = self.agent.get_action_and_value(
+            obs, self.state, self.start, action_mask=action_mask, deterministic=deterministic)
+        return action, log_prob, value
 
-            def sequence_minibatches() -> list[Tensor]:
-                # whole env sequences, in time order inside each [lstm 4]
-                env_order = torch.randperm(N, generator=shuffle_generator).to(device)
-                return [step_index[:, envs].reshape(-1) for envs in env_order.split(envs_per_minibatch)]
+    def final_values(self, final_obs: Tensor, env_index: np.ndarray) -> Tensor:
+        # the final obs continues the ended episode: value it from the current state
+        state = (self.state[0][:, env_index], self.state[1][:, env_index])
+        return self.agent.get_value(final_obs, state, torch.zeros(len(env_index), device=final_obs.device))
 
-            def score(mb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-                envs_in_mb = mb[:envs_per_minibatch] % N  # mb is [T, envs] flattened: its first row names the envs
-                state = (rollout_start_state[0][:, envs_in_mb], rollout_start_state[1][:, envs_in_mb])  # [lstm 5]
-                _, new_log_prob, entropy, new_value, _ = agent.get_action_and_value(
-                    b_obs[mb], state, b_starts[mb], b_actions[mb], action_mask=None if b_masks is None else b_masks[mb]
-                )
-                return new_log_prob, entropy, new_value
+    def after_step(self, dones: np.ndarray) -> None:
+        self.start = torch.tensor(dones, dtype=torch.float32, device=self.start.device)  # reset before the next step [lstm 3]
 
-            stats = ppo_update(agent, optimizer, cfg, None, None,
-                               flat(log_probs), flat(advantages), flat(returns), flat(values),
-                               minibatches=sequence_minibatches, score=score)
-            stats["explained_variance"] = explained_variance(flat(values), flat(returns))
-            stats["learning_rate"] = optimizer.param_groups[0]["lr"]
-            stats["SPS"] = global_step / (time.time() - start_time)
-            logger.update(global_step, iteration, stats)
-            logger.advance(global_step, cfg.batch_size, stats["SPS"])
-    finally:
-        wall_time = time.time() - start_time
-        normalizer = normalizer_state(envs)
-        envs.close()
-        logger.close()
-    result = TrainResult(logger.run_dir, episodes.returns, episodes.lengths, episodes.steps, stats, global_step, wall_time,
-                         agent, normalizer)
-    logger.summary(result.summary(cfg))
-    return result
+    def bootstrap_value(self, obs: Tensor) -> Tensor:
+        return self.agent.get_value(obs, self.state, self.start)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {"lstm_hidden": self.state[0], "lstm_cell": self.state[1], "episode_start": self.start}
+
+    def load_state_tensors(self, tensors: dict[str, Tensor] | None) -> None:
+        device = next(self.agent.parameters()).device
+        if tensors is None:  # a fresh start: zero states [lstm 2], every env begins an episode
+            self.state = self.agent.initial_state(self.num_envs, device)
+            self.start = torch.ones(self.num_envs, device=device)
+        else:
+            self.state = (tensors["lstm_hidden"].clone(), tensors["lstm_cell"].clone())
+            self.start = tensors["episode_start"].clone()
+
+
+@dataclass
+class SequenceBatch(Batch):
+    """A Batch plus where episodes start, for rebuilding the LSTM states in training."""
+
+    episode_starts: Tensor | None = None
+
+
+class SequenceLearner(Learner):
+    """Minibatches of whole env sequences, in time order [lstm 4], scored from the rollout's start states [lstm 5]."""
+
+    def __init__(self, agent: LSTMAgent, optimizer, cfg: PPOConfig, generator: torch.Generator, policy: RecurrentPolicy):
+        super().__init__(agent, optimizer, cfg, generator)
+        self.policy = policy
+        self.envs_per_minibatch = cfg.num_envs // cfg.num_minibatches
+        device = next(agent.parameters()).device
+        self.step_index = torch.arange(cfg.batch_size, device=device).reshape(cfg.num_steps, cfg.num_envs)
+
+    def minibatches(self, batch: Batch) -> list[Tensor]:
+        env_order = torch.randperm(self.cfg.num_envs, generator=self.generator).to(self.step_index.device)
+        return [self.step_index[:, envs].reshape(-1) for envs in env_order.split(self.envs_per_minibatch)]
+
+    def loss(self, batch: SequenceBatch, mb: Tensor):
+        envs_in_mb = mb[: self.envs_per_minibatch] % self.cfg.num_envs  # mb is [T, envs] flattened: its first row names the envs
+        start = self.policy.rollout_start_state
+        state = (start[0][:, envs_in_mb], start[1][:, envs_in_mb])
+        masks = None if batch.action_masks is None else batch.action_masks[mb]
+        _, new_log_prob, entropy, new_value, _ = self.agent.get_action_and_value(
+            batch.obs[mb], state, batch.episode_starts[mb], batch.actions[mb], action_mask=masks)
+        return minibatch_loss(new_log_prob, entropy, new_value, *self.targets(batch, mb))
+
+
+class Recurrent(FeedForward):
+    """The recurrent variant of rlkit.ppo.train: LSTMAgent, RecurrentPolicy, SequenceLearner."""
+
+    name = "ppo_lstm"
+    config_class = RecurrentPPOConfig
+
+    def make_agent(self, cfg: RecurrentPPOConfig, envs: gym.vector.VectorEnv) -> LSTMAgent:
+        return LSTMAgent(envs.single_observation_space, envs.single_action_space, cfg.hidden_size, cfg.lstm_hidden_size)
+
+    def make_optimizer(self, agent: LSTMAgent, cfg: PPOConfig) -> torch.optim.Optimizer:
+        return make_optimizer(agent, cfg.learning_rate)
+
+    def rollout_policy(self, agent: LSTMAgent, cfg: PPOConfig, num_envs: int) -> RecurrentPolicy:
+        return RecurrentPolicy(agent, num_envs)
+
+    def learner(self, agent: LSTMAgent, optimizer, cfg: PPOConfig, generator: torch.Generator,
+                policy: RecurrentPolicy) -> SequenceLearner:
+        return SequenceLearner(agent, optimizer, cfg, generator, policy)
+
+    def batch(self, rollout: Rollout, advantages: Tensor, returns: Tensor, policy: RecurrentPolicy) -> SequenceBatch:
+        starts = torch.cat([policy.rollout_first_start.unsqueeze(0), rollout.dones[:-1]])  # obs t begins an episode
+        flat = Batch.from_rollout(rollout, advantages, returns)
+        return SequenceBatch(**vars(flat), episode_starts=starts.reshape(-1))
+
+
+def train(cfg: RecurrentPPOConfig | None = None, run_name: str | None = None, progress: bool = True, log: bool = True,
+          resume: str | None = None, callbacks: list[Callback] = ()) -> TrainResult:
+    """Recurrent PPO: rlkit.ppo.train with the recurrent variant (checkpoints, resume and all)."""
+    return ppo_train(cfg, run_name, progress, log, resume, callbacks, variant=Recurrent())

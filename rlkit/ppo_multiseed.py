@@ -6,19 +6,21 @@ for all seeds (the update through ``torch.func.vmap``, the rollout's forward as 
 batched matmul per layer), so the per-call overhead that dominates small-network PPO
 on CPU is paid once instead of N times.
 
-What stays per seed, so the seeds are independent runs: the envs (and their
-normalisers), the initial weights (the same as ``rlkit.ppo.train`` with that seed),
-the action-sampling and minibatch-shuffling random streams, the advantage
-normalisation, the gradient-norm clip and Adam's state (Adam is elementwise, so one
-Adam over stacked parameters is N Adams).  Seed k's run does not depend on which
-other seeds it is batched with (tested).  It is not bit-for-bit ``rlkit.ppo.train``
-with seed k: actions are sampled from per-seed generators instead of the global one.
+It trains through rlkit.ppo's rollout (:func:`rlkit.ppo.collect_rollout`, over the N seeds'
+envs side by side), rlkit.ppo's update (:func:`rlkit.ppo.ppo_update`) and rlkit.runtime's
+lifecycle (a checkpoint per seed, SIGINT/SIGTERM, the non-finite guard, callbacks).  What it
+supplies: :class:`SeedStackedEnvs`, :class:`BatchedSeedPolicy` and :class:`BatchedSeedLearner`.
 
-Everything else is ``rlkit.ppo``: the same config, agent, sampling and scoring
-functions, GAE and loss.  Not supported here (refused with a message): target_kl
-(seeds would stop at different epochs), action masks, MultiDiscrete actions, the
-Nature CNN, torch_compile; runs are not checkpointed (use ``rlkit bench`` without
-``--batched`` for resumable runs).
+What stays per seed, so the seeds are independent runs: the envs (and their normalisers), the
+initial weights, the action-sampling and minibatch-shuffling random streams (the very streams
+``rlkit.ppo.train`` with that seed uses), the advantage normalisation, the gradient-norm clip
+and Adam's state (Adam is elementwise, so one Adam over stacked parameters is N Adams).  Seed
+k batched therefore follows seed k of ``rlkit.ppo.train`` up to float rounding (batched matmuls
+sum in another order; tested).  Each seed's checkpoint is an ordinary rlkit.ppo checkpoint:
+``rlkit eval``, ``rlkit export`` and ``rlkit train --resume`` take it alone.
+
+Refused up front (``check_batchable``): target_kl (seeds would stop at different epochs),
+MultiDiscrete actions, the Nature CNN, torch_compile.  Action masks work.
 """
 
 from __future__ import annotations
@@ -31,27 +33,38 @@ from dataclasses import replace
 import gymnasium as gym
 import numpy as np
 import torch
-import torch.nn as nn
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
+from rlkit.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from rlkit.envs import normalizer_state
+from rlkit.fast import NumpyStaging, stacked_mlp_forward
 from rlkit.logger import RunLogger
 from rlkit.ppo import (
-    Agent,
+    Batch,
+    EnvCursor,
     EpisodeLog,
-    NonFiniteError,
+    Learner,
     PPOConfig,
+    Rollout,
+    RolloutPolicy,
     TrainResult,
     categorical_sample_and_score,
+    checkpoint_payload,
+    collect_rollout,
+    explained_variance,
     gae,
+    log_update,
     make_agent,
     make_envs,
     minibatch_loss,
     normal_sample_and_score,
+    ppo_update,
+    refuse,
     resolve_device,
-    truncated_final_obs,
+    restore_training_state,
 )
+from rlkit.runtime import Callback, Lifecycle, check_finite, default_run_name, linear_lr
 
 
 def check_batchable(cfg: PPOConfig, envs: gym.vector.VectorEnv) -> None:
@@ -64,17 +77,171 @@ def check_batchable(cfg: PPOConfig, envs: gym.vector.VectorEnv) -> None:
         problems.append(f"network={cfg.network!r}")
     if isinstance(envs.single_action_space, gym.spaces.MultiDiscrete):
         problems.append("MultiDiscrete actions")
-    if problems:
-        raise ValueError(f"batched multi-seed training does not support {', '.join(problems)}; "
-                         "run the seeds as separate processes (rlkit bench without --batched)")
+    refuse("batched multi-seed training", problems, "run the seeds as separate processes (rlkit bench without --batched)")
+
+
+def merge_infos(infos: list[dict], num_envs: int) -> dict:
+    """The per-seed vector envs' info dicts as one info dict over all their envs, seed by seed."""
+    merged = {}
+    for key in set().union(*infos):
+        parts = [info.get(key) for info in infos]
+        present = next(p for p in parts if p is not None)
+        if isinstance(present, dict):
+            merged[key] = merge_infos([p if p is not None else {} for p in parts], num_envs)
+            continue
+        present = np.asarray(present)
+
+        def blank() -> np.ndarray:  # a seed whose envs reported nothing under this key
+            return np.zeros((num_envs, *present.shape[1:]), dtype=present.dtype)
+
+        merged[key] = np.concatenate([np.asarray(p) if p is not None else blank() for p in parts])
+    return merged
+
+
+class SeedStackedEnvs:
+    """N seeds' vector envs (E envs each) as one vector env of N * E envs, seed by seed."""
+
+    def __init__(self, envs: list[gym.vector.VectorEnv]):
+        self.envs = envs
+        self.per_seed = envs[0].num_envs
+        self.num_envs = len(envs) * self.per_seed
+        self.single_observation_space = envs[0].single_observation_space
+        self.single_action_space = envs[0].single_action_space
+
+    def reset(self, seeds: list[int]) -> tuple[np.ndarray, dict]:
+        results = [env.reset(seed=seed) for env, seed in zip(self.envs, seeds)]
+        return np.concatenate([obs for obs, _ in results]), merge_infos([info for _, info in results], self.per_seed)
+
+    def step(self, actions: np.ndarray):
+        results = [env.step(a) for env, a in zip(self.envs, np.split(actions, len(self.envs)))]
+        obs, rewards, terminations, truncations, infos = zip(*results)
+        return (np.concatenate(obs), np.concatenate(rewards), np.concatenate(terminations), np.concatenate(truncations),
+                merge_infos(list(infos), self.per_seed))
+
+    def seed_slice(self, i: int) -> slice:
+        return slice(i * self.per_seed, (i + 1) * self.per_seed)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class BatchedSeedPolicy(RolloutPolicy):
+    """Acts for all seeds at once: one stacked forward, then each seed samples from its own generator."""
+
+    def __init__(self, template, params: dict, buffers: dict, generators: list[torch.Generator], per_seed: int):
+        self.template, self.params, self.buffers, self.generators, self.per_seed = template, params, buffers, generators, per_seed
+        self.n = len(generators)
+
+    def seed_view(self, x: Tensor) -> Tensor:  # [n * E, ...] -> [n, E, ...]
+        return x.reshape(self.n, self.per_seed, *x.shape[1:])
+
+    def act(self, obs: Tensor, action_mask: Tensor | None, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        policy_out, value = stacked_mlp_forward(self.template, self.params, self.seed_view(obs))
+        mask = None if action_mask is None else self.seed_view(action_mask)
+        if self.template.continuous:
+            # the draw rlkit.ppo.train makes from torch's global generator, here from the seed's own
+            noise = torch.stack([torch.randn(policy_out.shape[1:], generator=g, device=obs.device) for g in self.generators])
+            action = policy_out if deterministic else policy_out + self.params["actor_logstd"].exp() * noise
+            _, log_prob, _ = normal_sample_and_score(policy_out, self.params["actor_logstd"], action)
+        else:
+            logits = policy_out if mask is None else policy_out.masked_fill(~mask, torch.finfo(policy_out.dtype).min)
+            probs = torch.log_softmax(logits, dim=-1).exp()
+            action = logits.argmax(-1) if deterministic else torch.stack(
+                [torch.multinomial(probs[i], 1, generator=g).squeeze(-1) for i, g in enumerate(self.generators)])
+            _, log_prob, _ = categorical_sample_and_score(policy_out, None, action, action_mask=mask)
+        return action.reshape(-1, *action.shape[2:]), log_prob.reshape(-1), value.reshape(-1)
+
+    def final_values(self, final_obs: Tensor, env_index: np.ndarray) -> Tensor:
+        values = torch.empty(len(env_index), device=final_obs.device)
+        seeds = env_index // self.per_seed
+        for i in np.unique(seeds):
+            rows = torch.as_tensor(np.flatnonzero(seeds == i), device=final_obs.device)
+            p, b = ({k: v[i] for k, v in d.items()} for d in (self.params, self.buffers))
+            values[rows] = functional_call(self.template, (p, b), (final_obs[rows],))[1]
+        return values
+
+    def bootstrap_value(self, obs: Tensor) -> Tensor:
+        return stacked_mlp_forward(self.template, self.params, self.seed_view(obs))[1].reshape(-1)
+
+
+class BatchedSeedLearner(Learner):
+    """Each seed's own shuffled minibatches, the loss of all seeds in one vmap, each seed's gradient clipped alone."""
+
+    def __init__(self, template, params: dict, buffers: dict, optimizer, cfg: PPOConfig, generators: list[torch.Generator]):
+        self.template, self.params, self.buffers, self.optimizer, self.cfg = template, params, buffers, optimizer, cfg
+        self.generators = generators
+        self.seed_index = torch.arange(len(generators), device=next(iter(params.values())).device).unsqueeze(1)
+
+        def seed_loss(p, b, obs, actions, masks, *targets):
+            policy_out, value = functional_call(template, (p, b), (obs,))
+            if template.continuous:
+                _, log_prob, entropy = normal_sample_and_score(policy_out, p["actor_logstd"], actions)
+            else:
+                _, log_prob, entropy = categorical_sample_and_score(policy_out, None, actions, action_mask=masks)
+            loss, pg_loss, v_loss, entropy_loss, stats = minibatch_loss(
+                log_prob, entropy, value, *targets, cfg.norm_adv, cfg.clip_coef, cfg.clip_vloss, cfg.ent_coef, cfg.vf_coef)
+            return loss, (pg_loss, v_loss, entropy_loss, stats["approx_kl"], stats["clipfrac"], stats["max_ratio_error"])
+
+        self.batched_loss = vmap(seed_loss)
+        self.unmasked_loss = vmap(seed_loss, in_dims=(0, 0, 0, 0, None, 0, 0, 0, 0))
+
+    def minibatches(self, batch: Batch) -> list[tuple[Tensor, Tensor]]:
+        size = batch.log_probs.shape[1]
+        order = torch.stack([torch.randperm(size, generator=g) for g in self.generators]).to(self.seed_index.device)
+        return [(self.seed_index, order[:, s : s + self.cfg.minibatch_size]) for s in range(0, size, self.cfg.minibatch_size)]
+
+    def loss(self, batch: Batch, mb: tuple[Tensor, Tensor]):
+        masks = None if batch.action_masks is None else batch.action_masks[mb]
+        loss_fn = self.unmasked_loss if masks is None else self.batched_loss
+        losses, (pg_loss, v_loss, entropy, approx_kl, clipfrac, ratio_error) = loss_fn(
+            self.params, self.buffers, batch.obs[mb], batch.actions[mb], masks, batch.log_probs[mb], batch.advantages[mb],
+            batch.returns[mb], batch.values[mb])
+        # seeds share no parameters: the sum's gradient is each seed's own
+        return losses.sum(), pg_loss, v_loss, entropy, {"approx_kl": approx_kl, "clipfrac": clipfrac,
+                                                          "max_ratio_error": ratio_error}
+
+    def clip_gradients(self, max_norm: float) -> Tensor:
+        return clip_per_seed(self.params, max_norm)  # [core 11], per seed
+
+
+def per_seed_batch(rollout: Rollout, advantages: Tensor, returns: Tensor, n: int) -> Batch:
+    """[T, n * E, ...] -> [n, T * E, ...]: each seed's rows in rlkit.ppo.train's time-major order."""
+
+    def per_seed(x: Tensor) -> Tensor:
+        x = x.reshape(x.shape[0], n, -1, *x.shape[2:]).transpose(0, 1)
+        return x.reshape(n, -1, *x.shape[3:])
+
+    masks = None if rollout.action_masks is None else per_seed(rollout.action_masks)
+    return Batch(per_seed(rollout.obs), per_seed(rollout.actions), per_seed(rollout.log_probs), per_seed(advantages),
+                 per_seed(returns), per_seed(rollout.values), masks)
+
+
+def seed_optimizer_state(optimizer: torch.optim.Optimizer, i: int) -> tuple[dict[str, Tensor], list[dict]]:
+    """Seed i's slice of the stacked Adam state, as per-parameter state rlkit.ppo.train can resume from."""
+    state = optimizer.state_dict()
+    tensors = {f"{pid}.{name}": (value if name == "step" else value[i]).detach().cpu().contiguous()
+               for pid, param_state in state["state"].items() for name, value in param_state.items()}
+    return tensors, state["param_groups"]
+
+
+def load_stacked_optimizer_state(optimizer: torch.optim.Optimizer, saved: list[tuple[dict, dict]]) -> None:
+    """Each seed's per-parameter Adam state, stacked back along the seed dimension."""
+    first_tensors, first_state = saved[0]
+    state: dict[int, dict[str, Tensor]] = {}
+    for key in first_tensors["optimizer"]:
+        pid, name = key.split(".", 1)
+        values = [tensors["optimizer"][key] for tensors, _ in saved]
+        state.setdefault(int(pid), {})[name] = values[0].clone() if name == "step" else torch.stack(values)
+    optimizer.load_state_dict({"state": state, "param_groups": first_state["optimizer_param_groups"]})
 
 
 def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = None, progress: bool = True,
-                log: bool = True) -> list[TrainResult]:
+                log: bool = True, resume: bool = False, callbacks: list[Callback] = ()) -> list[TrainResult]:
     """Train ``cfg`` once per seed, all seeds batched; one TrainResult per seed, in order.
 
-    ``run_dirs[i]`` is where seed i's config.json / metrics.jsonl / summary.json go
-    (default ``<run_dir>/<env>__<exp_name>__<seed>__<time>``).
+    ``run_dirs[i]`` is seed i's run folder (default ``<run_dir>/<env>__<exp_name>__<seed>__<time>``).
+    ``resume``: continue from the seeds' newest checkpoints there (all at the same update).
     """
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
@@ -83,183 +250,139 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
-    stamp = int(time.time())
-    if run_dirs is None:
-        run_dirs = [os.path.join(cfg.run_dir, f"{cfg.env_id.replace('/', '_')}__{cfg.exp_name}__{s}__{stamp}") for s in seeds]
+    run_dirs = run_dirs or [os.path.join(cfg.run_dir, default_run_name(cfg.env_id, cfg.exp_name, s)) for s in seeds]
+    saved = _saved_checkpoints(run_dirs) if resume else None
 
     configs = [replace(cfg, seed=s).validate() for s in seeds]
-    envs = [make_envs(c) for c in configs]
-    check_batchable(cfg, envs[0])
-    agents = []
-    for seed, env in zip(seeds, envs):
-        env.action_space.seed(seed)
-        torch.manual_seed(seed)  # the initial weights of rlkit.ppo.train with this seed
-        agents.append(make_agent(cfg, env.single_observation_space, env.single_action_space).to(device))
+    seed_envs = [make_envs(c) for c in configs]
+    check_batchable(cfg, seed_envs[0])
+    envs = SeedStackedEnvs(seed_envs)
+    agents, sample_generators = seed_agents(cfg, seeds, seed_envs, device)
+    shuffle_generators = [torch.Generator().manual_seed(s) for s in seeds]
+    obs, info = envs.reset(seeds)
+    cursors = [EnvCursor(torch.as_tensor(obs[envs.seed_slice(i)], dtype=torch.float32, device=device), None)
+               for i in range(n)]
+    episodes = [EpisodeLog() for _ in seeds]
+    start_iteration, elapsed_before, notes = 1, 0.0, []
+    if saved is not None:
+        for i, (tensors, state) in enumerate(saved):
+            notes.append(restore_training_state(state, tensors, agents[i], None, {"shuffle": shuffle_generators[i]},
+                                                seed_envs[i], cursors[i], RolloutPolicy(agents[i]), configs[i], device))
+            sample_generators[i].set_state(tensors["rng"]["torch"])
+            episodes[i] = EpisodeLog.from_state(state["episodes"])
+        start_iteration, elapsed_before = saved[0][1]["iteration"] + 1, saved[0][1]["wall_time"]
     params, buffers = stack_module_state(agents)  # {name: [n, ...]} leaves with requires_grad
     template = copy.deepcopy(agents[0]).to("meta")
-    continuous = template.continuous
     optimizer = torch.optim.Adam(list(params.values()), lr=cfg.learning_rate, eps=1e-5, fused=True)  # [core 3], as rlkit.ppo
-    sample_generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    shuffle_generators = [torch.Generator().manual_seed(s) for s in seeds]
-
-    def forward(p: dict, b: dict, obs: Tensor) -> tuple[Tensor, Tensor]:
-        return functional_call(template, (p, b), (obs,))
-
-    def score(p: dict, policy_out: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        if continuous:
-            _, log_prob, entropy = normal_sample_and_score(policy_out, p["actor_logstd"], actions)
-        else:
-            _, log_prob, entropy = categorical_sample_and_score(policy_out, None, actions)
-        return log_prob, entropy
-
-    def seed_loss(p, b, obs, actions, old_log_prob, advantages, returns, old_value):
-        policy_out, value = forward(p, b, obs)
-        log_prob, entropy = score(p, policy_out, actions)
-        loss, pg_loss, v_loss, entropy_loss, stats = minibatch_loss(
-            log_prob, entropy, value, old_log_prob, advantages, returns, old_value,
-            cfg.norm_adv, cfg.clip_coef, cfg.clip_vloss, cfg.ent_coef, cfg.vf_coef)
-        return loss, (pg_loss, v_loss, entropy_loss, stats["approx_kl"], stats["clipfrac"], stats["max_ratio_error"])
-
-    batched_loss = vmap(seed_loss)
-
-    def sample(policy_out: Tensor) -> Tensor:
-        """One action per seed and env, each seed from its own generator."""
-        if continuous:
-            noise = torch.stack([torch.randn(policy_out.shape[1:], generator=g, device=device) for g in sample_generators])
-            return policy_out + params["actor_logstd"].exp() * noise
-        probs = torch.softmax(policy_out, dim=-1)
-        return torch.stack([torch.multinomial(probs[i], 1, generator=g).squeeze(-1) for i, g in enumerate(sample_generators)])
-
-    obs_shape = envs[0].single_observation_space.shape
-    num_envs, steps = cfg.num_envs, cfg.num_steps
-    action_shape = tuple(envs[0].single_action_space.shape)
-    rollout_obs = torch.zeros(steps, n, num_envs, *obs_shape, device=device)
-    rollout_actions = torch.zeros(steps, n, num_envs, *action_shape, device=device,
-                                  dtype=torch.float32 if continuous else torch.long)
-    rollout_log_probs, rollout_rewards, rollout_dones, rollout_values = (
-        torch.zeros(steps, n, num_envs, device=device) for _ in range(4))
+    if saved is not None:
+        load_stacked_optimizer_state(optimizer, saved)
+    masked = "action_mask" in info
+    cursor = EnvCursor(torch.cat([c.obs for c in cursors]), torch.as_tensor(np.stack(list(info["action_mask"])),
+                       dtype=torch.bool, device=device) if masked else None, cursors[0].global_step)
+    rollout = Rollout.allocate(cfg.num_steps, envs.num_envs, envs.single_observation_space.shape, template, device, masked)
+    staging = NumpyStaging(cfg.num_steps, envs.num_envs)
+    policy = BatchedSeedPolicy(template, params, buffers, sample_generators, cfg.num_envs)
+    learner = BatchedSeedLearner(template, params, buffers, optimizer, cfg, shuffle_generators)
 
     loggers = [RunLogger(d, {**c.to_dict(), "batched_seeds": seeds}, enabled=log, progress=progress and i == 0,
-                         total=cfg.num_iterations * cfg.batch_size * n) for i, (d, c) in enumerate(zip(run_dirs, configs))]
-    if progress:
-        loggers[0].bar.set_description(f"{n} seeds")
-    episodes = [EpisodeLog() for _ in seeds]
-    next_obs = torch.as_tensor(np.stack([e.reset(seed=s)[0] for e, s in zip(envs, seeds)]), dtype=torch.float32,
-                               device=device)
-    global_step, start_time = 0, time.time()
+                         total=cfg.num_iterations * cfg.batch_size * n,
+                         resume_metrics_at=saved[i][1]["metrics_offset"] if saved is not None else None)
+               for i, (d, c) in enumerate(zip(run_dirs, configs))]
+    loggers[0].bar.set_description(f"{n} seeds")
+    loggers[0].advance(cursor.global_step * n, cursor.global_step * n, 0.0)
+    for note in notes[:1]:
+        loggers[0].note(note)
+    lifecycle = Lifecycle(run_dirs, cfg.num_iterations, cfg.checkpoint_interval, cfg.keep_checkpoints, enabled=log,
+                          callbacks=list(callbacks))
+    start_time = time.time() - elapsed_before
     per_seed_stats: list[dict] = [{} for _ in seeds]
-    batch = cfg.batch_size
+
+    def record(infos: dict, global_step: int) -> None:
+        for i in range(n):
+            episodes[i].record(infos, global_step, loggers[i], envs.seed_slice(i))
+
+    def iterate(iteration: int) -> dict[str, float]:
+        if cfg.anneal_lr:
+            linear_lr(optimizer, iteration, cfg.num_iterations, cfg.learning_rate)  # [core 4]
+        next_value = collect_rollout(envs, policy, rollout, staging, cursor, cfg, record)
+        advantages, returns = gae(rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda)
+        batch = per_seed_batch(rollout, advantages, returns, n)
+        stats = ppo_update(batch, learner, cfg)
+        for name, value in params.items():
+            check_finite(f"parameter {name}", value)
+        elapsed = time.time() - start_time
+        for i in range(n):
+            per_seed_stats[i] = {k: v if isinstance(v, int) else float(v[i]) for k, v in stats.items()}
+            per_seed_stats[i].update(explained_variance=explained_variance(batch.values[i], batch.returns[i]),
+                                     learning_rate=optimizer.param_groups[0]["lr"], SPS=cursor.global_step / elapsed,
+                                     SPS_all_seeds=cursor.global_step * n / elapsed)
+            log_update(loggers[i], cfg, iteration, cursor.global_step, per_seed_stats[i], steps=0)
+        loggers[0].advance(cursor.global_step * n, cfg.batch_size * n, cursor.global_step * n / elapsed)
+        return per_seed_stats[0]
+
+    def capture(iteration: int) -> list[tuple[dict, dict]]:
+        out = []
+        for i in range(n):
+            model = {k: v[i].detach() for k, v in {**params, **buffers}.items()}
+            sl = envs.seed_slice(i)
+            seed_cursor = EnvCursor(cursor.obs[sl], None if cursor.mask is None else cursor.mask[sl], cursor.global_step)
+            out.append(checkpoint_payload(configs[i], seed_envs[i], model, seed_optimizer_state(optimizer, i),
+                                          {"shuffle": shuffle_generators[i]}, seed_cursor, {}, episodes[i], loggers[i],
+                                          iteration, time.time() - start_time, torch_rng=sample_generators[i].get_state(),
+                                          extra={"variant": "ppo", "batched_seeds": seeds}))
+        return out
+
     try:
-        for iteration in range(1, cfg.num_iterations + 1):
-            if cfg.anneal_lr:  # [core 4]
-                optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / cfg.num_iterations) * cfg.learning_rate
-            for step in range(steps):
-                global_step += num_envs
-                rollout_obs[step] = next_obs
-                with torch.no_grad():
-                    policy_out, value = stacked_mlp_forward(template, params, next_obs)
-                    action = sample(policy_out)
-                    log_prob, _ = score(params, policy_out, action)  # broadcasts over the seed dimension
-                rollout_actions[step], rollout_log_probs[step], rollout_values[step] = action, log_prob, value
-                observations, rewards, dones = [], [], []
-                for i, env in enumerate(envs):
-                    obs_i, reward_i, terminated, truncated, info = env.step(action[i].cpu().numpy())
-                    reward_i = np.asarray(reward_i, dtype=np.float64).copy()
-                    if cfg.bootstrap_truncation:  # as rlkit.ppo.train: V(final obs) folded into the reward
-                        truncated_only, final_obs = truncated_final_obs(terminated, truncated, info)
-                        if truncated_only.size:
-                            final = torch.as_tensor(final_obs, dtype=torch.float32, device=device)
-                            with torch.no_grad():
-                                _, final_value = forward({k: v[i] for k, v in params.items()},
-                                                         {k: v[i] for k, v in buffers.items()}, final)
-                            reward_i[truncated_only] += cfg.gamma * final_value.cpu().numpy()
-                    observations.append(obs_i)
-                    rewards.append(reward_i)
-                    dones.append(terminated | truncated)
-                    episodes[i].record(info, global_step, loggers[i])
-                rollout_rewards[step] = torch.as_tensor(np.stack(rewards), dtype=torch.float32, device=device)
-                rollout_dones[step] = torch.as_tensor(np.stack(dones), dtype=torch.float32, device=device)
-                next_obs = torch.as_tensor(np.stack(observations), dtype=torch.float32, device=device)
-            if not (torch.isfinite(rollout_obs).all() and torch.isfinite(rollout_rewards).all()):
-                raise NonFiniteError(f"non-finite observations or rewards at update {iteration}")
-
-            with torch.no_grad():
-                _, next_value = stacked_mlp_forward(template, params, next_obs)
-            advantages, returns = gae(rollout_rewards, rollout_values, rollout_dones, next_value, cfg.gamma, cfg.gae_lambda)
-
-            def per_seed(x: Tensor) -> Tensor:  # [T, n, E, ...] -> [n, T * E, ...]
-                return x.transpose(0, 1).reshape(n, batch, *x.shape[3:])
-
-            b_obs, b_actions, b_log_probs = per_seed(rollout_obs), per_seed(rollout_actions), per_seed(rollout_log_probs)
-            b_advantages, b_returns, b_values = per_seed(advantages), per_seed(returns), per_seed(rollout_values)
-            seed_index = torch.arange(n, device=device).unsqueeze(1)
-            clipfracs = []
-            for _epoch in range(cfg.update_epochs):  # [core 6]
-                order = torch.stack([torch.randperm(batch, generator=g) for g in shuffle_generators]).to(device)
-                for start in range(0, batch, cfg.minibatch_size):
-                    mb = seed_index, order[:, start : start + cfg.minibatch_size]
-                    losses, (pg_loss, v_loss, entropy_loss, approx_kl, clipfrac, _) = batched_loss(
-                        params, buffers, b_obs[mb], b_actions[mb], b_log_probs[mb], b_advantages[mb], b_returns[mb],
-                        b_values[mb])
-                    optimizer.zero_grad(set_to_none=True)
-                    losses.sum().backward()  # seeds share no parameters: each gets its own gradient
-                    clip_per_seed(params, cfg.max_grad_norm)  # [core 11], per seed
-                    if not torch.isfinite(losses).all():
-                        raise NonFiniteError(f"non-finite loss at update {iteration}")
-                    optimizer.step()
-                    clipfracs.append(clipfrac)
-            clipfrac_mean = torch.stack(clipfracs).mean(0)
-            elapsed = time.time() - start_time
-            for i in range(n):
-                per_seed_stats[i] = {
-                    "policy_loss": float(pg_loss[i].detach()), "value_loss": float(v_loss[i].detach()),
-                    "entropy": float(entropy_loss[i].detach()),
-                    "approx_kl": float(approx_kl[i]), "clipfrac": float(clipfrac_mean[i]),
-                    "learning_rate": optimizer.param_groups[0]["lr"], "SPS": global_step / elapsed,
-                    "SPS_all_seeds": global_step * n / elapsed}
-                if iteration % cfg.log_interval == 0 or iteration == cfg.num_iterations:
-                    loggers[i].update(global_step, iteration, per_seed_stats[i])
-            loggers[0].advance(global_step * n, batch * n, global_step * n / elapsed)
+        lifecycle.run(start_iteration, iterate, capture, where=lambda: f" (global step {cursor.global_step}, seeds {seeds})")
     finally:
         wall_time = time.time() - start_time
-        normalizers = [normalizer_state(e) for e in envs]
-        for env in envs:
-            env.close()
+        normalizers = [normalizer_state(e) for e in seed_envs]
+        envs.close()
+        for logger in loggers:
+            logger.close()
 
     results = []
     for i, (agent, c) in enumerate(zip(agents, configs)):
         with torch.no_grad():
             agent.load_state_dict({k: v[i].detach().clone() for k, v in {**params, **buffers}.items()})
-        result = TrainResult(run_dir=loggers[i].run_dir, episode_returns=episodes[i].returns,
-                             episode_lengths=episodes[i].lengths, episode_steps=episodes[i].steps,
-                             last_update=per_seed_stats[i], global_step=global_step, wall_time=wall_time, agent=agent,
-                             normalizer=normalizers[i])
-        loggers[i].summary({**result.summary(c), "batched_seeds": seeds})
-        loggers[i].close()
-        results.append(result)
+        last = lifecycle.last_checkpoint
+        results.append(TrainResult(loggers[i].run_dir, episodes[i].returns, episodes[i].lengths, episodes[i].steps,
+                                   per_seed_stats[i], cursor.global_step, wall_time, agent, normalizers[i],
+                                   lifecycle.interrupted, last and os.path.join(run_dirs[i], "checkpoints", os.path.basename(last))))
+        if lifecycle.interrupted is None:
+            loggers[i].summary({**results[-1].summary(c), "batched_seeds": seeds})
     return results
 
 
-def stacked_mlp_forward(template: Agent, params: dict[str, Tensor], obs: Tensor) -> tuple[Tensor, Tensor]:
-    """The MLP agent's forward for all seeds at once: obs [n, E, obs_dim] -> (policy out [n, E, A], value [n, E]).
+def seed_agents(cfg: PPOConfig, seeds: list[int], seed_envs: list, device: torch.device
+                ) -> tuple[list[torch.nn.Module], list[torch.Generator]]:
+    """Each seed's agent with rlkit.ppo.train's initial weights for that seed, and the action-sampling
+    stream that run continues with (torch's global generator, right after the weights are drawn)."""
+    agents, generators = [], []
+    for seed, env in zip(seeds, seed_envs):
+        env.action_space.seed(seed)
+        torch.manual_seed(seed)
+        agents.append(make_agent(cfg, env.single_observation_space, env.single_action_space).to(device))
+        stream = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+        generators.append(torch.Generator(device=device).set_state(stream))
+    return agents, generators
 
-    Each Linear is one batched matmul over the seeds' stacked weights (torch.baddbmm): the math of
-    ``vmap(functional_call(template))`` without vmap's per-call Python overhead, which the rollout
-    would pay at every env step.  The update, which differentiates, keeps vmap.
-    """
 
-    def linear(name: str, x: Tensor) -> Tensor:
-        return torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), x, params[f"{name}.weight"].transpose(1, 2))
-
-    def run(prefix: str, layers: nn.Sequential, x: Tensor) -> Tensor:
-        for index, layer in layers.named_children():
-            x = linear(f"{prefix}.{index}", x) if isinstance(layer, nn.Linear) else layer.forward(x)  # else: activation
-        return x
-
-    if template.shared:
-        hidden = run("torso", template.torso, obs)
-        return linear("actor_head", hidden), linear("critic_head", hidden).squeeze(-1)
-    return run("actor", template.actor, obs), run("critic", template.critic, obs).squeeze(-1)
+def _saved_checkpoints(run_dirs: list[str]) -> list[tuple[dict, dict]] | None:
+    """Every seed's newest checkpoint (None when no seed has one); refuses seeds at different updates."""
+    found = [list_checkpoints(d) for d in run_dirs]
+    if not any(found):
+        return None
+    if not all(found):
+        missing = [d for d, f in zip(run_dirs, found) if not f]
+        raise CheckpointError(f"some seeds have checkpoints and these have none: {missing}; delete their folders to "
+                              "start them fresh, or run them separately")
+    saved = [load_checkpoint(f[-1]) for f in found]
+    updates = {state["iteration"] for _, state in saved}
+    if len(updates) != 1:
+        raise CheckpointError(f"the seeds' newest checkpoints are at different updates {sorted(updates)}; "
+                              "resume them separately with rlkit train --resume")
+    return saved
 
 
 def clip_per_seed(params: dict[str, Tensor], max_norm: float) -> Tensor:

@@ -76,7 +76,7 @@ def test_stacked_forward_of_the_rollout_matches_vmap_of_the_agent(shared):
     from torch.func import functional_call, stack_module_state, vmap
 
     from rlkit.ppo import Agent
-    from rlkit.ppo_multiseed import stacked_mlp_forward
+    from rlkit.fast import stacked_mlp_forward
 
     observation_space = gym.spaces.Box(-1.0, 1.0, shape=(5,))
     torch.manual_seed(0)

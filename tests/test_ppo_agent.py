@@ -10,7 +10,7 @@ import pytest
 import torch
 from rlkit.envs import make_vector_env
 
-from rlkit.ppo import Agent, PPOConfig, make_optimizer, ppo_update, train
+from rlkit.ppo import Agent, Batch, Learner, PPOConfig, make_optimizer, ppo_update, train
 
 BOX = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
 QUICK = PPOConfig(
@@ -98,7 +98,7 @@ def test_first_minibatch_ratio_is_one_and_approx_kl_zero():
     cfg = replace(QUICK).validate()
     agent, obs, actions, log_probs, adv, ret, val = _fresh_batch(cfg)
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3, eps=1e-5)
-    stats = ppo_update(agent, optimizer, cfg, obs, actions, log_probs, adv, ret, val, torch.Generator().manual_seed(0))
+    stats = ppo_update(Batch(obs, actions, log_probs, adv, ret, val), Learner(agent, optimizer, cfg, torch.Generator().manual_seed(0)), cfg)
     assert stats["first_ratio_error"] < 1e-6
     # and in the full train loop, on a continuous env with normalisation on
     result = train(replace(QUICK, env_id="Pendulum-v1", normalize_obs=True, normalize_reward=True), log=False, progress=False)
@@ -117,8 +117,9 @@ def test_advantages_are_normalised_per_minibatch():
     def update(advantages, norm_adv):
         a = copy.deepcopy(agent)
         opt = torch.optim.Adam(a.parameters(), lr=1e-2, eps=1e-5)
-        ppo_update(a, opt, replace(cfg, norm_adv=norm_adv, vf_coef=0.0), obs, actions, log_probs, advantages, ret, val,
-                   torch.Generator().manual_seed(7))
+        update_cfg = replace(cfg, norm_adv=norm_adv, vf_coef=0.0)
+        ppo_update(Batch(obs, actions, log_probs, advantages, ret, val), Learner(a, opt, update_cfg, torch.Generator().manual_seed(7)),
+                   update_cfg)
         return torch.cat([p.detach().flatten() for p in a.actor.parameters()])
 
     # per-minibatch whitening makes the update blind to an affine change of one minibatch
@@ -130,10 +131,11 @@ def test_target_kl_stops_epochs_early():
     cfg = replace(QUICK, update_epochs=10, target_kl=1e-9).validate()
     agent, obs, actions, log_probs, adv, ret, val = _fresh_batch(cfg)
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2, eps=1e-5)
-    stats = ppo_update(agent, optimizer, cfg, obs, actions, log_probs, adv, ret, val)
+    batch = Batch(obs, actions, log_probs, adv, ret, val)
+    stats = ppo_update(batch, Learner(agent, optimizer, cfg), cfg)
     assert stats["epochs"] == 1
     no_stop = replace(cfg, target_kl=None)
-    stats = ppo_update(agent, optimizer, no_stop, obs, actions, log_probs, adv, ret, val)
+    stats = ppo_update(batch, Learner(agent, optimizer, no_stop), no_stop)
     assert stats["epochs"] == 10
 
 

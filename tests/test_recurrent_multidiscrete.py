@@ -59,13 +59,14 @@ def test_minibatches_are_whole_env_sequences(monkeypatch):
     import rlkit.ppo_lstm as module
 
     seen = []
-    real_update = module.ppo_update
+    real_minibatches = module.SequenceLearner.minibatches
 
-    def spy(*args, minibatches=None, score=None, **kwargs):
-        seen.extend(minibatches())
-        return real_update(*args, minibatches=minibatches, score=score, **kwargs)
+    def spy(self, batch):
+        minibatches = real_minibatches(self, batch)
+        seen.extend(minibatches)
+        return minibatches
 
-    monkeypatch.setattr(module, "ppo_update", spy)
+    monkeypatch.setattr(module.SequenceLearner, "minibatches", spy)
     cfg = RecurrentPPOConfig(env_id="rlkit/MemoryProbe-v0", **{**PROBE, "total_timesteps": 128})
     train_recurrent(cfg, progress=False, log=False)
     steps, envs = cfg.num_steps, cfg.num_envs

@@ -1,0 +1,218 @@
+"""The run lifecycle every training loop shares: PPO, recurrent PPO, batched seeds and PPO for LMs.
+
+A loop supplies what is its own (an ``iterate(i)`` that does one rollout and one update, and a
+``capture(i)`` that says what a checkpoint holds); this module does the rest, once:
+
+- run naming and seeding (:func:`default_run_name`, :func:`seed_everything`);
+- RNG state capture and restore for checkpoints (:func:`rng_state`, :func:`restore_rng_state`);
+- SIGINT / SIGTERM: finish the current iteration, checkpoint, stop (:class:`StopSignals`);
+- the non-finite guard: a NaN or inf anywhere stops the run with one message format that names
+  the quantity, the iteration, the step and the last good checkpoint (:class:`NonFiniteError`,
+  exit code 3 in the CLI);
+- periodic and final checkpoints (:meth:`Lifecycle.run`);
+- callbacks, called after every iteration, that can stop the run by returning False.
+
+It knows no algorithm: it moves state in and out of files and processes, and calls the hooks
+it is given.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rlkit.checkpoint import save_checkpoint
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or inf appeared; the message names the quantity, the iteration and the last good checkpoint."""
+
+
+def check_finite(name: str, tensor: Tensor) -> None:
+    if not torch.isfinite(tensor).all():
+        raise NonFiniteError(f"non-finite {name}")
+
+
+def check_finite_parameters(module: torch.nn.Module) -> None:
+    """The weights after an update: a step from finite gradients can still overflow."""
+    for name, parameter in module.named_parameters():
+        check_finite(f"parameter {name}", parameter)
+
+
+def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = torch_deterministic
+
+
+def default_run_name(label: str, exp_name: str, seed: int | str) -> str:
+    """``<label>__<exp_name>__<seed>__<unix time>``, the label's slashes made safe for a folder name."""
+    return f"{label.replace('/', '_')}__{exp_name}__{seed}__{int(time.time())}"
+
+
+def linear_lr(optimizer: torch.optim.Optimizer, iteration: int, num_iterations: int, learning_rate: float) -> None:
+    """Anneal the learning rate linearly from its initial value at iteration 1 towards 0 [core 4]."""
+    optimizer.param_groups[0]["lr"] = (1.0 - (iteration - 1.0) / num_iterations) * learning_rate
+
+
+# ---------------------------------------------------------------------------------
+# RNG state (for checkpoints: JSON for python/numpy, tensors for torch)
+# ---------------------------------------------------------------------------------
+
+
+def rng_state(device: torch.device, generators: dict[str, torch.Generator] | None = None) -> tuple[dict, dict[str, Tensor]]:
+    """(JSON-able python/numpy states, tensors: torch global, CUDA, and each named generator)."""
+    tensors = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        tensors["cuda"] = torch.cuda.get_rng_state(device)
+    for name, generator in (generators or {}).items():
+        tensors[name] = generator.get_state()
+    return {"python_rng": random.getstate(), "numpy_rng": np.random.get_state()}, tensors
+
+
+def restore_rng_state(state: dict, tensors: dict[str, Tensor], device: torch.device,
+                      generators: dict[str, torch.Generator] | None = None) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if device.type == "cuda" and "cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["cuda"], device)
+    for name, generator in (generators or {}).items():
+        generator.set_state(tensors[name])
+    version, internal, gauss = state["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    np.random.set_state(tuple(state["numpy_rng"]))
+
+
+# ---------------------------------------------------------------------------------
+# Signals
+# ---------------------------------------------------------------------------------
+
+
+class StopSignals:
+    """While active, SIGINT / SIGTERM set ``self.signal`` (the loop ends after the current iteration);
+    a second SIGINT aborts at once.  Outside the main thread it installs nothing."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict = {}
+
+    def _request_stop(self, signum, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._request_stop)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+# ---------------------------------------------------------------------------------
+# Callbacks
+# ---------------------------------------------------------------------------------
+
+
+class Callback:
+    """Hooks a user (or a tracker, or a hyperparameter search) attaches to a run.
+
+    ``on_update`` runs after every iteration with its number and metrics; returning False stops
+    training after that iteration (it is checkpointed like a signal stop, without the exit code).
+    """
+
+    def on_start(self, run: Lifecycle) -> None:
+        pass
+
+    def on_update(self, run: Lifecycle, iteration: int, stats: dict[str, float]) -> bool | None:
+        return True
+
+    def on_end(self, run: Lifecycle) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------
+# The lifecycle
+# ---------------------------------------------------------------------------------
+
+Capture = Callable[[int], tuple[dict[str, dict[str, Tensor]], dict[str, Any]]]
+"""iteration -> (tensor files by name, JSON state) of a checkpoint at that iteration"""
+
+
+@dataclass
+class Lifecycle:
+    """One run's checkpointing, stopping and guarding around a loop's iterations.
+
+    ``run_dirs``: where checkpoints go (one per seed for batched seeds: ``capture`` then returns
+    one (files, state) per folder, as a list); ``enabled=False`` writes nothing.
+    """
+
+    run_dirs: list[str]
+    num_iterations: int
+    checkpoint_interval: int = 10
+    keep_checkpoints: int = 3
+    enabled: bool = True
+    last_checkpoint: str | None = None
+    callbacks: list[Callback] = field(default_factory=list)
+    stop: StopSignals = field(default_factory=StopSignals)
+    stopped_by_callback: bool = False
+    iteration: int = 0
+
+    @property
+    def interrupted(self) -> int | None:
+        return self.stop.signal
+
+    def save(self, iteration: int, capture: Callable) -> str | None:
+        if not self.enabled:
+            return None
+        captured = capture(iteration)
+        if not isinstance(captured, list):
+            captured = [captured]
+        paths = [save_checkpoint(run_dir, iteration, files, state, keep=self.keep_checkpoints)
+                 for run_dir, (files, state) in zip(self.run_dirs, captured)]
+        self.last_checkpoint = paths[0]
+        return paths[0]
+
+    def run(self, start_iteration: int, iterate: Callable[[int], dict[str, float]], capture: Callable,
+            where: Callable[[], str] = lambda: "") -> int:
+        """Iterations ``start_iteration .. num_iterations``: each ``iterate(i)`` under the non-finite guard,
+        then the callbacks, then a checkpoint when due, at the end, or when stopping.  Returns the last
+        iteration run."""
+        last = start_iteration - 1
+        with self.stop:
+            for callback in self.callbacks:
+                callback.on_start(self)
+            for iteration in range(start_iteration, self.num_iterations + 1):
+                self.iteration = iteration
+                try:
+                    stats = iterate(iteration)
+                except NonFiniteError as error:
+                    good = f"last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint else \
+                        "no checkpoint was written yet"
+                    raise NonFiniteError(f"{error} at update {iteration}{where()}; {good}") from None
+                last = iteration
+                for callback in self.callbacks:
+                    if callback.on_update(self, iteration, stats) is False:
+                        self.stopped_by_callback = True
+                due = self.checkpoint_interval and iteration % self.checkpoint_interval == 0
+                stopping = self.stop.signal is not None or self.stopped_by_callback
+                if due or iteration == self.num_iterations or stopping:
+                    self.save(iteration, capture)
+                if stopping:
+                    break
+            for callback in self.callbacks:
+                callback.on_end(self)
+        return last
