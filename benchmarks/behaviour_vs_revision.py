@@ -17,12 +17,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
-from results_io import write_results  # benchmarks/ is sys.path[0] when run as a script
+from results_io import ROOT, revision_tree, write_results  # benchmarks/ is sys.path[0] when run as a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 CHILD = """
 import hashlib, json, os, sys, tempfile
 sys.path.insert(0, os.environ["RLKIT_TREE"])
@@ -62,22 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.path.join(HERE, "results", "behaviour_vs_revision"))
     args = parser.parse_args(argv)
     command = "python benchmarks/behaviour_vs_revision.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    rev, head = git("rev-parse", "--short", args.rev), git("rev-parse", "--short", "HEAD")
-    dirty = bool(git("status", "--porcelain", "rlkit", "envs"))
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        then_tree = os.path.join(tmp, "then")
-        git("worktree", "add", "--detach", then_tree, rev)
-        try:
-            for env_id in args.envs:
-                then, now = run(then_tree, env_id, args.updates), run(ROOT, env_id, args.updates)
-                same = all(then[k] == now[k] for k in ("weights", "metrics", "returns"))
-                rows.append({"env": env_id, "then": then, "now": now, "bitwise_same": same})
-                print(f"{env_id:14s} then {then['weights'][:12]} now {now['weights'][:12]}  same: {same}", flush=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", then_tree], cwd=ROOT, capture_output=True)
-    now_label = f"{head}{' + uncommitted changes' if dirty else ''}"
+    with revision_tree(args.rev) as (then_tree, rev, now_label):
+        for env_id in args.envs:
+            then, now = run(then_tree, env_id, args.updates), run(ROOT, env_id, args.updates)
+            same = all(then[k] == now[k] for k in ("weights", "metrics", "returns"))
+            rows.append({"env": env_id, "then": then, "now": now, "bitwise_same": same})
+            print(f"{env_id:14s} then {then['weights'][:12]} now {now['weights'][:12]}  same: {same}", flush=True)
     lines = ["# rlkit.ppo.train: this checkout vs an earlier revision, bitwise", "", "```", command.strip(), "```", "",
              f"then = {rev}, now = {now_label}; seed 3, 2 envs x 256 steps, 4 x 4 minibatches, {args.updates} updates, "
              "CPU, 1 torch thread. SHA-256 of the final weights, of metrics.jsonl without wall-clock fields, and of the "

@@ -21,12 +21,10 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 
-from results_io import write_results  # benchmarks/ is sys.path[0] when run as a script
+from results_io import ROOT, revision_tree, write_results  # benchmarks/ is sys.path[0] when run as a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 CHILD = """
 import json, os, sys
 sys.path.insert(0, os.environ["RLKIT_TREE"])
@@ -68,27 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=os.path.join(HERE, "results", "sps_vs_revision"))
     args = parser.parse_args(argv)
     command = "python benchmarks/sps_vs_revision.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    rev = subprocess.run(["git", "rev-parse", "--short", args.rev], cwd=ROOT, check=True, capture_output=True,
-                         text=True).stdout.strip()
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True, capture_output=True,
-                          text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "rlkit", "envs"], cwd=ROOT, check=True,
-                                capture_output=True, text=True).stdout.strip())
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        then_tree = os.path.join(tmp, "then")
-        subprocess.run(["git", "worktree", "add", "--detach", then_tree, rev], cwd=ROOT, check=True, capture_output=True)
-        try:
-            for repeat in range(args.repeats):
-                for env_id in args.envs:
-                    for label, tree in (("then", then_tree), ("now", ROOT)):
-                        sps = run(tree, env_id, args.steps, args.batched_seeds)
-                        rows.append({"repeat": repeat, "env": env_id, "tree": label, "steady_sps": sps})
-                        print(f"repeat {repeat + 1}/{args.repeats} {env_id:16s} {label:4s} {sps:8.0f} SPS", flush=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", then_tree], cwd=ROOT, capture_output=True)
+    with revision_tree(args.rev) as (then_tree, rev, now_label):
+        for repeat in range(args.repeats):
+            for env_id in args.envs:
+                for label, tree in (("then", then_tree), ("now", ROOT)):
+                    sps = run(tree, env_id, args.steps, args.batched_seeds)
+                    rows.append({"repeat": repeat, "env": env_id, "tree": label, "steady_sps": sps})
+                    print(f"repeat {repeat + 1}/{args.repeats} {env_id:16s} {label:4s} {sps:8.0f} SPS", flush=True)
 
-    now_label = f"{head}{' + uncommitted changes' if dirty else ''}"
     lines = ["# PPO steps per second: this checkout vs an earlier revision (CPU)", "", "```", command.strip(), "```", "",
              f"then = {rev}, now = {now_label}. {os.cpu_count()} CPU cores (shared machine), CleanRL's MuJoCo settings "
              f"(1 env, 2,048-step rollouts, 10 x 32 minibatches), {args.steps} env steps per run, 1 torch thread; "

@@ -11,9 +11,11 @@ from .factory import (
     load_normalizer_state,
     make_vector_env,
     normalizer_state,
+    normalizes_observations,
     set_normalizer_updates,
     supports_exact_state,
 )
+from .observations import ObservationLayout, adapt_observations, check_observation_space, is_image_space
 from .probes import EXTRA_PROBES, PROBES, probe_id, register_probes
 from .wrappers import NormalizeObservation, NormalizeReward, RunningMeanStd
 
@@ -34,6 +36,11 @@ __all__ = [
     "load_normalizer_state",
     "make_vector_env",
     "normalizer_state",
+    "normalizes_observations",
+    "ObservationLayout",
+    "adapt_observations",
+    "check_observation_space",
+    "is_image_space",
     "probe_id",
     "register_probes",
     "set_normalizer_updates",

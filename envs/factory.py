@@ -1,10 +1,14 @@
 """Vector-env factories: classic control, MuJoCo and the probes, with the
 continuous-control wrapper stack of the PPO paper's code.
 
-Stack, innermost first (CleanRL's order, applied once to the vector env):
-RecordEpisodeStatistics (raw returns, for logging) -> ClipAction (the agent
-stores the unclipped action) -> NormalizeObservation + clip -> NormalizeReward +
-clip.  Sub-envs auto-reset in the SAME step that ends an episode; the last
+Each sub-env first gets the observation adapter its space needs
+(rlkit.envs.observations: one-hot Discrete, flattened Tuple/Dict, channels-first
+images; nothing for 1-d Box vectors), so every observation, ``final_obs``
+included, reaches the wrappers below adapted.  Then, innermost first (CleanRL's
+order, applied once to the vector env): RecordEpisodeStatistics (raw returns,
+for logging) -> ClipAction (the agent stores the unclipped action) ->
+NormalizeObservation + clip (real-valued entries only: never one-hot entries or
+pixels) -> NormalizeReward + clip.  Sub-envs auto-reset in the SAME step that ends an episode; the last
 observation is in ``info["final_obs"]`` for truncation bootstrapping, so no step
 is ever trained on whose observation came from a reset rather than the action.
 """
@@ -17,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
+from .observations import adapt_observations, real_valued_entries
 from .probes import register_probes
 from .wrappers import NormalizeObservation, NormalizeReward
 
@@ -42,6 +47,13 @@ def make_vector_env(
     Box actions are clipped to their bounds here, in the env; the agent stores the unclipped
     sample [cont 5].
 
+    Observations are adapted per sub-env (rlkit.envs.observations.adapt_observations, after
+    ``sub_env_wrappers``); spaces rlkit cannot take are refused here, in one line.
+    ``normalize_obs`` normalises the real-valued entries only: the whole vector for Box
+    observations; only the Box slices of a flattened Tuple/Dict that also holds one-hot, 0/1 or
+    pixel parts; nothing at all (no normaliser in the stack) when the observation is an image or
+    only one-hot / 0/1 parts, whose scale is already fixed.
+
     Seeding is done by the caller through ``envs.reset(seed=...)`` (sub-env i gets
     seed + i) and ``envs.action_space.seed``.
     """
@@ -60,14 +72,18 @@ def make_vector_env(
         num_envs=num_envs,
         vectorization_mode=vectorization,
         vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
-        wrappers=sub_env_wrappers,
+        wrappers=[*(sub_env_wrappers or []), adapt_observations],
         **(env_kwargs or {}),
     )
     envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
     if isinstance(envs.single_action_space, gym.spaces.Box) and clip_actions:
         envs = clip_actions_to_bounds(envs)
     if normalize_obs:
-        envs = NormalizeObservation(envs, clip=obs_clip)
+        entries = real_valued_entries(envs.single_observation_space)
+        if entries is None:
+            envs = NormalizeObservation(envs, clip=obs_clip)
+        elif entries.size:
+            envs = NormalizeObservation(envs, clip=obs_clip, indices=entries)
     if normalize_reward:
         envs = NormalizeReward(envs, gamma=gamma, clip=reward_clip)
     return envs
@@ -116,6 +132,12 @@ def load_normalizer_state(envs: gym.vector.VectorEnv, state: dict[str, np.ndarra
                 wrapper.load_state_dict(sub)
 
 
+def normalizes_observations(envs: gym.vector.VectorEnv) -> bool:
+    """Whether the stack holds an observation normaliser (make_vector_env leaves it out for
+    images and one-hot-only observations even when ``normalize_obs`` is set)."""
+    return any(isinstance(wrapper, NormalizeObservation) for wrapper in _wrappers(envs))
+
+
 def set_normalizer_updates(envs: gym.vector.VectorEnv, update: bool) -> None:
     """Freeze (False) or unfreeze (True) every normaliser's statistics, e.g. for evaluation."""
     for wrapper in _wrappers(envs):
@@ -134,13 +156,17 @@ _HARMLESS = (gym.Space, np.random.Generator, gym.envs.registration.EnvSpec, dict
 def _is_simple(value) -> bool:
     if isinstance(value, (tuple, list)):
         return all(isinstance(v, (bool, int, float, np.generic)) for v in value)
+    if isinstance(value, np.ndarray):  # numbers, or text such as FrozenLake's map (no objects)
+        return value.dtype.kind in "biufcSU"
     return isinstance(value, _NUMBERS)
 
 
 def _simple_attributes(obj) -> dict[str, Any]:
     out = {}
     for key, value in vars(obj).items():
-        if _is_simple(value):
+        if isinstance(value, np.ndarray) and value.dtype.kind in "SU":  # JSON holds str, not bytes
+            out[key] = {"text_array": value.astype(str).tolist(), "dtype": str(value.dtype)}
+        elif _is_simple(value):
             out[key] = {"tuple": list(value)} if isinstance(value, tuple) else value
     return out
 
@@ -149,6 +175,8 @@ def _restore_attributes(obj, attributes: dict[str, Any]) -> None:
     for key, value in attributes.items():
         if isinstance(value, dict) and set(value) == {"tuple"}:
             value = tuple(value["tuple"])
+        elif isinstance(value, dict) and set(value) == {"text_array", "dtype"}:
+            value = np.array(value["text_array"], dtype=value["dtype"])
         elif isinstance(value, np.ndarray) and isinstance(getattr(obj, key, None), np.generic):
             value = value.dtype.type(value)  # a numpy scalar came back as a 0-d array
         setattr(obj, key, value)

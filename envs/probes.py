@@ -17,6 +17,12 @@ is:
 Each has a Discrete(2) and a Box(-1, 1) action version.  For the continuous
 versions the reward is 1 - (a - target)^2 with target 0.5 (probe 4) or
 0.5 * obs (probe 5), so the learned mean action must reach the target.
+
+Two observation probes test the adapters and networks for other spaces:
+HWCImageProbe (an (H, W, 3) uint8 image whose lit colour channel names the
+best action: image detection, HWC -> CHW, the CNN) and DictImageVectorProbe (a
+Dict of an image and a vector whose combination, xor-like, names the best
+action: the multi-input network).
 """
 
 from __future__ import annotations
@@ -187,6 +193,71 @@ class MemoryProbe(gym.Env):
         return np.array([0.0, 1.0], dtype=np.float32), reward, True, False, {}
 
 
+class HWCImageProbe(gym.Env):
+    """One step, an (H, W, 3) uint8 image, channels last, with one colour channel lit (255) and the
+    others dark; Discrete(3): the action naming the lit channel pays +1, any other -1.  Tests image
+    detection, the HWC -> CHW transpose and the CNN: only the pixels say what to do (random: -1/3)."""
+
+    metadata = {"render_modes": []}
+    action_space = spaces.Discrete(3)
+
+    def __init__(self, size: int = 10):
+        self.observation_space = spaces.Box(0, 255, shape=(size, size, 3), dtype=np.uint8)
+        self._lit = 0
+
+    def _image(self) -> np.ndarray:
+        image = np.zeros(self.observation_space.shape, dtype=np.uint8)
+        image[:, :, self._lit] = 255
+        return image
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._lit = int(self.np_random.integers(3))
+        return self._image(), {}
+
+    def step(self, action):
+        return self._image(), 1.0 if int(action) == self._lit else -1.0, True, False, {}
+
+
+class DictImageVectorProbe(gym.Env):
+    """One step, Dict observation {"image": (H, W, 1) uint8 with its left or right half bright,
+    "vector": Box(-1, 1, (1,)) holding -1 or +1}; Discrete(2): action 1 pays +1 when
+    (right half bright) xor (vector < 0), action 0 pays +1 otherwise, the other action -1.
+    Neither part alone says what to do (each alone earns 0 in expectation): the multi-input
+    network must read the image (CNN) and the vector (MLP) and combine them."""
+
+    metadata = {"render_modes": []}
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, size: int = 8):
+        self.observation_space = spaces.Dict({
+            "image": spaces.Box(0, 255, shape=(size, size, 1), dtype=np.uint8),
+            "vector": spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32),
+        })
+        self._right, self._sign = False, 1.0
+
+    def _observation(self) -> dict:
+        image = np.zeros(self.observation_space["image"].shape, dtype=np.uint8)
+        half = image.shape[1] // 2
+        if self._right:
+            image[:, half:] = 255
+        else:
+            image[:, :half] = 255
+        return {"image": image, "vector": np.array([self._sign], dtype=np.float32)}
+
+    def best_action(self) -> int:
+        return int(self._right != (self._sign < 0))
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._right = bool(self.np_random.integers(2))
+        self._sign = float(self.np_random.choice([-1.0, 1.0]))
+        return self._observation(), {}
+
+    def step(self, action):
+        return self._observation(), 1.0 if int(action) == self.best_action() else -1.0, True, False, {}
+
+
 class HideVelocity(gym.ObservationWrapper):
     """CartPole without its velocities: keeps cart position and pole angle (obs[0], obs[2]).
 
@@ -216,6 +287,12 @@ EXTRA_PROBES: dict[str, type[gym.Env]] = {
 }
 """Probes with their own action spaces: MultiDiscrete, masked Discrete, and memory (recurrent agents)."""
 
+OBSERVATION_PROBES: dict[str, type[gym.Env]] = {
+    "rlkit/HWCImageProbe-v0": HWCImageProbe,
+    "rlkit/DictImageVectorProbe-v0": DictImageVectorProbe,
+}
+"""Probes with image and Dict observations (rlkit.envs.observations adapts them; rlkit.networks encodes them)."""
+
 
 PROBES: dict[str, type[_Probe]] = {
     "ConstantReward": ConstantReward,
@@ -232,8 +309,9 @@ def probe_id(name: str, continuous: bool) -> str:
 
 
 def register_probes() -> None:
-    """Register every probe under rlkit/<Name>-{Discrete,Continuous}-v0 and the extra probes (idempotent)."""
-    for env_id, cls in EXTRA_PROBES.items():
+    """Register every probe under rlkit/<Name>-{Discrete,Continuous}-v0, the extra and observation probes as
+    rlkit/<Name>-v0 (idempotent)."""
+    for env_id, cls in {**EXTRA_PROBES, **OBSERVATION_PROBES}.items():
         if env_id not in gym.registry:
             gym.register(id=env_id, entry_point=cls, max_episode_steps=10)
     if "rlkit/CartPoleNoVelocity-v1" not in gym.registry:

@@ -64,29 +64,44 @@ class NormalizeObservation(VectorWrapper):
     that were just auto-reset) update the statistics, as CleanRL's per-env wrapper
     does; ``info["final_obs"]`` is normalised with the same statistics but does not
     update them.  Set ``update_stats = False`` to freeze the statistics (evaluation).
+
+    ``indices``: normalise (and keep statistics of) only these entries of the vector, e.g. the
+    Box slices of a flattened Dict observation (rlkit.envs.observations.real_valued_entries).
     """
 
-    def __init__(self, env: VectorEnv, clip: float = 10.0, epsilon: float = 1e-8):
+    def __init__(self, env: VectorEnv, clip: float = 10.0, epsilon: float = 1e-8, indices: np.ndarray | None = None):
         super().__init__(env)
-        self.obs_rms = RunningMeanStd(shape=self.single_observation_space.shape)
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.intp)
+        shape = self.single_observation_space.shape if self.indices is None else self.indices.shape
+        self.obs_rms = RunningMeanStd(shape=shape)
         self.clip = clip
         self.epsilon = epsilon
         self.update_stats = True
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
+        if self.indices is not None:  # only these entries; one-hot / 0-1 / pixel entries pass unchanged
+            out = np.array(obs, dtype=np.float32)
+            out[..., self.indices] = self._normalize(out[..., self.indices])
+            return out
+        return self._normalize(obs)
+
+    def _normalize(self, obs: np.ndarray) -> np.ndarray:
         normalized = (obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + self.epsilon)
         return np.clip(normalized, -self.clip, self.clip).astype(np.float32)
+
+    def _update(self, obs: np.ndarray) -> None:
+        self.obs_rms.update(obs if self.indices is None else obs[..., self.indices])
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
         if self.update_stats:
-            self.obs_rms.update(obs)
+            self._update(obs)
         return self.normalize(obs), info
 
     def step(self, actions):
         obs, rewards, terminations, truncations, info = self.env.step(actions)
         if self.update_stats:
-            self.obs_rms.update(obs)
+            self._update(obs)
         if "_final_obs" in info:
             final_obs = info["final_obs"].copy()
             for i in np.flatnonzero(info["_final_obs"]):

@@ -11,3 +11,12 @@ __version__ = "0.1.0"
 _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isfile(_os.path.join(_root, "envs", "__init__.py")):
     __path__.append(_root)
+
+
+def __getattr__(name: str):
+    # ``from rlkit import PPO`` without importing torch for ``import rlkit`` alone
+    if name == "PPO":
+        from rlkit.api import PPO
+
+        return PPO
+    raise AttributeError(f"module 'rlkit' has no attribute {name!r}")

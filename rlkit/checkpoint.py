@@ -147,9 +147,17 @@ def save_checkpoint(
 ) -> str:
     """Write ``<name>.safetensors`` for each entry of ``tensor_files`` and ``state.json``, atomically."""
     folder = os.path.join(run_dir, CHECKPOINT_DIR)
+    final = write_checkpoint_folder(os.path.join(folder, f"{PREFIX}{update:07d}"), tensor_files, state)
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def write_checkpoint_folder(final: str, tensor_files: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> str:
+    """One checkpoint folder, written into a temporary sibling, fsynced, then renamed into place."""
+    folder = os.path.dirname(os.path.abspath(final))
     os.makedirs(folder, exist_ok=True)
-    final = os.path.join(folder, f"{PREFIX}{update:07d}")
-    temporary = os.path.join(folder, f".tmp-{PREFIX}{update:07d}-{os.getpid()}")
+    temporary = os.path.join(folder, f".tmp-{os.path.basename(final)}-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     os.makedirs(temporary)
     for name, tensors in tensor_files.items():
@@ -166,8 +174,6 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.rename(temporary, final)
     _fsync_dir(folder)
-    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+import gymnasium as gym
 from gymnasium.error import DependencyNotInstalled
 
 from rlkit.checkpoint import CheckpointError
@@ -49,11 +50,14 @@ def _override_parser(prog: str, cls, defaults: dict, description: str) -> argpar
 
 def cmd_train(argv: list[str]) -> int:
     if argv and argv[0] == "--resume":
-        parser = argparse.ArgumentParser(prog="rlkit train --resume", description="Continue a run from its latest checkpoint.")
+        parser = argparse.ArgumentParser(prog="rlkit train --resume", description="Continue a run from its latest "
+                                         "checkpoint (or the checkpoint folder given); with --total_timesteps, extend it.")
         parser.add_argument("--resume", required=True, metavar="RUN_DIR", help="run folder (or a checkpoint folder in it)")
+        parser.add_argument("--total_timesteps", "--total-timesteps", type=int, default=None,
+                            help="train the run up to this many env steps in all (default: the run's own total)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
         args = parser.parse_args(argv)
-        return _run_ppo(None, None, progress=not args.no_progress, resume=args.resume)
+        return _run_ppo(None, None, progress=not args.no_progress, resume=args.resume, total_timesteps=args.total_timesteps)
     if not argv or argv[0].startswith("-"):
         if argv and argv[0] in ("-h", "--help"):
             from rlkit.ppo import PPOConfig
@@ -65,7 +69,7 @@ def cmd_train(argv: list[str]) -> int:
         print("usage: rlkit train RECIPE [--key value ...]; rlkit train --help lists the keys", file=sys.stderr)
         return 2
     recipe, rest = argv[0], argv[1:]
-    table, values, source = read_recipe(recipe)
+    table, values, source = read_saved_config(recipe) if recipe.endswith(".json") else read_recipe(recipe)
     cls = _config_class(table, source)
     parser = _override_parser(f"rlkit train {recipe}", cls, values, f"Train with recipe {recipe}; every key can be overridden.")
     args, overrides = parse_overrides(parser, cls, rest)
@@ -73,7 +77,27 @@ def cmd_train(argv: list[str]) -> int:
     return _run_ppo(config, args.run_name, progress=not args.no_progress, module=CONFIG_TABLES[table][0])
 
 
-def _run_ppo(config, run_name: str | None, progress: bool, resume: str | None = None, module: str = "rlkit.ppo") -> int:
+def read_saved_config(path: str) -> tuple[str, dict, str]:
+    """A run's own config.json as a recipe: (table, values, source); keys a config derives are dropped."""
+    from rlkit.config import settable_fields
+    from rlkit.ppo import PPOConfig
+    from rlkit.ppo_lstm import RecurrentPPOConfig
+
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"cannot read the saved config {path!r}: {error}") from None
+    if not isinstance(values, dict) or "env_id" not in values:
+        raise ConfigError(f"{path} is not a run's config.json (no env_id)")
+    table = "ppo_lstm" if "lstm_hidden_size" in values else "ppo"
+    cls = RecurrentPPOConfig if table == "ppo_lstm" else PPOConfig
+    settable = settable_fields(cls)
+    return table, {k: v for k, v in values.items() if k in settable}, path
+
+
+def _run_ppo(config, run_name: str | None, progress: bool, resume: str | None = None, module: str = "rlkit.ppo",
+             total_timesteps: int | None = None) -> int:
     import importlib
     import signal
 
@@ -81,7 +105,11 @@ def _run_ppo(config, run_name: str | None, progress: bool, resume: str | None = 
 
     train = importlib.import_module(module).train
     if resume is not None:
-        result = train(config, run_name=run_name, progress=progress, resume=resume)
+        result = train(config, run_name=run_name, progress=progress, resume=resume, total_timesteps=total_timesteps)
+        if result.updates_run == 0:
+            print(f"\n{result.run_dir} is already complete ({result.global_step:,} steps); nothing trained. "
+                  "Extend it with: rlkit train --resume RUN --total_timesteps N")
+            return 0
     else:
         result = train(config, run_name=run_name, progress=progress)
     last = result.last_returns(100)
@@ -278,7 +306,9 @@ COMMANDS = {
     "eval": (cmd_eval, "evaluate a run, checkpoint or export: rlkit eval PATH --episodes N [--deterministic] [--video DIR]"),
     "export": (cmd_export, "write a self-contained agent folder with a model card: rlkit export CHECKPOINT OUT"),
     "reward-model": (cmd_reward_model, "train the RLHF proxy reward model: rlkit reward-model [RECIPE] [--key value ...]"),
-    "rlhf": (cmd_rlhf, "PPO on a language model: rlkit rlhf RECIPE [--key value ...]"),
+    "rlhf": (cmd_rlhf, "PPO on a language model: rlkit rlhf RECIPE [--key value ...]; rlkit rlhf --resume RUN_DIR"),
+    "rlhf-export": (lambda argv: __import__("rlkit.rlhf.cli", fromlist=["cmd_rlhf_export"]).cmd_rlhf_export(argv),
+                    "an RLHF run's policy as a plain transformers folder + model card: rlkit rlhf-export RUN OUT [--merge]"),
     "setup-offline": (cmd_setup_offline, "check the offline model/data wheels and convert SmolLM2 once"),
     "bench": (cmd_bench, "run a recipe over env ids x seeds in parallel processes (resumable)"),
     "report": (cmd_report, "aggregate a bench folder: per-seed scores, mean +- std, IQM [95% CI], curves, CSV"),
@@ -286,7 +316,16 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 finished with non-finite returns, 2 a user error (one line; --debug shows the
+    traceback), 3 a NaN / inf stopped training, 128 + N stopped by signal N (checkpoint written)."""
     argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if argv and argv[0] in ("--version", "-V"):
+        from rlkit import __version__
+
+        print(f"rlkit {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         lines = "\n".join(f"  {name:10s} {doc}" for name, (_, doc) in COMMANDS.items())
         print(f"usage: rlkit COMMAND [args]   (rlkit COMMAND --help for details)\n\ncommands:\n{lines}")
@@ -297,18 +336,31 @@ def main(argv: list[str] | None = None) -> int:
     command, _ = COMMANDS[argv[0]]
     try:
         return command(argv[1:])
+    except (Exception, KeyboardInterrupt) as error:
+        if debug:
+            raise
+        return _report(error)
+
+
+def _report(error: Exception) -> int:
+    """One line for a failure, and its exit code (see main)."""
+    try:
+        raise error
+    except NonFiniteError as error:
+        print(f"rlkit: training stopped: {error}", file=sys.stderr)
+        return 3
     except (ConfigError, CheckpointError) as error:
         print(f"rlkit: {error}", file=sys.stderr)
         return 2
     except (ImportError, DependencyNotInstalled) as error:
         print(f"rlkit: a dependency is missing: {error}", file=sys.stderr)
         return 2
-    except NonFiniteError as error:
-        print(f"rlkit: training stopped: {error}", file=sys.stderr)
-        return 3
     except KeyboardInterrupt:
         print("\nrlkit: interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError, gym.error.Error) as error:  # bad input: one line (--debug shows where)
+        print(f"rlkit: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -129,8 +129,25 @@ def _parse_string(text: str, allowed: tuple[type, ...], optional: bool, key: str
                 continue
         elif kind is str:
             return text
+        elif kind is dict:
+            return _parse_json(text, dict, key, source)
+        elif kind is list:  # a JSON list, or comma-separated names
+            return _parse_json(text, list, key, source) if text.lstrip().startswith("[") else [
+                part.strip() for part in text.split(",") if part.strip()]
     names = " or ".join(k.__name__ for k in allowed) + (" or none" if optional else "")
     raise ConfigError(f"{source}: {key} must be {names}, got {text!r}")
+
+
+def _parse_json(text: str, kind: type, key: str, source: str) -> Any:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{source}: {key} must be a JSON {kind.__name__}, got {text!r} ({error})") from None
+    if not isinstance(value, kind):
+        raise ConfigError(f"{source}: {key} must be a JSON {kind.__name__}, got {text!r}")
+    return value
 
 
 def unknown_key_error(key: str, valid: list[str], source: str) -> ConfigError:

@@ -24,8 +24,21 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rlkit.checkpoint import CheckpointError, load_checkpoint
-from rlkit.envs import is_atari_id, load_normalizer_state, make_atari_vector_env, make_vector_env, set_normalizer_updates
+import gymnasium as gym
+
+from rlkit.checkpoint import CheckpointError, load_checkpoint, write_checkpoint_folder
+from rlkit.envs import (
+    is_atari_id,
+    load_normalizer_state,
+    make_atari_vector_env,
+    make_vector_env,
+    normalizer_state,
+    normalizes_observations,
+    set_normalizer_updates,
+)
+from rlkit.envs.sources import resolve_env_id
+from rlkit.fast import flatten_parameters
+from rlkit.runtime import Callback
 from rlkit.ppo import ActorCriticBase, FeedForward, PPOConfig, action_mask_from_info, resolve_device, user_fields, variant_named
 
 EXPORT_FILES = ("config.json", "model.safetensors")
@@ -67,7 +80,8 @@ def variant_of(cfg: PPOConfig) -> FeedForward:
 
 
 def build_agent(cfg: PPOConfig, weights: dict[str, torch.Tensor], envs, device: torch.device) -> ActorCriticBase:
-    agent = variant_of(cfg).make_agent(cfg, envs)
+    variant = variant_of(cfg)
+    agent = variant.make_agent(cfg, envs)
     try:
         agent.load_state_dict(weights)
     except RuntimeError as error:
@@ -75,7 +89,71 @@ def build_agent(cfg: PPOConfig, weights: dict[str, torch.Tensor], envs, device: 
             f"the saved agent does not fit {cfg.env_id} with hidden_size={cfg.hidden_size}, "
             f"shared_network={cfg.shared_network}: {str(error).splitlines()[0]}"
         ) from None
-    return agent.to(device).eval()
+    agent = agent.to(device).eval()
+    if variant.flat(agent):  # the memory layout it trained in: bitwise the same actions
+        flatten_parameters(agent)
+    return agent
+
+
+def make_eval_envs(cfg: PPOConfig, video_dir: str | None = None, episodes: int = 10) -> gym.vector.VectorEnv:
+    """One env built as for training (observation normaliser included, reward wrappers not), optionally recording video."""
+    env_id = resolve_env_id(cfg.env_id, cfg.env_module)
+    wrappers, env_kwargs = None, dict(cfg.env_kwargs)
+    if video_dir is not None:
+        try:
+            import moviepy  # noqa: F401  (RecordVideo needs it)
+        except ImportError:
+            raise CheckpointError('video recording needs moviepy: pip install "rlkit[video]"') from None
+        from gymnasium.wrappers import RecordVideo
+
+        env_kwargs["render_mode"] = "rgb_array"
+        wrappers = [lambda env: RecordVideo(env, video_dir, episode_trigger=lambda i: i < episodes, disable_logger=True)]
+    if is_atari_id(env_id):
+        if video_dir is not None:
+            raise CheckpointError("--video is not supported for Atari yet (the frames are the agent's 84x84 input)")
+        return make_atari_vector_env(env_id, 1, cfg.atari_backend)
+    return make_vector_env(env_id, 1, clip_actions=cfg.clip_actions, normalize_obs=cfg.normalize_obs,
+                           obs_clip=cfg.obs_clip, env_kwargs=env_kwargs, sub_env_wrappers=wrappers)
+
+
+def freeze_normalizer(envs: gym.vector.VectorEnv, cfg: PPOConfig, normalizer: dict[str, np.ndarray], where: str) -> None:
+    """Give the eval env the training statistics of the observation normaliser, frozen (cleanrl#310)."""
+    if not normalizes_observations(envs):  # normalize_obs is off, or the observation is pixels / one-hot only
+        return
+    if not normalizer:
+        raise CheckpointError(f"{where} has no observation-normaliser statistics, but the agent was trained with them")
+    try:
+        load_normalizer_state(envs, {k: v for k, v in normalizer.items() if k.startswith("obs.")})
+    except ValueError as error:
+        raise CheckpointError(f"the saved normaliser does not fit {cfg.env_id}: {error}") from None
+    set_normalizer_updates(envs, False)
+
+
+def run_episodes(agent: ActorCriticBase, cfg: PPOConfig, envs: gym.vector.VectorEnv, episodes: int, deterministic: bool,
+                 seed: int, device: torch.device) -> dict:
+    """Play ``episodes`` episodes on a one-env vector env; mean/std/min/max, returns and lengths.
+
+    Torch's random state is saved and restored around it, so an evaluation in the middle of training
+    leaves the training run's random streams where they were.
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        policy = variant_of(cfg).rollout_policy(agent, cfg, 1)  # carries a recurrent agent's state
+        obs, infos = envs.reset(seed=seed)
+        returns, lengths = [], []
+        while len(returns) < episodes:
+            with torch.inference_mode():
+                action, _, _ = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device),
+                                          action_mask_from_info(infos, device), deterministic=deterministic)
+            obs, _, terminations, truncations, infos = envs.step(action.cpu().numpy())
+            policy.after_step((terminations | truncations).astype(np.float32))
+            if "_episode" in infos and infos["_episode"][0]:
+                returns.append(float(infos["episode"]["r"][0]))
+                lengths.append(int(infos["episode"]["l"][0]))
+    values = np.asarray(returns)
+    return {"env_id": cfg.env_id, "episodes": episodes, "deterministic": deterministic, "mean": float(values.mean()),
+            "std": float(values.std()), "min": float(values.min()), "max": float(values.max()),
+            "returns": returns, "lengths": lengths}
 
 
 def evaluate(
@@ -96,60 +174,29 @@ def evaluate(
     cfg, weights, normalizer = load_agent(path)
     if env_id is not None:
         cfg = replace(cfg, env_id=env_id)
-    wrappers, env_kwargs = None, None
-    if video_dir is not None:
-        try:
-            import moviepy  # noqa: F401  (RecordVideo needs it)
-        except ImportError:
-            raise CheckpointError('video recording needs moviepy: pip install "rlkit[video]"') from None
-        from gymnasium.wrappers import RecordVideo
-
-        env_kwargs = {"render_mode": "rgb_array"}
-        wrappers = [lambda env: RecordVideo(env, video_dir, episode_trigger=lambda i: i < episodes, disable_logger=True)]
-    if is_atari_id(cfg.env_id):
-        if video_dir is not None:
-            raise CheckpointError("--video is not supported for Atari yet (the frames are the agent's 84x84 input)")
-        envs = make_atari_vector_env(cfg.env_id, 1, cfg.atari_backend)
-    else:
-        envs = make_vector_env(cfg.env_id, 1, clip_actions=cfg.clip_actions, normalize_obs=cfg.normalize_obs,
-                               obs_clip=cfg.obs_clip, env_kwargs=env_kwargs, sub_env_wrappers=wrappers)
+    envs = make_eval_envs(cfg, video_dir, episodes)
     torch_device = resolve_device(device)
     try:
         agent = build_agent(cfg, weights, envs, torch_device)
-        if cfg.normalize_obs:
-            if not normalizer:
-                raise CheckpointError(f"{path} has no observation-normaliser statistics, but the agent was trained with them")
-            try:
-                load_normalizer_state(envs, {k: v for k, v in normalizer.items() if k.startswith("obs.")})
-            except ValueError as error:
-                raise CheckpointError(f"the saved normaliser does not fit {cfg.env_id}: {error}") from None
-            set_normalizer_updates(envs, False)
-        torch.manual_seed(seed)
-        policy = variant_of(cfg).rollout_policy(agent, cfg, 1)  # carries a recurrent agent's state
-        obs, infos = envs.reset(seed=seed)
-        returns, lengths = [], []
-        while len(returns) < episodes:
-            with torch.inference_mode():
-                action, _, _ = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=torch_device),
-                                          action_mask_from_info(infos, torch_device), deterministic=deterministic)
-            obs, _, terminations, truncations, infos = envs.step(action.cpu().numpy())
-            policy.after_step((terminations | truncations).astype(np.float32))
-            if "_episode" in infos and infos["_episode"][0]:
-                returns.append(float(infos["episode"]["r"][0]))
-                lengths.append(int(infos["episode"]["l"][0]))
+        freeze_normalizer(envs, cfg, normalizer, path)
+        result = run_episodes(agent, cfg, envs, episodes, deterministic, seed, torch_device)
     finally:
         envs.close()
-    values = np.asarray(returns)
-    return {"env_id": cfg.env_id, "episodes": episodes, "deterministic": deterministic, "mean": float(values.mean()),
-            "std": float(values.std()), "min": float(values.min()), "max": float(values.max()),
-            "returns": returns, "lengths": lengths, "video_dir": video_dir}
+    return {**result, "video_dir": video_dir}
 
 
-def export(path: str, out: str, episodes: int = 10, deterministic: bool = True) -> dict:
-    """Write the self-contained export folder ``out`` and return the evaluation it reports."""
-    cfg, weights, normalizer = load_agent(path)
-    os.makedirs(out, exist_ok=True)
-    envs = make_atari_vector_env(cfg.env_id, 1, cfg.atari_backend) if is_atari_id(cfg.env_id) else make_vector_env(cfg.env_id, 1)
+def agent_spaces(cfg: PPOConfig) -> dict:
+    """The observation shape and action space an agent folder records (so it loads without the env)."""
+    env_id = resolve_env_id(cfg.env_id, cfg.env_module)
+    envs = make_atari_vector_env(env_id, 1, cfg.atari_backend) if is_atari_id(env_id) else make_vector_env(
+        env_id, 1, env_kwargs=cfg.env_kwargs)
+    try:
+        return spaces_of(envs)
+    finally:
+        envs.close()
+
+
+def spaces_of(envs: gym.vector.VectorEnv) -> dict:
     spaces = {"observation_shape": list(envs.single_observation_space.shape)}
     space = envs.single_action_space
     if hasattr(space, "n"):
@@ -159,19 +206,72 @@ def export(path: str, out: str, episodes: int = 10, deterministic: bool = True) 
     else:
         base = envs.unwrapped.single_action_space  # before ClipAction widened it to +-inf
         spaces["action"] = {"type": "Box", "shape": list(base.shape), "low": base.low.tolist(), "high": base.high.tolist()}
-    envs.close()
+    return spaces
+
+
+def write_agent_folder(out: str, cfg: PPOConfig, weights: dict[str, torch.Tensor], normalizer: dict[str, np.ndarray],
+                       spaces: dict) -> None:
+    """config.json (config, variant, spaces), model.safetensors and normalizer.json: what PPO.load and rlkit eval read."""
+    os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump({"format": "rlkit-ppo-agent/1", "variant": variant_of(cfg).name,
                    "ppo": {k: getattr(cfg, k) for k in user_fields(type(cfg))}, **spaces}, f, indent=2)
-    save_file({k: v.contiguous() for k, v in weights.items()}, os.path.join(out, "model.safetensors"))
-    if cfg.normalize_obs:
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, os.path.join(out, "model.safetensors"))
+    if "obs.mean" in normalizer:  # trained with an observation normaliser (none for pixels / one-hot only)
         with open(os.path.join(out, "normalizer.json"), "w") as f:
             json.dump({"mean": normalizer["obs.mean"].tolist(), "var": normalizer["obs.var"].tolist(),
                        "count": float(normalizer["obs.count"]), "clip": cfg.obs_clip, "epsilon": 1e-8}, f, indent=2)
+
+
+def export(path: str, out: str, episodes: int = 10, deterministic: bool = True) -> dict:
+    """Write the self-contained export folder ``out`` and return the evaluation it reports."""
+    cfg, weights, normalizer = load_agent(path)
+    write_agent_folder(out, cfg, weights, normalizer, agent_spaces(cfg))
     result = evaluate(out, episodes=episodes, deterministic=deterministic)
     with open(os.path.join(out, "README.md"), "w") as f:
         f.write(_model_card(cfg, result))
     return result
+
+
+class PeriodicEvaluation(Callback):
+    """Every ``eval_interval`` updates: ``eval_episodes`` episodes on a separate env with the training
+    normaliser statistics frozen, logged under ``eval/`` (TensorBoard and metrics.jsonl), the best
+    weights so far kept in ``<run>/best/`` (a checkpoint folder), and a stop once ``stop_at_return``
+    is reached.  Other callbacks' ``on_eval(run, iteration, result)`` see each result."""
+
+    def __init__(self, cfg: PPOConfig):
+        self.cfg = cfg
+        self.envs = None
+        self.best = -np.inf
+        self.history: list[dict] = []
+
+    def on_update(self, run, iteration: int, stats: dict) -> bool:
+        cfg = self.cfg
+        if iteration % cfg.eval_interval and iteration != run.num_iterations:
+            return True
+        context = run.context
+        if self.envs is None:
+            self.envs = make_eval_envs(cfg)
+        freeze_normalizer(self.envs, cfg, normalizer_state(context["envs"]), "the training env")
+        agent = context["agent"]
+        result = run_episodes(agent, cfg, self.envs, cfg.eval_episodes, cfg.eval_deterministic, cfg.eval_seed,
+                              next(agent.parameters()).device)
+        step = context["cursor"].global_step
+        record = {"mean_return": result["mean"], "std_return": result["std"], "mean_length": float(np.mean(result["lengths"]))}
+        context["logger"].evaluation(step, iteration, record)
+        self.history.append({"iteration": iteration, "global_step": step, **record})
+        if result["mean"] > self.best and run.enabled:
+            self.best = result["mean"]
+            files, state = context["capture"](iteration)
+            write_checkpoint_folder(os.path.join(run.run_dirs[0], "best"), files, {**state, "eval": record})
+        for callback in run.callbacks:
+            if callback is not self and hasattr(callback, "on_eval"):
+                callback.on_eval(run, iteration, result)
+        return cfg.stop_at_return is None or result["mean"] < cfg.stop_at_return
+
+    def on_end(self, run) -> None:
+        if self.envs is not None:
+            self.envs.close()
 
 
 def _model_card(cfg: PPOConfig, result: dict) -> str:

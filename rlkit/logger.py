@@ -79,6 +79,14 @@ class RunLogger:
                 self.writer.add_scalar(TB_NAMES.get(key, f"charts/{key}"), value, global_step)
         self._write({"kind": "update", "global_step": global_step, "iteration": iteration, **stats})
 
+    def evaluation(self, global_step: int, iteration: int, stats: dict) -> None:
+        """A periodic evaluation: TensorBoard ``eval/<name>`` and an ``"kind": "eval"`` metrics line."""
+        if self.writer is not None:
+            for key, value in stats.items():
+                self.writer.add_scalar(f"eval/{key}", value, global_step)
+        self._write({"kind": "eval", "global_step": global_step, "iteration": iteration, **stats})
+        self.bar.write(f"rlkit: eval at update {iteration} (step {global_step:,}): mean return {stats['mean_return']:.2f}")
+
     def metrics_offset(self) -> int:
         """Bytes of metrics.jsonl written so far (a checkpoint stores it to cut the file on resume)."""
         if self.metrics_file is None:

@@ -52,6 +52,7 @@ from rlkit.envs import (
     normalizer_state,
     supports_exact_state,
 )
+from rlkit.envs.sources import resolve_env_id
 from rlkit.fast import NumpyStaging, compiled, compiled_policy_step, flatten_parameters, run_layers
 from rlkit.logger import RunLogger
 from rlkit.runtime import (  # the run lifecycle, shared with every other loop
@@ -77,7 +78,11 @@ class PPOConfig:
     """Hyperparameters of a PPO run.  Defaults are CleanRL's ppo_continuous_action."""
 
     env_id: str = "Pendulum-v1"
-    """gymnasium id of the environment (probes: rlkit/<Name>-{Discrete,Continuous}-v0)"""
+    """gymnasium id of the environment; "module:Id" imports module first (probes: rlkit/<Name>-{Discrete,Continuous}-v0)"""
+    env_module: list[str] = field(default_factory=list)
+    """modules to import before making the env, e.g. ones that register your envs (CLI: --env_module a,b)"""
+    env_kwargs: dict = field(default_factory=dict)
+    """keyword arguments for gymnasium.make (TOML table; CLI: JSON, e.g. --env_kwargs '{"is_slippery": false}')"""
     seed: int = 1
     """seed of python, numpy, torch and the environments (sub-env i gets seed + i)"""
     total_timesteps: int = 1_000_000
@@ -116,8 +121,11 @@ class PPOConfig:
     """one torso for actor and critic (True) or two separate networks [core 13]"""
     hidden_size: int = 64
     """width of the two hidden layers"""
-    network: str = "mlp"
-    """mlp (tanh MLP, hidden_size wide) or nature_cnn (Atari: 3 conv + 512-unit ReLU layer, shared torso) [atari 8, 9]"""
+    network: str = "auto"
+    """auto (picked from the observation space when the agent is built: mlp for vectors, nature_cnn for images of at
+    least 36x36, small_cnn for smaller ones, multi_input for Tuple/Dict with images; see rlkit.networks),
+    mlp (tanh MLP, hidden_size wide), nature_cnn (Atari: 3 conv + 512-unit ReLU layer, shared torso) [atari 8, 9],
+    small_cnn (3x3 convs + 256-unit ReLU layer) or multi_input (a CNN per image + MLP for the rest, concatenated)"""
     atari_backend: str = "ale_vector"
     """Atari ids only: ale_vector (ale_py's C++ AtariVectorEnv) or python (gymnasium wrapper stack) [atari 1-7]"""
     clip_actions: bool = True
@@ -152,6 +160,16 @@ class PPOConfig:
     """write a checkpoint every this many updates (0: only at the end and on SIGINT/SIGTERM)"""
     keep_checkpoints: int = 3
     """how many of the newest checkpoints to keep"""
+    eval_interval: int = 0
+    """evaluate on a separate env every this many updates, logged under eval/ with the best weights in best/ (0: never)"""
+    eval_episodes: int = 10
+    """episodes per periodic evaluation"""
+    eval_deterministic: bool = True
+    """periodic evaluation with the mean / argmax action (False: sample)"""
+    eval_seed: int = 100_000
+    """seed of the evaluation env's episodes (the same episodes at every evaluation)"""
+    stop_at_return: float | None = None
+    """stop training once a periodic evaluation's mean return reaches this (needs eval_interval > 0)"""
 
     # Derived at validation time, never set by the user.
     batch_size: int = field(default=0, init=False)
@@ -175,9 +193,15 @@ class PPOConfig:
         for key in ["gamma", "gae_lambda"]:
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"{key} must be in [0, 1], got {getattr(self, key)}")
-        for key in ["ent_coef", "vf_coef", "torch_threads", "checkpoint_interval"]:
+        for key in ["ent_coef", "vf_coef", "torch_threads", "checkpoint_interval", "eval_interval"]:
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
+        if self.eval_episodes <= 0:
+            raise ValueError(f"eval_episodes must be > 0, got {self.eval_episodes}")
+        if self.stop_at_return is not None and not self.eval_interval:
+            raise ValueError("stop_at_return needs eval_interval > 0 (it is checked at the periodic evaluations)")
+        if not all(isinstance(m, str) and m for m in self.env_module):
+            raise ValueError(f"env_module must be a list of module names, got {self.env_module!r}")
         if self.target_kl is not None and not self.target_kl > 0:
             raise ValueError(f"target_kl must be > 0 or None, got {self.target_kl}")
         if self.vectorization not in ("sync", "async"):
@@ -196,8 +220,16 @@ class PPOConfig:
                 f"num_minibatches ({self.num_minibatches}) must divide num_envs * num_steps ({self.batch_size})"
             )
         self.minibatch_size = self.batch_size // self.num_minibatches
-        self.num_iterations = max(1, self.total_timesteps // self.batch_size)
+        self.num_iterations = max(1, math.ceil(self.total_timesteps / self.batch_size))  # whole updates, rounded up
         return self
+
+    def rounding_note(self) -> str | None:
+        """What training does when total_timesteps is not a whole number of updates (None when it is)."""
+        steps = self.num_iterations * self.batch_size
+        if steps == self.total_timesteps:
+            return None
+        return (f"total_timesteps {self.total_timesteps:,} is not a multiple of the batch ({self.batch_size:,} = num_envs x "
+                f"num_steps): training {steps:,} steps ({self.num_iterations} updates)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -235,8 +267,9 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
     """Refuse spaces this agent cannot represent, saying which ones it can."""
     if not isinstance(observation_space, gym.spaces.Box):
         raise ValueError(
-            f"unsupported observation space {type(observation_space).__name__}: rlkit.ppo takes Box observations "
-            "(flatten Dict/Tuple observations with gymnasium.wrappers.FlattenObservation)"
+            f"unsupported observation space {type(observation_space).__name__}: rlkit.ppo takes the adapted "
+            "observations of rlkit.envs.make_vector_env (one-hot Discrete/MultiDiscrete, flattened Tuple/Dict, "
+            "channels-first images); wrap a hand-built env's sub-envs with rlkit.envs.adapt_observations"
         )
     if isinstance(action_space, gym.spaces.Box):
         if len(action_space.shape) != 1:
@@ -421,13 +454,23 @@ class NatureCNNAgent(ActorCriticBase):
         return self.critic_head(self.features(obs)).squeeze(-1)
 
 
-NETWORKS = ("mlp", "nature_cnn")
+NETWORKS = ("auto", "mlp", "nature_cnn", "small_cnn", "multi_input")
 
 
 def make_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.Space) -> ActorCriticBase:
-    """The network the config names, for these spaces."""
-    if cfg.network == "nature_cnn":
+    """The network the config names, for these spaces; ``auto`` picks it from the (adapted) observation
+    space with :func:`rlkit.networks.resolve_network`.  small_cnn and multi_input live in rlkit.networks."""
+    from rlkit import networks  # here, not at the top: rlkit.networks builds on this module
+
+    check_spaces(observation_space, action_space)
+    name = networks.resolve_network(observation_space) if cfg.network == "auto" else cfg.network
+    networks.check_network(name, observation_space)
+    if name == "nature_cnn":
         return NatureCNNAgent(observation_space, action_space)
+    if name == "small_cnn":
+        return networks.SmallCNNAgent(observation_space, action_space)
+    if name == "multi_input":
+        return networks.MultiInputAgent(observation_space, action_space, cfg.hidden_size)
     return Agent(observation_space, action_space, cfg.hidden_size, cfg.shared_network)
 
 
@@ -851,7 +894,14 @@ class FeedForward:
         return make_agent(cfg, envs.single_observation_space, envs.single_action_space)
 
     def make_optimizer(self, agent: ActorCriticBase, cfg: PPOConfig) -> torch.optim.Optimizer:
-        return make_optimizer(agent, cfg.learning_rate, flat=cfg.network == "mlp")
+        return make_optimizer(agent, cfg.learning_rate, flat=self.flat(agent))
+
+    def flat(self, agent: ActorCriticBase) -> bool:
+        """Whether the agent's parameters live in one flat tensor (:func:`rlkit.fast.flatten_parameters`).
+
+        The MLP agent's do, in training and (so that its matmuls see the same memory layout and
+        give bitwise the same actions) wherever it is loaded again."""
+        return type(agent) is Agent
 
     def rollout_policy(self, agent: ActorCriticBase, cfg: PPOConfig, num_envs: int) -> RolloutPolicy:
         return RolloutPolicy(agent, compiled_policy_step(agent) if cfg.torch_compile else None)
@@ -920,6 +970,10 @@ class TrainResult:
     """the signal that stopped the run early, if any"""
     checkpoint: str | None = None
     """the last checkpoint written"""
+    updates_run: int = 0
+    """updates this call trained (0: a resumed run that was already complete)"""
+    evaluations: list[dict] = field(default_factory=list)
+    """the periodic evaluations (eval_interval), in order"""
 
     @property
     def sps(self) -> float:
@@ -949,11 +1003,13 @@ def make_optimizer(agent: nn.Module, learning_rate: float, flat: bool = False) -
 
 def make_envs(cfg: PPOConfig) -> gym.vector.VectorEnv:
     """The vector env with the wrapper stack the config asks for (Atari's for Atari ids)."""
-    if is_atari_id(cfg.env_id):
-        return make_atari_vector_env(cfg.env_id, cfg.num_envs, cfg.atari_backend)
+    env_id = resolve_env_id(cfg.env_id, cfg.env_module)
+    if is_atari_id(env_id):
+        return make_atari_vector_env(env_id, cfg.num_envs, cfg.atari_backend)
     return make_vector_env(
-        cfg.env_id,
+        env_id,
         cfg.num_envs,
+        env_kwargs=cfg.env_kwargs,
         gamma=cfg.gamma,
         clip_actions=cfg.clip_actions,
         normalize_obs=cfg.normalize_obs,
@@ -978,6 +1034,7 @@ def train(
     resume: str | None = None,
     callbacks: list[Callback] = (),
     variant: FeedForward | None = None,
+    total_timesteps: int | None = None,
 ) -> TrainResult:
     """Train a PPO agent; writes to <run_dir>/<run_name> when ``log``.
 
@@ -987,9 +1044,12 @@ def train(
     says so.  SIGINT / SIGTERM finish the current update, write a checkpoint and return with
     ``result.interrupted`` set to the signal number.  ``variant`` (default: feed-forward) supplies
     the network, the rollout policy and the learner; the recurrent variant is rlkit.ppo_lstm's.
+    ``total_timesteps`` with ``resume`` extends (or just finishes) the run to that many steps.
     """
+    from rlkit.evaluate import PeriodicEvaluation  # evaluate builds on this module
+
     variant = variant or saved_variant(resume)
-    cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume, variant.config_class)
+    cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume, variant.config_class, total_timesteps)
     seed_everything(cfg.seed, cfg.torch_deterministic)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -1013,15 +1073,19 @@ def train(
         notes.append(restore_training_state(saved, tensors, agent, optimizer, {"shuffle": shuffle_generator}, envs,
                                             cursor, policy, cfg, device))
         start_iteration, elapsed_before, episodes = saved["iteration"] + 1, saved["wall_time"], EpisodeLog.from_state(saved["episodes"])
+        if start_iteration > cfg.num_iterations:
+            notes.append(f"the run is already complete at update {saved['iteration']} ({cfg.num_iterations} updates of "
+                         f"{cfg.batch_size} steps); nothing to train: give a larger total_timesteps to extend it")
 
     logger = RunLogger(run_dir, cfg.to_dict(), enabled=log, progress=progress, total=cfg.num_iterations * cfg.batch_size,
                        resume_metrics_at=saved["metrics_offset"] if saved is not None else None)
     logger.advance(cursor.global_step, cursor.global_step, 0.0)
-    for note in notes:
+    for note in notes + ([cfg.rounding_note()] if cfg.rounding_note() and saved is None else []):
         logger.note(note)
+    evaluation = PeriodicEvaluation(cfg) if cfg.eval_interval else None  # eval/ curve, best/ weights
     lifecycle = Lifecycle([run_dir], cfg.num_iterations, cfg.checkpoint_interval, cfg.keep_checkpoints, enabled=log,
                           last_checkpoint=resolve_checkpoint(resume) if resume is not None else None,
-                          callbacks=list(callbacks))
+                          callbacks=([evaluation] if evaluation else []) + list(callbacks))
     start_time = time.time() - elapsed_before
     last_stats: dict[str, float] = {}
 
@@ -1030,6 +1094,7 @@ def train(
             linear_lr(optimizer, iteration, cfg.num_iterations, cfg.learning_rate)  # [core 4]
         next_value = collect_rollout(envs, policy, rollout, staging, cursor, cfg,
                                      lambda infos, step: episodes.record(infos, step, logger))
+        lifecycle.emit("on_rollout")
         advantages, returns = gae(rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda)
         batch = variant.batch(rollout, advantages, returns, policy)
         stats = {k: v if isinstance(v, int) else float(v) for k, v in ppo_update(batch, learner, cfg).items()}
@@ -1043,6 +1108,7 @@ def train(
                                   cursor, policy.state_tensors(), episodes, logger, iteration, time.time() - start_time,
                                   extra={"variant": variant.name})
 
+    lifecycle.context.update(agent=agent, envs=envs, logger=logger, config=cfg, cursor=cursor, capture=capture)
     try:
         lifecycle.run(start_iteration, iterate, capture, where=lambda: f" (global step {cursor.global_step})")
     finally:
@@ -1052,7 +1118,8 @@ def train(
         logger.close()
     result = TrainResult(logger.run_dir, episodes.returns, episodes.lengths, episodes.steps, last_stats, cursor.global_step,
                          wall_time, agent, normalizer, interrupted=lifecycle.interrupted,
-                         checkpoint=lifecycle.last_checkpoint)
+                         checkpoint=lifecycle.last_checkpoint, updates_run=lifecycle.updates_run,
+                         evaluations=evaluation.history if evaluation else [])
     if lifecycle.interrupted is None:
         logger.summary(result.summary(cfg))  # written last: its presence marks a finished run
     return result
@@ -1091,14 +1158,20 @@ def saved_variant(resume: str | None) -> FeedForward:
     return variant_named(saved.get("variant", "ppo"))
 
 
-def open_run(cfg: PPOConfig | None, run_name: str | None, resume: str | None, config_class=PPOConfig
-             ) -> tuple[PPOConfig, str, dict, dict | None]:
-    """(config, run folder, checkpoint tensors, checkpoint state): a new run, or the run ``resume`` names."""
+def open_run(cfg: PPOConfig | None, run_name: str | None, resume: str | None, config_class=PPOConfig,
+             total_timesteps: int | None = None) -> tuple[PPOConfig, str, dict, dict | None]:
+    """(config, run folder, checkpoint tensors, checkpoint state): a new run, or the run ``resume`` names
+    (with ``total_timesteps``, extended to that many steps)."""
     if resume is not None:
         tensors, saved = load_checkpoint(resume)
         known = set(user_fields(config_class))
-        cfg = config_class(**{k: v for k, v in saved["config"].items() if k in known})
-        return cfg.validate(), os.path.dirname(os.path.dirname(resolve_checkpoint(resume))), tensors, saved
+        values = {k: v for k, v in saved["config"].items() if k in known}
+        if total_timesteps is not None:
+            values["total_timesteps"] = total_timesteps
+        return (config_class(**values).validate(), os.path.dirname(os.path.dirname(resolve_checkpoint(resume))), tensors,
+                saved)
+    if total_timesteps is not None:
+        raise ValueError("total_timesteps= is for resume=; a new run takes it from its config")
     if cfg is None:
         raise ValueError("train() needs a config or a run to resume")
     cfg.validate()

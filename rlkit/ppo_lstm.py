@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from rlkit.envs import ObservationLayout
 from rlkit.ppo import (
     ActorCriticBase,
     Batch,
@@ -63,7 +64,7 @@ class RecurrentPPOConfig(PPOConfig):
                [problem for bad, problem in (
                    (not self.shared_network, "shared_network = false (the encoder and LSTM are shared by both heads)"),
                    (self.torch_compile, "torch_compile = true"),
-                   (self.network != "mlp", f"network = {self.network!r} (its encoder is one tanh layer)"),
+                   (self.network not in ("auto", "mlp"), f"network = {self.network!r} (its encoder is one tanh layer)"),
                ) if bad], "remove these keys or use the feed-forward [ppo] table")
         if self.lstm_hidden_size <= 0:
             raise ValueError(f"lstm_hidden_size must be > 0, got {self.lstm_hidden_size}")
@@ -80,6 +81,9 @@ class LSTMAgent(ActorCriticBase):
 
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, hidden_size: int = 64, lstm_hidden_size: int = 64):
         super().__init__(observation_space, action_space)
+        if len(observation_space.shape) != 1 or (isinstance(observation_space, ObservationLayout) and observation_space.images):
+            raise ValueError(f"recurrent PPO (ppo_lstm) takes vector observations without images (its encoder is one "
+                             f"tanh layer), got {observation_space}; use the feed-forward [ppo] table for images")
         self.encoder = nn.Sequential(layer_init(nn.Linear(self.obs_dim, hidden_size)), nn.Tanh())
         self.lstm = nn.LSTM(hidden_size, lstm_hidden_size)
         for name, param in self.lstm.named_parameters():  # [lstm 1]

@@ -40,6 +40,7 @@ from rlkit.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
 from rlkit.envs import normalizer_state
 from rlkit.fast import NumpyStaging, stacked_mlp_forward
 from rlkit.logger import RunLogger
+from rlkit.networks import resolve_network
 from rlkit.ppo import (
     Batch,
     EnvCursor,
@@ -73,8 +74,12 @@ def check_batchable(cfg: PPOConfig, envs: gym.vector.VectorEnv) -> None:
         problems.append("target_kl (seeds would stop their epochs at different times)")
     if cfg.torch_compile:
         problems.append("torch_compile")
-    if cfg.network != "mlp":
-        problems.append(f"network={cfg.network!r}")
+    network = resolve_network(envs.single_observation_space) if cfg.network == "auto" else cfg.network
+    if network != "mlp":
+        problems.append(f"network={cfg.network!r}" if cfg.network == network
+                        else f"network='auto', which is {network!r} for these observations")
+    if cfg.eval_interval:
+        problems.append("eval_interval (evaluate the seeds' checkpoints with rlkit eval)")
     if isinstance(envs.single_action_space, gym.spaces.MultiDiscrete):
         problems.append("MultiDiscrete actions")
     refuse("batched multi-seed training", problems, "run the seeds as separate processes (rlkit bench without --batched)")

@@ -130,12 +130,21 @@ class StopSignals:
 class Callback:
     """Hooks a user (or a tracker, or a hyperparameter search) attaches to a run.
 
-    ``on_update`` runs after every iteration with its number and metrics; returning False stops
-    training after that iteration (it is checkpointed like a signal stop, without the exit code).
+    ``on_rollout`` runs after each rollout, ``on_update`` after every iteration with its number and
+    metrics, ``on_eval`` after each periodic evaluation with its result; returning False from any
+    of them stops training after that iteration (it is checkpointed like a signal stop, without the
+    exit code).  ``run.context`` holds the run's objects: ``agent``, ``envs``, ``logger``, ``config``,
+    ``cursor`` (the step count), ``capture`` (iteration -> checkpoint payload).
     """
 
     def on_start(self, run: Lifecycle) -> None:
         pass
+
+    def on_rollout(self, run: Lifecycle, iteration: int) -> bool | None:
+        return True
+
+    def on_eval(self, run: Lifecycle, iteration: int, result: dict) -> bool | None:
+        return True
 
     def on_update(self, run: Lifecycle, iteration: int, stats: dict[str, float]) -> bool | None:
         return True
@@ -170,10 +179,18 @@ class Lifecycle:
     stop: StopSignals = field(default_factory=StopSignals)
     stopped_by_callback: bool = False
     iteration: int = 0
+    context: dict = field(default_factory=dict)
+    updates_run: int = 0
 
     @property
     def interrupted(self) -> int | None:
         return self.stop.signal
+
+    def emit(self, hook: str, *args) -> None:
+        """Call ``hook`` of every callback; a False answer stops the run after this iteration."""
+        for callback in self.callbacks:
+            if getattr(callback, hook)(self, self.iteration, *args) is False:
+                self.stopped_by_callback = True
 
     def save(self, iteration: int, capture: Callable) -> str | None:
         if not self.enabled:
@@ -204,9 +221,8 @@ class Lifecycle:
                         "no checkpoint was written yet"
                     raise NonFiniteError(f"{error} at update {iteration}{where()}; {good}") from None
                 last = iteration
-                for callback in self.callbacks:
-                    if callback.on_update(self, iteration, stats) is False:
-                        self.stopped_by_callback = True
+                self.updates_run += 1
+                self.emit("on_update", stats)
                 due = self.checkpoint_interval and iteration % self.checkpoint_interval == 0
                 stopping = self.stop.signal is not None or self.stopped_by_callback
                 if due or iteration == self.num_iterations or stopping:

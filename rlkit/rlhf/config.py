@@ -7,12 +7,14 @@ apply; the synthetic recipe scales sizes down to run on 2 CPU cores.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field
 
 from rlkit.ppo import resolve_device
 
 KL_MODES = ("k1_in_reward", "k2_loss")
-TASKS = ("synthetic", "sentiment")
+TASKS = ("synthetic", "sentiment", "custom")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -20,7 +22,29 @@ class RLHFConfig:
     """Hyperparameters of an RLHF run (reward model + PPO)."""
 
     task: str = "synthetic"
-    """prompt source, preference data and gold reward: 'synthetic' (rlkit.envs.text_task) or 'sentiment' (rlkit.envs.sentiment_task: movie-review continuations, VADER gold); any policy / reward can be used with either"""
+    """prompt source, preference data and gold reward: 'synthetic' (rlkit.envs.text_task), 'sentiment' (rlkit.envs.sentiment_task: movie-review continuations, VADER gold) or 'custom' (your own prompts / preferences files, no gold reward); any policy / reward can be used with any"""
+    prompts: str = ""
+    """prompt file: JSONL, CSV, Parquet or a local `datasets` folder (load_from_disk) with a 'prompt' column (strings, or conversational lists of {"role", "content"}) or a 'messages' column, rendered with the policy tokenizer's chat template (add_generation_prompt); when set, the task's built-in prompts are not used ('' : the task's own)"""
+    eval_prompts: str = ""
+    """held-out prompt file for the initial / final evaluation ('' : a datasets folder's 'test' split, else eval_fraction of the prompts file)"""
+    eval_fraction: float = 0.1
+    """share of the prompts (and of the preferences) held out for evaluation when no eval_prompts / eval_preferences file or 'test' split is given (0: evaluate on the training prompts)"""
+    max_prompt_tokens: int = 0
+    """drop prompts longer than this many policy tokens (chat template included), and say how many (0: keep all)"""
+    preferences: str = ""
+    """preference file for `rlkit reward-model` (same file types): prompt + chosen + rejected (explicit prompt) or chosen + rejected (implicit prompt), strings or conversational lists ('' : the task's built-in preferences)"""
+    eval_preferences: str = ""
+    """held-out preference file for the pairwise accuracy ('' : a datasets folder's 'test' split, else eval_fraction of the preferences)"""
+    reward_append_eos: bool = True
+    """append the reward tokenizer's EOS to non-conversational (prompt + response) text, when training on preferences and when scoring (TRL RewardTrainer's convention); a reward model rlkit trained records its own setting (the built-in tasks' models: without) and is scored with it"""
+    reward_label: str = ""
+    """an existing reward model with several labels (e.g. a sentiment classifier) scores the logit of this label, e.g. 'POSITIVE' ('' : the model must have one label)"""
+    reward_funcs: list[str] = field(default_factory=list)
+    """several rewards summed with reward_weights: each 'model' (the reward model), 'gold', a reward-model folder, or 'package.module:function' ([] : the single `reward`); each is logged as reward/<name>"""
+    reward_weights: list[float] = field(default_factory=list)
+    """weights of reward_funcs, one each ([] : all 1.0)"""
+    dtype: str = "auto"
+    """weights of the policy and the reward model: 'auto' (the checkpoint's own dtype), 'float32', 'bfloat16' or 'float16'; the value head, log-probs, KL and advantages stay float32"""
     seed: int = 1
     """seed of python, numpy and torch for the PPO run"""
     task_seed: int = 0
@@ -32,13 +56,13 @@ class RLHFConfig:
     cache_dir: str = ""
     """where packaged (offline:) models are converted once ('' : $RLKIT_CACHE_DIR or ~/.cache/rlkit)"""
     reward: str = "model"
-    """'model' (the reward model below), 'gold' (the task's programmatic reward) or 'module:function' (fn(prompt, response) -> float)"""
+    """'model' (the reward model below), 'gold' (the task's programmatic reward) or 'module:function': batched fn(prompts, completions, **columns) -> list[float] (TRL's convention: detected by **kwargs or a first parameter named 'prompts') or per sample fn(prompt, response) -> float"""
     reward_model: str = ""
     """reward model folder for AutoModelForSequenceClassification ('' : train one on the task's preferences)"""
     reward_model_resident: bool = True
     """keep the reward model in memory between scorings (false: load it from its folder for each scoring and free it after, ~0.15 s for MiniLM on CPU, so the PPO update's memory peak does not hold it)"""
     rm_backbone: str = ""
-    """backbone of the reward model trained when reward_model is '' (name_or_path or 'offline:minilm'; '' : the policy for 'synthetic', offline:minilm for 'sentiment')"""
+    """backbone of the reward model trained when reward_model is '': any AutoModelForSequenceClassification name_or_path (a fresh 1-label head) or 'offline:minilm' ('' : the policy for 'synthetic' and for a preferences file, offline:minilm for 'sentiment')"""
     lora: bool = False
     """train a peft LoRA adapter; the reference policy is the same base with the adapter disabled"""
     lora_r: int = 8
@@ -106,7 +130,11 @@ class RLHFConfig:
     sample_every: int = 10
     """write a table of sample generations to TensorBoard every this many updates"""
     save_checkpoint: bool = True
-    """save the final policy (or adapter), value head, tokenizer and config as save_pretrained folders"""
+    """write resumable checkpoints (<run_dir>/checkpoints/update_<k>: trainable tensors, optimizer, RNGs, state) and, at the end, the policy (or adapter), value head, tokenizer and config as a save_pretrained folder <run_dir>/checkpoint"""
+    checkpoint_interval: int = 10
+    """write a resumable checkpoint every this many updates (0: only at the end and on SIGINT / SIGTERM)"""
+    keep_checkpoints: int = 2
+    """resumable checkpoints kept; older ones are deleted once a newer one is complete (0: keep all)"""
     rm_pairs: int = 2000
     """preference pairs for reward-model training: synthetic, sampled from the initial policy (10% held out); sentiment, fresh-vs-rotten snippet pairs of the train split (held out: rm_pairs / 10 pairs of the test split)"""
     rm_label_temperature: float = 1.0
@@ -134,6 +162,13 @@ class RLHFConfig:
             raise ValueError(f"kl_mode must be one of {', '.join(KL_MODES)}, got {self.kl_mode!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.max_prompt_tokens < 0:
+            raise ValueError(f"max_prompt_tokens must be >= 0 (0: no limit), got {self.max_prompt_tokens}")
+        self._validate_rewards()
         for key in ["batch_size", "num_minibatches", "grad_accum_steps", "ppo_epochs", "num_updates", "max_new_tokens",
                     "lora_r", "lora_alpha", "kl_horizon", "sample_every", "eval_samples", "rm_pairs", "rm_epochs", "rm_batch_size",
                     "rm_norm_samples", "pretrain_steps"]:
@@ -142,7 +177,7 @@ class RLHFConfig:
         for key in ["learning_rate", "max_grad_norm", "temperature", "cliprange", "kl_target", "rm_learning_rate"]:
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ["kl_coef", "vf_coef", "torch_threads", "rm_label_temperature"]:
+        for key in ["kl_coef", "vf_coef", "torch_threads", "rm_label_temperature", "checkpoint_interval", "keep_checkpoints"]:
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ["gamma", "lam"]:
@@ -155,10 +190,32 @@ class RLHFConfig:
                 f"num_minibatches * grad_accum_steps ({self.num_minibatches} * {self.grad_accum_steps}) must divide "
                 f"batch_size ({self.batch_size})"
             )
-        if self.reward not in ("model", "gold") and ":" not in self.reward:
-            raise ValueError(f"reward must be 'model', 'gold' or 'module:function', got {self.reward!r}")
         resolve_device(self.device)
         return self
+
+    def _validate_rewards(self) -> None:
+        if self.reward not in ("model", "gold") and ":" not in self.reward:
+            raise ValueError(f"reward must be 'model', 'gold' or 'module:function', got {self.reward!r}")
+        for spec in self.reward_funcs:
+            if not isinstance(spec, str) or not (spec in ("model", "gold") or ":" in spec or os.path.isdir(spec)):
+                raise ValueError(f"reward_funcs: each must be 'model', 'gold', a reward-model folder or 'module:function', got {spec!r}")
+        try:
+            self.reward_weights = [float(w) for w in self.reward_weights]
+        except (TypeError, ValueError):
+            raise ValueError(f"reward_weights must be numbers, got {self.reward_weights!r}") from None
+        if self.reward_weights and len(self.reward_weights) != len(self.reward_funcs):
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} values for {len(self.reward_funcs)} reward_funcs "
+                             f"({self.reward_funcs}): give one weight each, or none (all 1.0)")
+        uses = self.reward_funcs or [self.reward]
+        if self.task == "custom" and "gold" in uses:
+            raise ValueError("reward 'gold': task 'custom' has no gold reward (use 'model' or 'module:function')")
+
+    @property
+    def reward_specs(self) -> list[tuple[str, float]]:
+        """(reward, weight) pairs: reward_funcs with reward_weights, or the single `reward` with weight 1."""
+        if not self.reward_funcs:
+            return [(self.reward, 1.0)]
+        return list(zip(self.reward_funcs, self.reward_weights or [1.0] * len(self.reward_funcs)))
 
     @property
     def minibatch_size(self) -> int:

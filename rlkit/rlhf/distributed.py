@@ -149,6 +149,20 @@ def average_gradients(params: list[torch.Tensor], ctx: DistContext) -> None:
             offset += g.numel()
 
 
+def _reduce_device() -> torch.device:
+    """Where small all-reduced tensors live: NCCL reduces only CUDA tensors, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def reduce_max(value: float, ctx: DistContext) -> float:
+    """The largest of the ranks' values (e.g. a stop signal that only some ranks have received yet)."""
+    if not ctx.enabled:
+        return value
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=_reduce_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.item()
+
+
 def reduce_mean(stats: dict[str, float], ctx: DistContext, weight: float = 1.0) -> dict[str, float]:
     """Mean of each metric over ranks, each rank weighted by ``weight`` (e.g. its sample count).
 
@@ -157,8 +171,7 @@ def reduce_mean(stats: dict[str, float], ctx: DistContext, weight: float = 1.0) 
     if not ctx.enabled:
         return dict(stats)
     keys = sorted(stats)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    values = torch.tensor([float(stats[k]) * weight for k in keys] + [float(weight)], dtype=torch.float64, device=device)
+    values = torch.tensor([float(stats[k]) * weight for k in keys] + [float(weight)], dtype=torch.float64, device=_reduce_device())
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     total = values[-1].item()
     return {k: values[i].item() / total for i, k in enumerate(keys)}

@@ -52,13 +52,38 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
 
 
 def ensure_pad_token(tokenizer, model: nn.Module | None = None) -> None:
-    """PAD must differ from EOS: otherwise masking padding also masks the real EOS (and its reward)."""
-    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
-        if model is not None:
-            model.resize_token_embeddings(len(tokenizer))
+    """Give a tokenizer without PAD one from its own vocabulary; never add a token.
+
+    Adding ``<|pad|>`` would resize the embeddings: a LoRA adapter then stores the whole
+    embedding matrix and ``PeftModel.from_pretrained(base, checkpoint)`` no longer fits the base,
+    and a reward model built from the same folder indexes past its table.  So PAD becomes UNK
+    when the tokenizer has one distinct from EOS (PAD != EOS, the RLHF detail), else EOS itself.
+    PAD == EOS is safe because nothing in rlkit finds a row's end by token equality: the
+    attention / response masks do (rollout.truncate_responses keeps the *first* EOS by position,
+    reward.sequence_scores reads the last real token of the mask).
+    """
+    eos, unk = tokenizer.eos_token_id, getattr(tokenizer, "unk_token_id", None)
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == eos:
+        if unk is not None and unk != eos:
+            tokenizer.pad_token = tokenizer.unk_token
+        elif tokenizer.pad_token_id is None:
+            if eos is None:
+                raise ValueError("the tokenizer has no pad, unk or eos token: set tokenizer.pad_token and save it with the model")
+            tokenizer.pad_token = tokenizer.eos_token
     if model is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str):
+    """from_pretrained's dtype for a recipe's ``dtype``: 'auto' (the checkpoint's own) or a torch dtype."""
+    if name in ("auto", ""):
+        return "auto"
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 class PolicyWithValue(nn.Module):
@@ -68,7 +93,7 @@ class PolicyWithValue(nn.Module):
         super().__init__()
         self.lm = lm
         hidden = lm.config.get_text_config().hidden_size if hasattr(lm.config, "get_text_config") else lm.config.hidden_size
-        self.value_head = nn.Linear(hidden, 1)
+        self.value_head = nn.Linear(hidden, 1, dtype=torch.float32)  # float32 whatever the LM's dtype
         nn.init.zeros_(self.value_head.weight)  # zero init: V = 0 before any value update
         nn.init.zeros_(self.value_head.bias)
         self.is_lora = hasattr(lm, "disable_adapter")
@@ -86,7 +111,7 @@ class PolicyWithValue(nn.Module):
             output_hidden_states=True,
             logits_to_keep=logits_to_keep,
         )
-        values = self.value_head(out.hidden_states[-1]).squeeze(-1)
+        values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)  # explicit cast: bf16 / fp16 LMs
         return out.logits, values
 
     @torch.no_grad()
@@ -107,12 +132,18 @@ def load_policy(
     lora_alpha: int = 16,
     lora_target_modules: str = "all-linear",
     device: torch.device | str = "cpu",
+    dtype: str = "auto",
 ):
-    """(PolicyWithValue, tokenizer) from any ``AutoModelForCausalLM`` name or folder."""
+    """(PolicyWithValue, tokenizer) from any ``AutoModelForCausalLM`` name or folder.
+
+    ``dtype``: the LM's weights ('auto': the checkpoint's own); the value head stays float32
+    and log-probs are computed in float32 (:func:`response_logprobs`).  With LoRA, peft keeps
+    the adapter weights in float32 on a bf16 / fp16 base.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    lm = AutoModelForCausalLM.from_pretrained(name_or_path)
+    lm = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype(dtype))
     ensure_pad_token(tokenizer, lm)
     disable_dropout(lm)
     reference = None

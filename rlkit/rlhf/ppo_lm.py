@@ -13,7 +13,9 @@ Data flow per update (Huang et al. 2024, "The N Implementation Details of RLHF w
    policy and value losses (+ beta * k2 as a loss in kl_mode 'k2_loss');
 8. KL controller: fixed beta or Ziegler et al.'s adaptive one.
 
-GAE, whitening, the losses and the KL estimators are rlkit.ppo's, not copies.
+GAE, whitening, the losses and the KL estimators are rlkit.ppo's, not copies; the run
+lifecycle (resumable checkpoints, SIGINT / SIGTERM, the non-finite guard, callbacks) is
+rlkit.runtime's, the one every PPO loop shares.
 Under ``torchrun --nproc_per_node N`` the same loop runs data parallel
 (rlkit.rlhf.distributed: per-rank seeds, averaged gradients, reduced metrics,
 rank 0 the only writer).
@@ -23,12 +25,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from rlkit.checkpoint import CheckpointError, load_checkpoint, load_optimizer_tensors, optimizer_tensors, resolve_checkpoint
 from rlkit.logger import RunLogger
 from rlkit.ppo import (
     clipped_policy_loss,
@@ -38,21 +44,36 @@ from rlkit.ppo import (
     masked_mean,
     masked_whiten,
     resolve_device,
-    seed_everything,
 )
 from rlkit.rlhf import distributed
 from rlkit.rlhf.config import RLHFConfig
 from rlkit.rlhf.policy import PolicyWithValue, forward_responses, last_token_index, load_policy, save_policy_checkpoint
+from rlkit.rlhf.data import PromptSet, load_prompt_sets
 from rlkit.rlhf.reward import (
+    CombinedReward,
+    RewardComponent,
     RewardFn,
     RewardModelPerCall,
+    build_preference_reward_model,
     build_sentiment_reward_model,
     build_synthetic_reward_model,
     callable_reward,
+    component_name,
+    is_batched,
     load_callable,
     load_reward_model,
 )
 from rlkit.rlhf.rollout import Samples, apply_eos_trick, generate_samples
+from rlkit.runtime import (  # the run lifecycle, shared with rlkit.ppo's loops
+    Callback,
+    Lifecycle,
+    StopSignals,
+    check_finite,
+    default_run_name,
+    restore_rng_state,
+    rng_state,
+    seed_everything,
+)
 
 # ---------------------------------------------------------------------------------
 # KL controllers
@@ -158,7 +179,10 @@ def _build_once(path: str, build):
 
 
 def task_module(cfg: RLHFConfig):
-    """The task's module in rlkit.envs: sample_prompts(n, seed[, split]), gold_reward(prompt, response), GOLD_NO_EOS."""
+    """The task's module in rlkit.envs: sample_prompts(n, seed[, split]), gold_reward(prompt, response), GOLD_NO_EOS
+    (None for task 'custom': your files, no gold)."""
+    if cfg.task == "custom":
+        return None
     if cfg.task == "sentiment":
         from rlkit.envs import sentiment_task
 
@@ -177,7 +201,7 @@ def resolve_policy_path(cfg: RLHFConfig, log=print) -> str:
     if cfg.policy:  # a local folder becomes absolute, so a LoRA checkpoint's base path works from anywhere
         return os.path.abspath(cfg.policy) if os.path.isdir(cfg.policy) else cfg.policy
     if cfg.task != "synthetic":
-        raise ValueError(f"task {cfg.task!r} needs a policy (e.g. policy = \"offline:smollm2\"); only 'synthetic' builds its own")
+        raise ValueError(f"task {cfg.task!r} needs a policy (a model folder or name,  e.g. policy = \"offline:smollm2\"); only 'synthetic' builds its own")
     from rlkit.envs import text_task
 
     path = os.path.abspath(os.path.join(cfg.artifacts_dir, f"synthetic_base__seed{cfg.task_seed}"))
@@ -191,11 +215,28 @@ def resolve_policy_path(cfg: RLHFConfig, log=print) -> str:
 
 
 def default_reward_model_path(cfg: RLHFConfig) -> str:
+    """<artifacts_dir>/<task>_rm__seed<task_seed>; for a preferences file <task>_<file stem>_<hash>_rm__seed<k>,
+    the hash of its path, size and modification time (an edited file trains a new model)."""
+    if cfg.preferences:
+        import hashlib
+
+        path = os.path.abspath(cfg.preferences)
+        stat = os.stat(path) if os.path.exists(path) else None
+        key = f"{path}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}|{cfg.rm_backbone}|{cfg.reward_append_eos}"
+        stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+        return os.path.join(cfg.artifacts_dir, f"{cfg.task}_{stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}_rm__seed{cfg.task_seed}")
     return os.path.join(cfg.artifacts_dir, f"{cfg.task}_rm__seed{cfg.task_seed}")
 
 
 def build_reward_model(cfg: RLHFConfig, policy_path: str, out_dir: str, progress: bool = True, log=print) -> dict:
-    """Train the task's proxy reward model into out_dir; returns its report (held-out accuracy, gain / bias...)."""
+    """Train the proxy reward model into out_dir (cfg.preferences, else the task's own preferences); returns its
+    report (held-out accuracy, gain / bias...)."""
+    if cfg.preferences:
+        return build_preference_reward_model(cfg, policy_path, out_dir, progress=progress, log=log,
+                                             device=resolve_device(cfg.device))
+    if cfg.task == "custom":
+        raise ValueError("task 'custom' trains its reward model on your preference file: set preferences = \"path\" "
+                         "(or give an existing reward_model)")
     if cfg.task == "sentiment":
         return build_sentiment_reward_model(cfg, policy_path, out_dir, progress=progress, log=log,
                                             device=resolve_device(cfg.device))
@@ -213,23 +254,53 @@ def resolve_reward_model_path(cfg: RLHFConfig, policy_path: str, progress: bool 
     return path, _build_once(path, lambda folder: build_reward_model(cfg, policy_path, folder, progress=progress, log=log))
 
 
-def make_reward(cfg: RLHFConfig, policy_path: str, device: torch.device, progress: bool = True, log=print) -> tuple[RewardFn, RewardFn | None, str]:
-    """(reward used for training, gold reward for logging or None, description)."""
-    gold = callable_reward(task_module(cfg).gold_reward)
-    if cfg.reward == "gold":
-        if gold is None:
-            raise ValueError(f"reward 'gold': task {cfg.task!r} has no gold reward")
-        return gold, gold, "gold reward (callable)"
-    if cfg.reward != "model":
-        return callable_reward(load_callable(cfg.reward)), gold, f"callable {cfg.reward}"
-    path, _ = resolve_reward_model_path(cfg, policy_path, progress, log)
-    if not cfg.reward_model_resident:
-        return RewardModelPerCall(path, device), gold, f"reward model {path} (loaded per scoring)"
-    return load_reward_model(path, device), gold, f"reward model {path}"
+def gold_reward_of(cfg: RLHFConfig) -> RewardFn | None:
+    """The task's programmatic gold reward on (rendered prompt, response) text; None for task 'custom'."""
+    module = task_module(cfg)
+    return None if module is None else callable_reward(module.gold_reward)
+
+
+def make_reward(cfg: RLHFConfig, policy_path: str, device: torch.device, progress: bool = True, log=print
+                ) -> tuple[CombinedReward, RewardFn | None, str]:
+    """(reward used for training, gold reward for logging or None, description).
+
+    cfg.reward_funcs with cfg.reward_weights (else the single cfg.reward): each 'model' (cfg.reward_model,
+    or the proxy trained once), 'gold', a reward-model folder, or 'module:function' (batched or per sample,
+    see rlkit.rlhf.reward.is_batched); summed with their weights, each logged as reward/<name>.
+    """
+    gold = gold_reward_of(cfg)
+    components, descriptions, taken = [], [], set()
+    for spec, weight in cfg.reward_specs:
+        name = component_name(spec, taken)
+        if spec == "gold":
+            if gold is None:
+                raise ValueError(f"reward 'gold': task {cfg.task!r} has no gold reward")
+            components.append(RewardComponent(name, gold, weight, "text"))
+            descriptions.append("gold reward (callable)")
+        elif spec == "model" or (":" not in spec and os.path.isdir(spec)):
+            path = resolve_reward_model_path(cfg, policy_path, progress, log)[0] if spec == "model" else spec
+            load = dict(append_eos=cfg.reward_append_eos, label=cfg.reward_label, dtype=cfg.dtype)
+            if cfg.reward_model_resident:
+                components.append(RewardComponent(name, load_reward_model(path, device, **load), weight, "model"))
+                descriptions.append(f"reward model {path}")
+            else:
+                components.append(RewardComponent(name, RewardModelPerCall(path, device, **load), weight, "model"))
+                descriptions.append(f"reward model {path} (loaded per scoring)")
+        else:
+            fn = load_callable(spec)
+            batched = is_batched(fn)
+            components.append(RewardComponent(name, fn, weight, "batched" if batched else "per_sample"))
+            descriptions.append(f"{'batched' if batched else 'per-sample'} callable {spec}")
+    if len(components) == 1 and components[0].weight == 1.0:
+        return CombinedReward(components), gold, descriptions[0]
+    combined = CombinedReward(components)
+    return combined, gold, f"{combined.describe()} ({'; '.join(f'{c.name}: {d}' for c, d in zip(components, descriptions))})"
 
 
 def sample_prompts(cfg: RLHFConfig, n: int, seed: int, split: str = "train") -> list[str]:
-    """n prompts of the task; split 'test' (held-out prompts) where the task has one."""
+    """n prompts of the built-in task; split 'test' (held-out prompts) where the task has one."""
+    if cfg.task == "custom":
+        raise ValueError("task 'custom' has no built-in prompts: set prompts = \"path\"")
     if cfg.task == "synthetic":
         from rlkit.envs import text_task
 
@@ -237,9 +308,24 @@ def sample_prompts(cfg: RLHFConfig, n: int, seed: int, split: str = "train") -> 
     return task_module(cfg).sample_prompts(n, seed, split=split)
 
 
+def draw_prompts(cfg: RLHFConfig, prompts: PromptSet | None, n: int, seed: int) -> PromptSet:
+    """n training prompts, a function of seed alone (so a resumed run draws the same): from the prompt file
+    (without replacement within a batch) or the built-in task."""
+    if prompts is not None:
+        return prompts.sample(n, seed)
+    return PromptSet.from_texts(sample_prompts(cfg, n, seed))
+
+
+def evaluation_prompts(cfg: RLHFConfig, held_out: PromptSet | None, n: int, seed: int) -> PromptSet:
+    """The fixed evaluation prompts: the first n held-out rows of the prompt file, or the task's test split."""
+    if held_out is not None:
+        return held_out.first(n)
+    return PromptSet.from_texts(sample_prompts(cfg, n, seed, split="test"))
+
+
 def gold_scores(gold: RewardFn, samples: Samples, cfg: RLHFConfig | None = None) -> Tensor:
     """The task's gold score of each sample; a response that never ended gets the task's GOLD_NO_EOS (if any)."""
-    module = task_module(cfg) if cfg is not None else task_module(RLHFConfig())
+    module = (task_module(cfg) if cfg is not None else None) or task_module(RLHFConfig())
     return apply_eos_trick(gold(samples.prompts, samples.texts), samples.ended.cpu(), module.GOLD_NO_EOS)
 
 
@@ -260,13 +346,21 @@ class Batch:
     returns: Tensor
     mask: Tensor
     generate_seconds: float = 0.0
+    components: dict[str, Tensor] = field(default_factory=dict)  # each reward before weighting and the EOS trick
+
+
+def score_samples(reward_fn, prompts: PromptSet, s: Samples) -> tuple[Tensor, dict[str, Tensor]]:
+    """(total score, components) of the samples: rewards get the prompts as in the file and their columns."""
+    return CombinedReward.of(reward_fn).score(prompts.texts, prompts.raw, prompts.columns, s.texts)
 
 
 @torch.no_grad()
-def collect(policy: PolicyWithValue, tokenizer, prompts: list[str], reward_fn: RewardFn, cfg: RLHFConfig, beta: float) -> Batch:
+def collect(policy: PolicyWithValue, tokenizer, prompts: list[str] | PromptSet, reward_fn, cfg: RLHFConfig,
+            beta: float) -> Batch:
     """Generate, score, and turn one batch of episodes into per-token advantages and returns."""
+    prompts = prompts if isinstance(prompts, PromptSet) else PromptSet.from_texts(prompts)
     generate_start = time.perf_counter()
-    s = generate_samples(policy, tokenizer, prompts, cfg.temperature, cfg.max_new_tokens, cfg.stop_string)
+    s = generate_samples(policy, tokenizer, prompts.texts, cfg.temperature, cfg.max_new_tokens, cfg.stop_string)
     generate_seconds = time.perf_counter() - generate_start
     mask = s.response_mask.float()
     rows = cfg.minibatch_size // cfg.grad_accum_steps  # the training micro-batch: the logits never outgrow training's
@@ -274,10 +368,13 @@ def collect(policy: PolicyWithValue, tokenizer, prompts: list[str], reward_fn: R
                                         chunk_size=rows, with_entropy=False)
     ref_logp, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature,
                                        reference=True, chunk_size=rows, with_entropy=False)
-    scores = apply_eos_trick(reward_fn(s.prompts, s.texts).to(mask.device).float(), s.ended, cfg.no_eos_score)
+    raw_scores, components = score_samples(reward_fn, prompts, s)
+    raw_scores = raw_scores.to(mask.device)
+    check_finite("rewards", raw_scores)  # before the EOS trick, which would hide a broken reward on unfinished responses
+    scores = apply_eos_trick(raw_scores, s.ended, cfg.no_eos_score)
     rewards, _ = per_token_rewards(logp, ref_logp, scores, mask, beta, kl_in_reward=cfg.kl_mode == "k1_in_reward")
     advantages, returns = compute_advantages(rewards, values, mask, cfg.gamma, cfg.lam, cfg.whiten_rewards)
-    return Batch(s, logp, ref_logp, values * mask, scores, rewards, advantages, returns, mask, generate_seconds)
+    return Batch(s, logp, ref_logp, values * mask, scores, rewards, advantages, returns, mask, generate_seconds, components)
 
 
 def ppo_update(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch: Batch, cfg: RLHFConfig, beta: float,
@@ -316,6 +413,7 @@ def _ppo_epochs(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 if cfg.kl_mode == "k2_loss":
                     loss = loss + beta * k2_kl_loss(logp, batch.ref_logp[idx], mask)
+                check_finite("loss", loss.detach())
                 (loss / cfg.grad_accum_steps).backward()
                 step_stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
                               "entropy": masked_mean(entropy.detach(), mask).item(),
@@ -325,36 +423,42 @@ def _ppo_epochs(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch
                 count += 1
             if sync_gradients is not None:
                 sync_gradients()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            check_finite("gradients (global norm)", grad_norm)  # before the step: the weights stay the last good ones
             optimizer.step()
     return count
 
 
 @torch.no_grad()
-def evaluate(policy: PolicyWithValue, tokenizer, cfg: RLHFConfig, reward_fn: RewardFn, gold: RewardFn | None,
+def evaluate(policy: PolicyWithValue, tokenizer, cfg: RLHFConfig, reward_fn, gold: RewardFn | None,
              n: int | None = None, seed: int = 12345, ctx: distributed.DistContext | None = None,
-             chunk: int = 256, samples_out: list[dict] | None = None) -> dict[str, float]:
+             chunk: int = 256, samples_out: list[dict] | None = None, held_out: PromptSet | None = None) -> dict[str, float]:
     """Score, gold and KL(pi || ref) of n (cfg.eval_samples) fresh samples: fixed prompts (the task's
     held-out split where it has one) and a fixed sampling seed.  Data parallel: each rank takes every
     world_size-th prompt and the means are reduced over ranks.  ``samples_out`` (a list) receives this
-    rank's (prompt, response, score, gold) rows, for reading what the policy actually writes."""
+    rank's (prompt, response, score, gold) rows, for reading what the policy actually writes.
+    ``held_out``: the prompt file's held-out prompts (their first n), instead of the task's."""
     ctx = ctx or distributed.DistContext()
     n = cfg.eval_samples if n is None else n
-    rng_state = torch.random.get_rng_state()
+    torch_state = torch.random.get_rng_state()
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     torch.manual_seed(distributed.rank_seed(seed, ctx.rank))
-    prompts = sample_prompts(cfg, n, seed, split="test")[ctx.rank :: ctx.world_size]
+    every = evaluation_prompts(cfg, held_out, n, seed)
+    prompts = every.select(list(range(ctx.rank, len(every), ctx.world_size)))
     totals: dict[str, float] = {}
     for i in range(0, len(prompts), chunk):
-        s = generate_samples(policy, tokenizer, prompts[i : i + chunk], cfg.temperature, cfg.max_new_tokens, cfg.stop_string)
+        part_prompts = prompts.select(list(range(i, min(i + chunk, len(prompts)))))
+        s = generate_samples(policy, tokenizer, part_prompts.texts, cfg.temperature, cfg.max_new_tokens, cfg.stop_string)
         rows = cfg.minibatch_size // cfg.grad_accum_steps
         logp, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature,
                                        chunk_size=rows, with_entropy=False)
         ref_logp, _, _ = forward_responses(policy, s.queries, s.query_mask, s.responses, s.response_mask, cfg.temperature,
                                            reference=True, chunk_size=rows, with_entropy=False)
         mask = s.response_mask.float()
-        scores = apply_eos_trick(reward_fn(s.prompts, s.texts).float().cpu(), s.ended.cpu(), cfg.no_eos_score)
+        total, components = score_samples(reward_fn, part_prompts, s)
+        scores = apply_eos_trick(total, s.ended.cpu(), cfg.no_eos_score)
         part = {"score": float(scores.mean()), **sequence_kl(logp, ref_logp, mask),
+                **{f"reward/{k}": float(v.nanmean()) for k, v in components.items()},
                 "response_length": float(mask.sum(-1).mean()), "eos_frac": float(s.ended.float().mean())}
         gold_values = gold_scores(gold, s, cfg) if gold is not None else None
         if gold_values is not None:
@@ -365,7 +469,7 @@ def evaluate(policy: PolicyWithValue, tokenizer, cfg: RLHFConfig, reward_fn: Rew
                                for j, (p, t) in enumerate(zip(s.prompts, s.texts)))
         for k, v in part.items():  # sample-weighted sums
             totals[k] = totals.get(k, 0.0) + v * len(s.prompts)
-    torch.random.set_rng_state(rng_state)
+    torch.random.set_rng_state(torch_state)
     if cuda_state is not None:
         torch.cuda.set_rng_state_all(cuda_state)
     count = max(len(prompts), 1)
@@ -417,20 +521,6 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-@dataclass
-class RLHFResult:
-    run_dir: str
-    checkpoint_dir: str | None
-    policy_path: str
-    reward: str
-    initial: dict[str, float]
-    final: dict[str, float]
-    history: list[dict] = field(default_factory=list)
-    wall_time: float = 0.0
-    world_size: int = 1
-    rank: int = 0
-
-
 def samples_table(batch: Batch, gold_values: Tensor | None, rows: int = 8) -> str:
     """Markdown table of a few generations for TensorBoard's text tab."""
     lines = ["| prompt | response | score | gold | EOS |", "|-|-|-|-|-|"]
@@ -441,121 +531,347 @@ def samples_table(batch: Batch, gold_values: Tensor | None, rows: int = 8) -> st
     return "\n".join(lines)
 
 
-def train(cfg: RLHFConfig, run_name: str | None = None, progress: bool = True, log: bool = True,
-          reward_fn: RewardFn | None = None, echo=print) -> RLHFResult:
+# ---------------------------------------------------------------------------------
+# The run: one update per iteration of rlkit.runtime's Lifecycle (checkpoints,
+# SIGINT / SIGTERM, the non-finite guard and callbacks are the lifecycle's)
+# ---------------------------------------------------------------------------------
+
+VARIANT = "ppo_lm"
+"""The checkpoints' ``variant``: ``rlkit rlhf --resume`` takes only these, ``rlkit train --resume`` refuses them by name."""
+REWARD_FN_ARGUMENT = "reward_fn argument"
+
+
+@dataclass
+class RLHFResult:
+    run_dir: str
+    checkpoint_dir: str | None
+    """the final save_pretrained folder <run_dir>/checkpoint (None when interrupted or not saved)"""
+    policy_path: str
+    reward: str
+    initial: dict[str, float]
+    final: dict[str, float]
+    """the final evaluation ({} when interrupted)"""
+    history: list[dict] = field(default_factory=list)
+    wall_time: float = 0.0
+    world_size: int = 1
+    rank: int = 0
+    interrupted: int | None = None
+    """the signal (SIGINT / SIGTERM) that stopped the run after a checkpoint; None when it ran to its end"""
+    checkpoint: str | None = None
+    """the last resumable checkpoint, <run_dir>/checkpoints/update_<k> (what ``rlkit rlhf --resume`` continues)"""
+    updates: int = 0
+    """the last update run"""
+    config: RLHFConfig | None = None
+
+
+class AgreedStopSignals(StopSignals):
+    """Data parallel: a signal counts once every rank knows of it.
+
+    torchrun passes SIGTERM to every rank, but each may receive it at another point of an update;
+    a rank that stopped alone would leave the others waiting in their next all-reduce.  So the
+    handler only records the signal, and :meth:`agree` (an all-reduce at the end of every update)
+    sets ``signal`` on all ranks at once.
+    """
+
+    def __init__(self, ctx: distributed.DistContext):
+        super().__init__()
+        self.ctx = ctx
+        self.received: int | None = None
+
+    def _request_stop(self, signum, frame) -> None:
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def agree(self) -> None:
+        self.signal = int(distributed.reduce_max(float(self.received or 0), self.ctx)) or None
+
+
+@dataclass
+class LMRun:
+    """What the updates read and change, shared by iterate, capture and restore."""
+
+    cfg: RLHFConfig
+    ctx: distributed.DistContext
+    device: torch.device
+    policy: PolicyWithValue
+    tokenizer: Any
+    reward_fn: RewardFn
+    gold: RewardFn | None
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # the minibatch shuffler
+    kl_ctl: FixedKLController | AdaptiveKLController
+    seed: int  # this rank's seed
+    sync: Any = None  # data parallel: averages the gradients over ranks
+    logger: RunLogger | None = None
+    lifecycle: Lifecycle | None = None
+    history: list[dict] = field(default_factory=list)
+    initial: dict[str, float] = field(default_factory=dict)
+    initial_samples: list[dict] = field(default_factory=list)
+    episodes: int = 0
+    prompts: PromptSet | None = None  # the prompt file's training prompts (None: the built-in task's)
+    eval_prompts: PromptSet | None = None  # its held-out prompts
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.ctx.world_size
+
+
+def trainable_tensors(policy: PolicyWithValue) -> dict[str, Tensor]:
+    """The tensors PPO changes, by name: LoRA adapter + value head, or every weight of a full fine-tune."""
+    return {name: p for name, p in policy.named_parameters() if p.requires_grad}
+
+
+def train(cfg: RLHFConfig | None = None, run_name: str | None = None, progress: bool = True, log: bool = True,
+          reward_fn: RewardFn | None = None, echo=print, resume: str | None = None,
+          callbacks: Sequence[Callback] = ()) -> RLHFResult:
     """Run PPO on a language model; returns an RLHFResult (history has one dict per update).
 
     ``reward_fn`` (prompts, responses) -> scores overrides cfg.reward (e.g. a lambda in a notebook).
+    ``resume``: a run folder (or one of its checkpoints) to continue, with its saved config (cfg None);
+    on CPU the continued run ends bitwise where the uninterrupted one would.  SIGINT / SIGTERM finish
+    the current update, write a checkpoint and return with ``result.interrupted`` set to the signal.
+    ``callbacks`` (rlkit.runtime.Callback) run after every update; one returning False stops the run.
     Under torchrun (WORLD_SIZE > 1) it runs data parallel; every rank returns the same (reduced)
-    numbers, and only rank 0 writes (run folder, checkpoint, summary, progress bars).
+    numbers, and only rank 0 writes (run folder, checkpoints, summary, progress bars).
     """
-    cfg.validate()
-    start_time = time.time()
+    cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume)
+    if saved is not None and saved["reward"] == REWARD_FN_ARGUMENT and reward_fn is None:
+        raise CheckpointError(f"{saved['checkpoint']} was trained with a reward_fn argument: pass the same reward_fn to resume it")
+    start_time = time.time() - (saved["wall_time"] if saved is not None else 0.0)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     return_freed_memory_to_os()
     ctx, device = distributed.init_distributed(cfg.device)
     try:
-        return _train(cfg, ctx, device, start_time, run_name, progress and ctx.is_main, log and ctx.is_main, reward_fn, echo)
+        return _train(cfg, ctx, device, start_time, run_dir, progress and ctx.is_main, log and ctx.is_main, reward_fn, echo,
+                      list(callbacks), tensors, saved)
     finally:
         distributed.cleanup(ctx)
 
 
-def _train(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.device, start_time: float, run_name: str | None,
-           progress: bool, log: bool, reward_fn: RewardFn | None, echo) -> RLHFResult:
-    quiet = (lambda *a, **k: None)
-    say = echo if progress else quiet
-    with distributed.main_process_first(ctx):  # rank 0 converts / builds / trains shared artifacts, the others wait
-        policy_path = resolve_policy_path(cfg, log=say)
-        gold = None
-        if reward_fn is None:
-            reward_fn, gold, reward_desc = make_reward(cfg, policy_path, device, progress, log=say)
-        else:
-            reward_desc = "reward_fn argument"
-            gold = callable_reward(task_module(cfg).gold_reward)
+def open_run(cfg: RLHFConfig | None, run_name: str | None, resume: str | None
+             ) -> tuple[RLHFConfig, str, dict[str, dict[str, Tensor]], dict[str, Any] | None]:
+    """(config, run folder, checkpoint tensors, checkpoint state): a new run, or the run ``resume`` names."""
+    if resume is None:
+        if cfg is None:
+            raise ValueError("train() needs a config or a run to resume")
+        cfg.validate()
+        return cfg, os.path.join(cfg.run_dir, run_name or default_run_name(cfg.task, cfg.exp_name, cfg.seed)), {}, None
+    if cfg is not None or run_name is not None:
+        raise ValueError("resume continues a run with its saved config and folder: pass neither cfg nor run_name")
+    folder = resolve_checkpoint(resume)
+    tensors, saved = load_checkpoint(folder)
+    if saved.get("variant") != VARIANT:
+        raise CheckpointError(f"{folder} is not an RLHF checkpoint (variant {saved.get('variant', 'ppo')!r}); "
+                              "continue it with `rlkit train --resume`")
+    known = {f.name for f in fields(RLHFConfig)}  # keys a later rlkit dropped are ignored, new ones get defaults
+    try:
+        cfg = RLHFConfig(**{k: v for k, v in saved["config"].items() if k in known}).validate()
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{folder}: the saved config is not valid: {error}") from None
+    return cfg, os.path.dirname(os.path.dirname(folder)), tensors, {**saved, "checkpoint": folder}
 
+
+def _train(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.device, start_time: float, run_dir: str,
+           progress: bool, log: bool, reward_fn: RewardFn | None, echo, callbacks: list[Callback],
+           tensors: dict[str, dict[str, Tensor]], saved: dict[str, Any] | None) -> RLHFResult:
+    say = echo if progress else (lambda *a, **k: None)
+    policy_path, reward_fn, gold, reward_desc = prepare_models(cfg, ctx, device, reward_fn, progress, say, saved)
+    run = build_run(cfg, ctx, device, policy_path, reward_fn, gold, say)
+    if saved is not None:
+        restore_training_state(run, tensors, saved)
+    run.logger = logger = RunLogger(
+        run_dir, {**cfg.to_dict(), "policy_resolved": policy_path, "reward_resolved": reward_desc, "world_size": ctx.world_size,
+                  **prompt_data_record(run)},
+        enabled=log, progress=progress, total=cfg.num_updates * run.global_batch,
+        resume_metrics_at=saved["metrics_offset"] if saved is not None else None)
+    logger.bar.set_description("rlhf")
+    if saved is not None and (progress or log):  # data parallel: rank 0 says it, once
+        logger.bar.update(run.episodes)
+        logger.note(f"resumed at update {saved['update']} from {saved['checkpoint']}")
+    run.lifecycle = lifecycle = Lifecycle(
+        [run_dir], cfg.num_updates, cfg.checkpoint_interval, cfg.keep_checkpoints,
+        enabled=log and cfg.save_checkpoint,  # log is False on every rank but 0: one writer
+        last_checkpoint=saved["checkpoint"] if saved is not None else None, callbacks=callbacks,
+        stop=AgreedStopSignals(ctx) if ctx.enabled else StopSignals())
+    lifecycle.context.update(agent=run.policy, tokenizer=run.tokenizer, logger=logger, config=cfg,
+                             capture=lambda update: capture(run, update, policy_path, reward_desc, start_time))
+    final, checkpoint_dir = {}, None
+    try:
+        if saved is None:
+            run.initial = evaluate(run.policy, run.tokenizer, cfg, reward_fn, gold, ctx=ctx, samples_out=run.initial_samples,
+                                   held_out=run.eval_prompts)
+        last = lifecycle.run(saved["update"] + 1 if saved is not None else 1, lambda update: run_update(run, update),
+                             lifecycle.context["capture"], where=lambda: f" ({run.episodes} episodes done)")
+        if lifecycle.interrupted is None:  # an interrupted run ends at its checkpoint: no final evaluation, no summary
+            final, checkpoint_dir = finish(run, run_dir, policy_path, start_time, log)
+        distributed.barrier(ctx)  # nobody leaves before the writer is done
+    finally:
+        logger.close()
+    return RLHFResult(os.path.abspath(run_dir), checkpoint_dir, policy_path, reward_desc, run.initial, final, run.history,
+                      time.time() - start_time, ctx.world_size, ctx.rank, interrupted=lifecycle.interrupted,
+                      checkpoint=lifecycle.last_checkpoint, updates=last, config=cfg)
+
+
+def prepare_models(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.device, reward_fn: RewardFn | None,
+                   progress: bool, say, saved: dict[str, Any] | None) -> tuple[str, RewardFn, RewardFn | None, str]:
+    """(policy path, training reward, gold reward or None, reward description); rank 0 builds shared files first."""
+    with distributed.main_process_first(ctx):  # rank 0 converts / builds / trains shared artifacts, the others wait
+        if saved is not None and os.path.isdir(saved["policy_path"]):
+            policy_path = saved["policy_path"]  # the very base the run started from, whatever the current folder
+        else:
+            policy_path = resolve_policy_path(cfg, log=say)
+        if reward_fn is not None:
+            return policy_path, reward_fn, gold_reward_of(cfg), REWARD_FN_ARGUMENT
+        reward_fn, gold, reward_desc = make_reward(cfg, policy_path, device, progress, log=say)
+    return policy_path, reward_fn, gold, reward_desc
+
+
+def prompt_data_record(run: LMRun) -> dict:
+    """What the prompt file gave (for config.json): counts, and the prompts max_prompt_tokens dropped."""
+    if run.prompts is None:
+        return {}
+    return {"prompt_data": {"train": len(run.prompts), "held_out": len(run.eval_prompts), "held_out_from": run.eval_prompts.source,
+                            "dropped_train": run.prompts.dropped, "dropped_held_out": run.eval_prompts.dropped,
+                            "conversational": run.prompts.conversational, "columns": list(run.prompts.columns)}}
+
+
+def build_run(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.device, policy_path: str,
+              reward_fn: RewardFn, gold: RewardFn | None, say=print) -> LMRun:
+    """The policy, its optimiser, the RNGs, the KL controller and the prompts of a new run (or one about to be restored)."""
     seed_everything(cfg.seed)  # the same initial weights on every rank (and rank 0's broadcast below)
-    policy, tokenizer = load_policy(policy_path, cfg.lora, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules, device)
+    policy, tokenizer = load_policy(policy_path, cfg.lora, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules, device,
+                                    dtype=cfg.dtype)
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(policy.lm)
-    trainable = [p for p in policy.parameters() if p.requires_grad]
+    trainable = list(trainable_tensors(policy).values())
     distributed.broadcast_parameters(trainable, ctx)
     seed = distributed.rank_seed(cfg.seed, ctx.rank)  # different prompts and samples per rank
     seed_everything(seed)
     optimizer = torch.optim.Adam(trainable, lr=cfg.learning_rate, eps=1e-5)
-    generator = torch.Generator().manual_seed(seed)
     kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
     sync = (lambda: distributed.average_gradients(trainable, ctx)) if ctx.enabled else None
-    global_batch = cfg.batch_size * ctx.world_size
+    if cfg.task == "custom" and not cfg.prompts:
+        raise ValueError("task 'custom' needs prompts = \"path\" (a JSONL, CSV, Parquet file or a datasets folder)")
+    prompts, held_out = load_prompt_sets(cfg, tokenizer, log=say) if cfg.prompts else (None, None)
+    return LMRun(cfg, ctx, device, policy, tokenizer, reward_fn, gold, optimizer, torch.Generator().manual_seed(seed),
+                 kl_ctl, seed, sync, prompts=prompts, eval_prompts=held_out)
 
-    if run_name is None:
-        run_name = f"{cfg.task}__{cfg.exp_name}__{cfg.seed}__{int(time.time())}"
-    run_dir = os.path.join(cfg.run_dir, run_name)
-    logger = RunLogger(run_dir, {**cfg.to_dict(), "policy_resolved": policy_path, "reward_resolved": reward_desc,
-                                 "world_size": ctx.world_size},
-                       enabled=log, progress=progress, total=cfg.num_updates * global_batch)
-    logger.bar.set_description("rlhf")
-    initial_samples: list[dict] = []
-    final_samples: list[dict] = []
-    initial = evaluate(policy, tokenizer, cfg, reward_fn, gold, ctx=ctx, samples_out=initial_samples)
-    history: list[dict] = []
-    checkpoint_dir = None
+
+def run_update(run: LMRun, update: int) -> dict[str, float]:
+    """One PPO update: rollout, reward, optimisation, statistics, logging (the Lifecycle's iterate)."""
+    cfg = run.cfg
+    update_start = time.time()
+    beta = run.kl_ctl.value
+    prompts = draw_prompts(cfg, run.prompts, cfg.batch_size, seed=run.seed * 1_000_003 + update)
+    batch = collect(run.policy, run.tokenizer, prompts, run.reward_fn, cfg, beta)
+    if run.lifecycle is not None:
+        run.lifecycle.emit("on_rollout")
+    train_start = time.perf_counter()
+    stats = ppo_update(run.policy, run.optimizer, batch, cfg, beta, run.generator, sync_gradients=run.sync)
+    train_seconds = time.perf_counter() - train_start
+    for name, parameter in trainable_tensors(run.policy).items():  # a step from finite gradients can still overflow
+        check_finite(f"parameter {name}", parameter.detach())
+    stats, gold_values = update_statistics(run, batch, stats, train_seconds)
+    run.kl_ctl.update(stats["kl_k1"], run.global_batch)
+    stats.update(beta=beta, sqrt_kl=max(stats["kl_k1"], 0.0) ** 0.5,
+                 episodes_per_s=run.global_batch / (time.time() - update_start), peak_rss_mb=peak_rss_mb())
+    run.episodes = update * run.global_batch
+    log_update(run, update, stats, batch, gold_values)
+    if run.lifecycle is not None and isinstance(run.lifecycle.stop, AgreedStopSignals):
+        run.lifecycle.stop.agree()
+    return stats
+
+
+def update_statistics(run: LMRun, batch: Batch, stats: dict[str, float], train_seconds: float
+                      ) -> tuple[dict[str, float], Tensor | None]:
+    """ppo_update's statistics plus throughput, KL, score and gold, as means over ranks; and this rank's gold scores."""
+    # throughput: sampled response tokens per second of generation; (query + response) tokens
+    # passed forward and backward per second of PPO epochs
+    trained_tokens = run.cfg.ppo_epochs * float(batch.samples.query_mask.sum() + batch.mask.sum())
+    stats.update(generate_tokens_per_s=float(batch.mask.sum()) / max(batch.generate_seconds, 1e-9),
+                 train_tokens_per_s=trained_tokens / max(train_seconds, 1e-9))
+    stats.update(sequence_kl(batch.logp, batch.ref_logp, batch.mask))
+    stats.update(score=float(batch.scores.mean()), response_length=float(batch.mask.sum(-1).mean()),
+                 eos_frac=float(batch.samples.ended.float().mean()),
+                 **{f"reward/{name}": float(values.nanmean()) for name, values in batch.components.items()})
+    gold_values = None
+    if run.gold is not None:
+        gold_values = gold_scores(run.gold, batch.samples, run.cfg)
+        stats["gold"] = float(gold_values.mean())
+    return distributed.reduce_mean(stats, run.ctx), gold_values  # every rank's controller sees the same KL
+
+
+def log_update(run: LMRun, update: int, stats: dict[str, float], batch: Batch, gold_values: Tensor | None) -> None:
+    logger = run.logger
+    logger.update(run.episodes, update, stats)
+    run.history.append({"update": update, "episodes": run.episodes, **stats})
+    if logger.writer is not None and (update % run.cfg.sample_every == 0 or update == 1):
+        logger.writer.add_text("samples", samples_table(batch, gold_values), run.episodes)
+    postfix = {"score": f"{stats['score']:.2f}", "kl": f"{stats['kl_k1']:.2f}"}
+    if "gold" in stats:
+        postfix["gold"] = f"{stats['gold']:.2f}"
+    logger.bar.set_postfix(postfix, refresh=False)
+    logger.bar.update(run.global_batch)
+
+
+def capture(run: LMRun, update: int, policy_path: str, reward_desc: str, start_time: float
+            ) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
+    """The run after ``update`` as (tensor files, JSON state) for rlkit.checkpoint.save_checkpoint."""
+    random_state, rng = rng_state(run.device, {"shuffle": run.generator})
+    optimizer_files, groups = optimizer_tensors(run.optimizer)
+    state = {"variant": VARIANT, "config": run.cfg.to_dict(), "update": update, "episodes": run.episodes,
+             "kl_coef": run.kl_ctl.value, "history": run.history, "initial": run.initial,
+             "initial_samples": run.initial_samples,  # the initial evaluation is not repeated on resume
+             "metrics_offset": run.logger.metrics_offset(), "wall_time": time.time() - start_time,
+             "policy_path": policy_path, "reward": reward_desc, "optimizer_param_groups": groups, **random_state}
+    return {"model": trainable_tensors(run.policy), "optimizer": optimizer_files, "rng": rng}, state
+
+
+def restore_training_state(run: LMRun, tensors: dict[str, dict[str, Tensor]], saved: dict[str, Any]) -> None:
+    """Load a checkpoint into a freshly built run: trainable tensors, Adam, RNGs, KL coefficient, history."""
+    where, params, stored = saved["checkpoint"], trainable_tensors(run.policy), tensors.get("model", {})
+    if set(stored) != set(params):
+        missing, unexpected = sorted(set(params) - set(stored)), sorted(set(stored) - set(params))
+        raise CheckpointError(f"{where}: its trainable tensors do not fit this policy (lora = {run.cfg.lora}): "
+                              f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    with torch.no_grad():
+        for name, parameter in params.items():
+            if stored[name].shape != parameter.shape:
+                raise CheckpointError(f"{where}: {name} has shape {list(stored[name].shape)}, the policy's {list(parameter.shape)}")
+            parameter.copy_(stored[name])
     try:
-        for update in range(1, cfg.num_updates + 1):
-            update_start = time.time()
-            beta = kl_ctl.value
-            prompts = sample_prompts(cfg, cfg.batch_size, seed=seed * 1_000_003 + update)
-            batch = collect(policy, tokenizer, prompts, reward_fn, cfg, beta)
-            train_start = time.perf_counter()
-            stats = ppo_update(policy, optimizer, batch, cfg, beta, generator, sync_gradients=sync)
-            train_seconds = time.perf_counter() - train_start
-            # throughput: sampled response tokens per second of generation; (query + response) tokens
-            # passed forward and backward per second of PPO epochs
-            trained_tokens = cfg.ppo_epochs * float(batch.samples.query_mask.sum() + batch.mask.sum())
-            stats.update(generate_tokens_per_s=float(batch.mask.sum()) / max(batch.generate_seconds, 1e-9),
-                         train_tokens_per_s=trained_tokens / max(train_seconds, 1e-9))
+        load_optimizer_tensors(run.optimizer, tensors["optimizer"], saved["optimizer_param_groups"])
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{where}: the optimizer state does not fit this policy ({error})") from None
+    if run.ctx.is_main:
+        restore_rng_state(saved, tensors["rng"], run.device, {"shuffle": run.generator})
+    else:  # only rank 0 writes, so only its streams were saved; the others restart theirs, seeded by rank and update
+        seed = (run.seed + 1_000_003 * saved["update"]) % 2**32
+        seed_everything(seed)
+        run.generator.manual_seed(seed)
+    run.kl_ctl.value = saved["kl_coef"]
+    run.history, run.episodes = list(saved["history"]), saved["episodes"]
+    run.initial, run.initial_samples = saved["initial"], list(saved["initial_samples"])
 
-            kl = sequence_kl(batch.logp, batch.ref_logp, batch.mask)
-            stats.update(kl)
-            stats.update(score=float(batch.scores.mean()), response_length=float(batch.mask.sum(-1).mean()),
-                         eos_frac=float(batch.samples.ended.float().mean()))
-            gold_values = None
-            if gold is not None:
-                gold_values = gold_scores(gold, batch.samples, cfg)
-                stats["gold"] = float(gold_values.mean())
-            stats = distributed.reduce_mean(stats, ctx)  # means over ranks: every rank's controller sees the same KL
-            kl_ctl.update(stats["kl_k1"], global_batch)
-            stats.update(beta=beta, sqrt_kl=max(stats["kl_k1"], 0.0) ** 0.5,
-                         episodes_per_s=global_batch / (time.time() - update_start), peak_rss_mb=peak_rss_mb())
-            episodes = update * global_batch
-            logger.update(episodes, update, stats)
-            history.append({"update": update, "episodes": episodes, **stats})
-            if logger.writer is not None and (update % cfg.sample_every == 0 or update == 1):
-                logger.writer.add_text("samples", samples_table(batch, gold_values), episodes)
-            postfix = {"score": f"{stats['score']:.2f}", "kl": f"{stats['kl_k1']:.2f}"}
-            if "gold" in stats:
-                postfix["gold"] = f"{stats['gold']:.2f}"
-            logger.bar.set_postfix(postfix, refresh=False)
-            logger.bar.update(global_batch)
-        final = evaluate(policy, tokenizer, cfg, reward_fn, gold, ctx=ctx, samples_out=final_samples)
-        in_sync = distributed.parameters_in_sync(trainable, ctx)
-        if not in_sync:
-            raise RuntimeError("data parallel: the ranks' parameters diverged (gradients were not averaged identically)")
-        if cfg.save_checkpoint and log:  # log is False on every rank but 0: rank 0 is the only writer
-            checkpoint_dir = save_policy_checkpoint(policy, tokenizer, {**cfg.to_dict(), "policy_resolved": policy_path},
-                                                    os.path.join(run_dir, "checkpoint"))
-        if log:
-            import json
 
-            summary = {"initial": initial, "final": final, "wall_time_s": time.time() - start_time,
-                       "peak_rss_mb": peak_rss_mb(),
-                       "distributed": {"world_size": ctx.world_size, "parameters_in_sync": in_sync,
-                                       "global_batch": global_batch, "writer_rank": ctx.rank},
-                       "initial_samples": initial_samples, "final_samples": final_samples}
-            with open(os.path.join(run_dir, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=2)
-        distributed.barrier(ctx)  # nobody leaves before the writer is done
-    finally:
-        logger.close()
-    return RLHFResult(os.path.abspath(run_dir), checkpoint_dir, policy_path, reward_desc, initial, final, history,
-                      time.time() - start_time, ctx.world_size, ctx.rank)
+def finish(run: LMRun, run_dir: str, policy_path: str, start_time: float, log: bool) -> tuple[dict[str, float], str | None]:
+    """The final evaluation, the save_pretrained folder <run_dir>/checkpoint, and summary.json (written last)."""
+    cfg, ctx = run.cfg, run.ctx
+    final_samples: list[dict] = []
+    final = evaluate(run.policy, run.tokenizer, cfg, run.reward_fn, run.gold, ctx=ctx, samples_out=final_samples,
+                     held_out=run.eval_prompts)
+    in_sync = distributed.parameters_in_sync(list(trainable_tensors(run.policy).values()), ctx)
+    if not in_sync:
+        raise RuntimeError("data parallel: the ranks' parameters diverged (gradients were not averaged identically)")
+    checkpoint_dir = None
+    if cfg.save_checkpoint and log:  # log is False on every rank but 0: rank 0 is the only writer
+        checkpoint_dir = save_policy_checkpoint(run.policy, run.tokenizer, {**cfg.to_dict(), "policy_resolved": policy_path},
+                                                os.path.join(run_dir, "checkpoint"))
+    run.logger.summary({"initial": run.initial, "final": final, "wall_time_s": time.time() - start_time,
+                        "peak_rss_mb": peak_rss_mb(),
+                        "distributed": {"world_size": ctx.world_size, "parameters_in_sync": in_sync,
+                                        "global_batch": run.global_batch, "writer_rank": ctx.rank},
+                        "initial_samples": run.initial_samples, "final_samples": final_samples})
+    return final, checkpoint_dir

@@ -13,17 +13,19 @@ mean 0 and std 1; they are stored in the model's config.json
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import os
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from rlkit.rlhf.policy import disable_dropout, ensure_pad_token, last_token_index, position_ids_from_mask
+from rlkit.rlhf.policy import disable_dropout, ensure_pad_token, last_token_index, position_ids_from_mask, torch_dtype
 
 RewardFn = Callable[[list[str], list[str]], Tensor]  # (prompts, responses) -> scores [B]
 
@@ -35,30 +37,58 @@ def join_text(prompt: str, response: str) -> str:
     return f"{prompt} {response}"
 
 
-def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Raw scalar score of each sequence, read at its last real token.
+def sequence_scores(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, label_index: int = 0) -> Tensor:
+    """Raw scalar score of each sequence, read at its last real token (float32).
 
     Decoder backbones (a ``score`` head, e.g. GPT-2, Llama): per-token scores,
     gathered at :func:`last_token_index`, with positions counted over real tokens.
+    The attention mask, never token equality, says where a row ends, so PAD may equal EOS.
     Encoder backbones (BERT-style ``classifier``) use their own [CLS] pooling.
+    ``label_index``: the label read from a several-label head (0 for a 1-label reward model).
     """
     if hasattr(model, "score"):
         hidden = model.base_model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
         ).last_hidden_state
-        per_token = model.score(hidden).squeeze(-1)  # [B, T]
-        return per_token.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
-    return model(input_ids=input_ids, attention_mask=attention_mask).logits.squeeze(-1)
+        per_token = model.score(hidden)[..., label_index]  # [B, T]
+        return per_token.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1).float()
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, label_index].float()
+
+
+def label_index_of(model: nn.Module, label: str, where: str) -> int:
+    """0 for a 1-label model; the index of ``label`` in a several-label classifier (e.g. 'POSITIVE')."""
+    num_labels = int(getattr(model.config, "num_labels", 1))
+    names = dict(getattr(model.config, "id2label", {}) or {})
+    if num_labels == 1:
+        if label and names and str(names.get(0, names.get("0", ""))) != label:
+            raise ValueError(f"{where} has one label ({names.get(0, names.get('0'))!r}), not reward_label {label!r}")
+        return 0
+    listed = ", ".join(str(names[k]) for k in sorted(names, key=int)) if names else f"{num_labels} unnamed labels"
+    if not label:
+        raise ValueError(f"{where} has {num_labels} labels ({listed}): set reward_label to the one to reward, "
+                         f"e.g. reward_label = {str(names.get(num_labels - 1, names.get(str(num_labels - 1), ''))) or 'LABEL'!r}")
+    for key, name in names.items():
+        if str(name) == label:
+            return int(key)
+    raise ValueError(f"{where}: reward_label {label!r} is not one of its labels ({listed})")
 
 
 class RewardModel(nn.Module):
-    """A sequence-classification model + tokenizer + the normalising gain / bias."""
+    """A sequence-classification model + tokenizer + the normalising gain / bias + how text is written.
 
-    def __init__(self, model: nn.Module, tokenizer):
+    Text scored for (prompt, completion), the same in training and in scoring:
+    a conversational prompt (messages) with a completion is rendered with this tokenizer's chat
+    template (prompt + an assistant turn); a string prompt is joined to the completion with
+    :func:`join_text`, plus the tokenizer's EOS when ``append_eos`` (TRL RewardTrainer's convention).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, append_eos: bool = False, label_index: int = 0):
         super().__init__()
         self.model = disable_dropout(model)
         self.tokenizer = tokenizer
         ensure_pad_token(tokenizer, model)
+        self.model.config.rlkit_append_eos = bool(getattr(model.config, "rlkit_append_eos", append_eos))
+        self.label_index = label_index
 
     @property
     def gain(self) -> float:
@@ -68,23 +98,41 @@ class RewardModel(nn.Module):
     def bias(self) -> float:
         return float(getattr(self.model.config, "rlkit_reward_bias", 0.0))
 
-    def raw_scores(self, prompts: list[str], responses: list[str]) -> Tensor:
+    @property
+    def append_eos(self) -> bool:
+        return bool(self.model.config.rlkit_append_eos)
+
+    def text(self, prompt, completion) -> str:
+        """The text this model scores for one (prompt, completion); see the class docstring."""
+        from rlkit.rlhf.data import is_conversation, render_chat
+
+        if isinstance(completion, list) or isinstance(prompt, list):
+            messages = list(prompt) if is_conversation(prompt) else []
+            messages += completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+            return render_chat(self.tokenizer, messages, add_generation_prompt=False, who="the reward model's tokenizer")
+        text = join_text(prompt or "", completion)
+        eos = self.tokenizer.eos_token
+        if self.append_eos and eos and not text.endswith(eos):
+            text += eos
+        return text
+
+    def raw_scores(self, prompts: list, responses: list) -> Tensor:
         device = next(self.model.parameters()).device
-        batch = self.tokenizer([join_text(p, r) for p, r in zip(prompts, responses)], return_tensors="pt",
+        batch = self.tokenizer([self.text(p, r) for p, r in zip(prompts, responses)], return_tensors="pt",
                                padding=True, padding_side="right").to(device)
-        return sequence_scores(self.model, batch["input_ids"], batch["attention_mask"])
+        return sequence_scores(self.model, batch["input_ids"], batch["attention_mask"], self.label_index)
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
-        """Normalised scores: gain * raw + bias."""
+    def __call__(self, prompts: list, responses: list, **columns) -> Tensor:
+        """Normalised scores: gain * raw + bias.  Prompts as strings or conversations (extra columns ignored)."""
         return self.gain * self.raw_scores(prompts, responses) + self.bias
 
     @torch.no_grad()
-    def fit_normalization(self, prompts: list[str], responses: list[str], batch_size: int = 256) -> tuple[float, float]:
+    def fit_normalization(self, prompts: list, responses: list, batch_size: int = 256) -> tuple[float, float]:
         """Set gain / bias so that these (initial-policy) samples score mean 0 and std 1."""
         raw = torch.cat([self.raw_scores(prompts[i : i + batch_size], responses[i : i + batch_size])
                          for i in range(0, len(prompts), batch_size)])
-        mean, std = raw.mean().item(), raw.std().item()
+        mean, std = raw.mean().item(), raw.std().item() if len(raw) > 1 else 1.0
         gain = 1.0 / max(std, 1e-8)
         self.model.config.rlkit_reward_gain = gain
         self.model.config.rlkit_reward_bias = -mean * gain
@@ -97,11 +145,24 @@ class RewardModel(nn.Module):
         return out_dir
 
 
-def load_reward_model(path: str, device: torch.device | str = "cpu") -> RewardModel:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def load_reward_model(path: str, device: torch.device | str = "cpu", append_eos: bool = True, label: str = "",
+                      dtype: str = "auto") -> RewardModel:
+    """An existing AutoModelForSequenceClassification folder used as it is: 1 label, or the logit of ``label``.
 
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    return RewardModel(model.to(device), AutoTokenizer.from_pretrained(path))
+    A model rlkit trained carries its gain / bias and its EOS convention (``rlkit_append_eos``; rlkit's
+    models from before that setting were trained without EOS); any other is scored with ``append_eos``.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path)
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ValueError(f"reward model {path} is a {architectures[0]}, not a sequence classifier "
+                         "(train one with `rlkit reward-model`, or name it as rm_backbone to train a head on it)")
+    if not hasattr(config, "rlkit_append_eos"):
+        config.rlkit_append_eos = False if hasattr(config, "rlkit_reward_gain") else append_eos
+    model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=torch_dtype(dtype))
+    return RewardModel(model.to(device), AutoTokenizer.from_pretrained(path), label_index=label_index_of(model, label, path))
 
 
 class RewardModelPerCall:
@@ -112,18 +173,18 @@ class RewardModelPerCall:
     code); the cost is one load per call (~0.15 s for MiniLM on CPU, from the page cache).
     """
 
-    def __init__(self, path: str, device: torch.device | str = "cpu"):
-        self.path, self.device = path, device
-        load_reward_model(path, device)  # fail now, not at the first update, if the folder is not a reward model
+    def __init__(self, path: str, device: torch.device | str = "cpu", **load_kwargs):
+        self.path, self.device, self.load_kwargs = path, device, load_kwargs
+        load_reward_model(path, device, **load_kwargs)  # fail now, not at the first update, if the folder is not a reward model
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
+    def __call__(self, prompts: list, responses: list, **columns) -> Tensor:
         from transformers.utils import logging
 
         bar_was_on = logging.is_progress_bar_enabled()
         logging.disable_progress_bar()  # one "Loading weights" bar per update is noise
         try:
-            return load_reward_model(self.path, self.device)(prompts, responses)
+            return load_reward_model(self.path, self.device, **self.load_kwargs)(prompts, responses)
         finally:
             if bar_was_on:
                 logging.enable_progress_bar()
@@ -184,13 +245,16 @@ def train_reward_model(
     return losses
 
 
-def load_callable(spec: str) -> Callable[[str, str], float]:
-    """'package.module:function' -> the function fn(prompt, response) -> float."""
+def load_callable(spec: str) -> Callable:
+    """'package.module:function' -> the function (batched or per sample, see :func:`is_batched`)."""
     module_name, _, attr = spec.partition(":")
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
         raise ValueError(f"reward {spec!r}: cannot import {attr!r} from {module_name!r} ({error})") from None
+    if not callable(fn):
+        raise ValueError(f"reward {spec!r}: {attr!r} is not callable")
+    return fn
 
 
 def callable_reward(fn: Callable[[str, str], float]) -> RewardFn:
@@ -200,6 +264,136 @@ def callable_reward(fn: Callable[[str, str], float]) -> RewardFn:
         return torch.tensor([float(fn(p, r)) for p, r in zip(prompts, responses)], dtype=torch.float32)
 
     return reward
+
+
+# ---------------------------------------------------------------------------------
+# Reward functions in both forms, and several rewards combined with weights
+# ---------------------------------------------------------------------------------
+
+
+def is_batched(fn: Callable) -> bool:
+    """The rule that tells the two forms of a reward function apart, by signature:
+
+    * batched (TRL's convention) when it takes ``**kwargs`` or its first parameter is named ``prompts``:
+      ``fn(prompts, completions, **columns) -> list[float]``;
+    * otherwise per sample: ``fn(prompt, response) -> float``.
+    """
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature: called per sample
+        return False
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return True
+    positional = [p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    return bool(positional) and positional[0].name == "prompts"
+
+
+def _as_scores(values, n: int, name: str) -> Tensor:
+    """A reward's output as float32 [n]; None (TRL: 'does not apply to this sample') becomes NaN."""
+    if isinstance(values, Tensor):
+        out = values.detach().float().cpu().reshape(-1)
+    else:
+        try:
+            out = torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"reward {name!r} must return a list of floats (or None), got {type(values).__name__}") from None
+    if out.numel() != n:
+        raise ValueError(f"reward {name!r} returned {out.numel()} scores for {n} completions")
+    return out
+
+
+@dataclass
+class RewardComponent:
+    """One reward of a (weighted) sum.  ``kind`` says how it is called:
+
+    * 'model': a reward model, ``fn(prompts_as_in_the_file, completions)`` (conversations rendered with its own template);
+    * 'batched': TRL's ``fn(prompts, completions, **columns)``: prompts as in the file (strings or messages),
+      completions as strings, or ``[{"role": "assistant", "content": text}]`` when the prompts are conversations;
+    * 'per_sample': ``fn(prompt, response) -> float`` on the rendered prompt and the decoded response;
+    * 'text': ``fn(rendered_prompts, responses) -> scores`` (the task's gold, train()'s reward_fn argument),
+      with the columns too if it takes ``**kwargs``.
+    """
+
+    name: str
+    fn: Callable
+    weight: float = 1.0
+    kind: str = "batched"
+
+    def __call__(self, texts: list[str], raw: list, columns: dict[str, list], completions: list[str]) -> Tensor:
+        n = len(completions)
+        if self.kind == "model":
+            return _as_scores(self.fn(raw, completions), n, self.name)
+        if self.kind == "per_sample":
+            return _as_scores([self.fn(p, c) for p, c in zip(texts, completions)], n, self.name)
+        if self.kind == "text":
+            kwargs = columns if is_batched(self.fn) and _takes_kwargs(self.fn) else {}
+            return _as_scores(self.fn(texts, completions, **kwargs), n, self.name)
+        conversational = bool(raw) and isinstance(raw[0], list)
+        shaped = [[{"role": "assistant", "content": c}] for c in completions] if conversational else list(completions)
+        return _as_scores(self.fn(raw, shaped, **_keyword_columns(self.fn, columns)), n, self.name)
+
+
+def _takes_kwargs(fn: Callable) -> bool:
+    try:
+        return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+
+
+def _keyword_columns(fn: Callable, columns: dict[str, list]) -> dict[str, list]:
+    """All columns for a ``**kwargs`` function, else only those it names."""
+    if _takes_kwargs(fn):
+        return dict(columns)
+    names = set(inspect.signature(fn).parameters)
+    return {k: v for k, v in columns.items() if k in names}
+
+
+class CombinedReward:
+    """sum_i weight_i * reward_i, each component kept for logging (reward/<name>).
+
+    A component's NaN (a batched function's None) is left out of that sample's sum, as TRL does;
+    a sample no component scored stays NaN, and the run's finite guard stops on it.
+    """
+
+    def __init__(self, components: list[RewardComponent]):
+        if not components:
+            raise ValueError("no reward")
+        self.components = components
+
+    @classmethod
+    def of(cls, fn, name: str = "reward_fn") -> CombinedReward:
+        """A CombinedReward as it is, a RewardModel, or a plain fn(rendered_prompts, responses)."""
+        if isinstance(fn, CombinedReward):
+            return fn
+        if isinstance(fn, (RewardModel, RewardModelPerCall)):
+            return cls([RewardComponent("model", fn, 1.0, "model")])
+        return cls([RewardComponent(name, fn, 1.0, "text")])
+
+    def score(self, texts: list[str], raw: list | None = None, columns: dict[str, list] | None = None,
+              completions: list[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """(total [B], {name: component [B]}) for rendered prompts ``texts`` (``raw``: as in the file)."""
+        raw = list(texts) if raw is None else raw
+        parts = {c.name: c(texts, raw, columns or {}, completions) for c in self.components}
+        stacked = torch.stack(list(parts.values()))
+        weights = torch.tensor([c.weight for c in self.components], dtype=torch.float32)[:, None]
+        total = torch.nansum(weights * stacked, 0)
+        total[torch.isnan(stacked).all(0)] = float("nan")
+        return total, parts
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
+        return self.score(prompts, completions=responses)[0]
+
+    def describe(self) -> str:
+        return " + ".join(f"{c.weight:g} * {c.name}" for c in self.components)
+
+
+def component_name(spec: str, taken: set[str]) -> str:
+    name = spec if spec in ("model", "gold") else (spec.rpartition(":")[2] if ":" in spec else os.path.basename(os.path.normpath(spec)))
+    unique, k = name, 2
+    while unique in taken:
+        unique, k = f"{name}_{k}", k + 1
+    taken.add(unique)
+    return unique
 
 
 # ---------------------------------------------------------------------------------
@@ -339,6 +533,92 @@ def build_sentiment_reward_model(cfg, policy_path: str, out_dir: str, progress: 
         "bias": bias,
         "seconds": time.time() - start,
         "backbone": backbone,
+        "policy": policy_path,
+    }
+    rm.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "reward_model_report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+# ---------------------------------------------------------------------------------
+# A reward model from your own preference file (TRL's RewardTrainer conventions)
+# ---------------------------------------------------------------------------------
+
+
+def build_preference_reward_model(cfg, policy_path: str, out_dir: str, progress: bool = True, log=print,
+                                  device: torch.device | str = "cpu") -> dict:
+    """Train a Bradley-Terry reward model on cfg.preferences, fit gain/bias on initial-policy samples, save.
+
+    Backbone: cfg.rm_backbone (any AutoModelForSequenceClassification name_or_path, or 'offline:minilm';
+    '' : the policy) with a fresh one-output head.  Text: :meth:`RewardModel.text` (EOS appended to
+    non-conversational text when cfg.reward_append_eos, recorded in the saved config so scoring does the
+    same).  Gain / bias: on policy samples for cfg.prompts (else the preference prompts; else the chosen
+    and rejected texts themselves).  Reports the held-out pairwise accuracy before and after training.
+    """
+    import json
+    import time
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlkit.ppo import seed_everything
+    from rlkit.rlhf.data import PromptSet, load_preferences, load_prompt_sets, render_chat
+    from rlkit.rlhf.offline import resolve
+    from rlkit.rlhf.policy import load_policy
+    from rlkit.rlhf.rollout import generate_samples
+
+    start = time.time()
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    seed_everything(cfg.task_seed)
+    train, test, held_from = load_preferences(cfg, log=log)
+    backbone = cfg.rm_backbone or policy_path
+    if backbone.startswith("offline:"):
+        backbone = resolve(backbone, cfg.cache_dir, log=log)
+    log(f"training a Bradley-Terry reward model on {len(train)} preference pairs ({backbone})")
+    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1, ignore_mismatched_sizes=True,
+                                                               dtype=torch_dtype(cfg.dtype))
+    for key in ("rlkit_reward_gain", "rlkit_reward_bias"):  # a backbone that was itself an rlkit reward model
+        if hasattr(model.config, key):
+            delattr(model.config, key)
+    model.config.rlkit_append_eos = cfg.reward_append_eos
+    rm = RewardModel(model.to(device), AutoTokenizer.from_pretrained(backbone), append_eos=cfg.reward_append_eos)
+    rm.text(*train[0][:2])  # a conversational file needs a chat template: fail before training, not after
+    accuracy_before = pairwise_accuracy(rm, test)
+    losses = train_reward_model(rm, train, cfg.rm_epochs, cfg.rm_batch_size, cfg.rm_learning_rate, cfg.task_seed, progress)
+
+    policy, tokenizer = load_policy(policy_path, device=device, dtype=cfg.dtype)
+    if cfg.prompts:
+        prompts, normalised_on = load_prompt_sets(cfg, tokenizer, log=None)[0], f"policy samples for {cfg.prompts}"
+    else:
+        raw = [t[0] for t in train if t[0]]
+        texts = [render_chat(tokenizer, r, True, "the policy's tokenizer") if isinstance(r, list) else r for r in raw]
+        prompts, normalised_on = PromptSet(texts, raw), f"policy samples for the prompts of {cfg.preferences}"
+    if len(prompts):
+        sample = prompts.sample(cfg.rm_norm_samples, seed=cfg.task_seed + 3)
+        responses: list[str] = []
+        for i in range(0, len(sample), 64):
+            responses += generate_samples(policy, tokenizer, sample.texts[i : i + 64], cfg.temperature, cfg.max_new_tokens,
+                                          cfg.stop_string).texts
+        gain, bias = rm.fit_normalization(sample.raw, responses)
+    else:  # implicit string prompts with nothing shared: the preference texts themselves
+        normalised_on = f"the chosen and rejected texts of {cfg.preferences}"
+        gain, bias = rm.fit_normalization([t[0] for t in train] * 2, [t[1] for t in train] + [t[2] for t in train])
+    del policy
+    report = {
+        "pairs_train": len(train),
+        "pairs_heldout": len(test),
+        "heldout_from": held_from,
+        "heldout_accuracy": pairwise_accuracy(rm, test),
+        "heldout_accuracy_before_training": accuracy_before,
+        "final_train_loss": sum(losses[-10:]) / len(losses[-10:]),
+        "gain": gain,
+        "bias": bias,
+        "normalised_on": normalised_on,
+        "append_eos": rm.append_eos,
+        "seconds": time.time() - start,
+        "backbone": backbone,
+        "preferences": os.path.abspath(cfg.preferences),
         "policy": policy_path,
     }
     rm.save_pretrained(out_dir)

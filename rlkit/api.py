@@ -1,0 +1,246 @@
+"""The object face, for users who know Stable-Baselines3:
+
+    from rlkit import PPO
+    model = PPO("CartPole-v1", recipe="cartpole").learn(50_000)
+    action, _ = model.predict(obs, deterministic=True)
+    model.save("agents/cartpole"); model = PPO.load("agents/cartpole")
+
+``env`` is a registered id, a ``"module:Id"`` string, a ``gymnasium.Env`` instance or a
+zero-argument env factory.  Training is ``rlkit.ppo.train`` (or its recurrent variant): every run
+writes a run folder with checkpoints, and a second ``learn`` continues the same run from its newest
+checkpoint (SB3's ``reset_num_timesteps=False``).  ``predict`` works on raw observations: the
+saved normaliser statistics are applied and Box actions clipped to their bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from rlkit.checkpoint import CheckpointError, resolve_checkpoint
+from rlkit.config import config_from_dict, read_recipe
+from rlkit.envs.sources import register_env_object
+from rlkit.evaluate import (
+    agent_spaces,
+    build_agent,
+    freeze_normalizer,
+    load_agent,
+    make_eval_envs,
+    run_episodes,
+    variant_of,
+    write_agent_folder,
+)
+from rlkit.ppo import PPOConfig, TrainResult, resolve_device
+from rlkit.runtime import Callback
+
+TABLES = {"ppo": PPOConfig}
+
+
+def _config_class(table: str):
+    if table == "ppo_lstm":
+        from rlkit.ppo_lstm import RecurrentPPOConfig
+
+        return RecurrentPPOConfig
+    if table not in TABLES:
+        raise ValueError(f"PPO takes [ppo] or [ppo_lstm] recipes, not [{table}]")
+    return TABLES[table]
+
+
+def spaces_from_json(spaces: dict) -> tuple[gym.Space, gym.Space]:
+    """The (observation, action) spaces an agent folder records, rebuilt without the env."""
+    observation = gym.spaces.Box(-np.inf, np.inf, shape=tuple(spaces["observation_shape"]), dtype=np.float32)
+    action = spaces["action"]
+    if action["type"] == "Discrete":
+        return observation, gym.spaces.Discrete(action["n"])
+    if action["type"] == "MultiDiscrete":
+        return observation, gym.spaces.MultiDiscrete(action["nvec"])
+    return observation, gym.spaces.Box(np.asarray(action["low"], dtype=np.float32),
+                                       np.asarray(action["high"], dtype=np.float32), dtype=np.float32)
+
+
+class PPO:
+    """PPO on one environment, with SB3's names: ``learn``, ``predict``, ``save``, ``load``, ``evaluate``.
+
+    ``recipe``: a shipped recipe name or a .toml path (``[ppo]``, or ``[ppo_lstm]`` for the recurrent
+    agent); ``overrides``: any config key (``rlkit train RECIPE --help`` lists them).
+    """
+
+    def __init__(self, env: str | gym.Env | Callable[[], gym.Env], recipe: str | None = None, *,
+                 run_name: str | None = None, **overrides: Any):
+        table, values, source = read_recipe(recipe) if recipe is not None else ("ppo", {}, "defaults")
+        cls = _config_class(table)
+        num_envs = overrides.get("num_envs", values.get("num_envs", 1))
+        env_id = env if isinstance(env, str) else register_env_object(env, num_envs)
+        if not isinstance(env, str) and overrides.get("vectorization", values.get("vectorization")) == "async":
+            raise ValueError("an env object cannot be sent to async worker processes; use vectorization = 'sync' or a "
+                             "registered id")
+        self.config: PPOConfig = config_from_dict(cls, {**values, **overrides, "env_id": env_id},
+                                                  source=f"{source} + PPO(...)")
+        self.run_name = run_name
+        self.run_dir: str | None = None
+        self.agent = None
+        self.normalizer: dict[str, np.ndarray] = {}
+        self.spaces: dict | None = None
+        self.result: TrainResult | None = None
+        self.num_timesteps = 0
+
+    # -- training --------------------------------------------------------------------------------
+
+    def learn(self, total_timesteps: int, callbacks: list[Callback] = (), progress: bool = True,
+              log: bool = True) -> PPO:
+        """Train for ``total_timesteps`` more env steps (the first call starts the run, later calls continue it).
+
+        ``log=False`` keeps the run folder in a temporary directory (checkpoints are still how a run continues).
+        """
+        from rlkit.ppo import train
+
+        if total_timesteps <= 0:
+            raise ValueError(f"total_timesteps must be > 0, got {total_timesteps}")
+        if self.run_dir is None:
+            config = replace(self.config, total_timesteps=total_timesteps,
+                             run_dir=self.config.run_dir if log else tempfile.mkdtemp(prefix="rlkit-"))
+            variant = variant_of(config)
+            self.result = train(config, self.run_name, progress=progress, callbacks=list(callbacks), variant=variant)
+        else:
+            target = self.num_timesteps + total_timesteps
+            self.result = train(resume=self.run_dir, progress=progress, callbacks=list(callbacks), total_timesteps=target)
+        self.run_dir = self.result.run_dir
+        self.agent, self.normalizer = self.result.agent.eval(), self.result.normalizer
+        self.spaces = self.spaces or agent_spaces(self.config)
+        self.num_timesteps = self.result.global_step
+        self.config = replace(self.config, total_timesteps=self.num_timesteps)
+        return self
+
+    # -- acting ----------------------------------------------------------------------------------
+
+    def _require_agent(self) -> None:
+        if self.agent is None:
+            raise ValueError("this PPO has no trained agent yet: call learn() first, or PPO.load(path)")
+
+    def _normalize(self, obs: np.ndarray) -> np.ndarray:
+        """What the training env's observation normaliser did, with its saved statistics, frozen."""
+        if not self.config.normalize_obs:
+            return obs.astype(np.float32)
+        mean, var = self.normalizer["obs.mean"], self.normalizer["obs.var"]
+        normalized = (obs - mean) / np.sqrt(var + 1e-8)
+        return np.clip(normalized, -self.config.obs_clip, self.config.obs_clip).astype(np.float32)
+
+    def predict(self, observation: np.ndarray, state: tuple | None = None, episode_start: np.ndarray | None = None,
+                deterministic: bool = True, action_mask: np.ndarray | None = None) -> tuple[np.ndarray, tuple | None]:
+        """(action, next state) for a raw observation or a batch of them, like SB3's ``predict``.
+
+        Box actions are clipped to the action bounds.  The recurrent agent takes and returns its LSTM
+        ``state`` (None at the start) and ``episode_start`` (1 where an episode begins), as
+        sb3-contrib's RecurrentPPO; the feed-forward agent returns None as the state.
+        """
+        self._require_agent()
+        obs = np.asarray(observation, dtype=np.float64)
+        shape = tuple(self.spaces["observation_shape"])
+        single = obs.shape == shape
+        if single:
+            obs = obs[None]
+        if obs.shape[1:] != shape:
+            raise ValueError(f"observation of shape {np.asarray(observation).shape}, the agent takes {shape} "
+                             f"(or a batch of them)")
+        device = next(self.agent.parameters()).device
+        x = torch.as_tensor(self._normalize(obs), device=device)
+        mask = None if action_mask is None else torch.as_tensor(np.atleast_2d(action_mask), dtype=torch.bool, device=device)
+        with torch.inference_mode():
+            if hasattr(self.agent, "lstm"):
+                n = x.shape[0]
+                hidden = self.agent.initial_state(n, device) if state is None else tuple(
+                    torch.as_tensor(np.asarray(s), dtype=torch.float32, device=device) for s in state)
+                starts = torch.as_tensor(np.zeros(n) if episode_start is None else np.atleast_1d(episode_start),
+                                         dtype=torch.float32, device=device)
+                action, _, _, _, hidden = self.agent.get_action_and_value(x, hidden, starts, deterministic=deterministic,
+                                                                          action_mask=mask)
+                state = tuple(h.cpu().numpy() for h in hidden)
+            else:
+                action, _, _, _ = self.agent.get_action_and_value(x, deterministic=deterministic, action_mask=mask)
+        action = action.cpu().numpy()
+        space = self.action_space()
+        if isinstance(space, gym.spaces.Box):
+            action = np.clip(action, space.low, space.high)
+        return (action[0] if single else action), state
+
+    def action_space(self) -> gym.Space:
+        return spaces_from_json(self.spaces)[1]
+
+    def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int = 10_000) -> dict:
+        """Mean / std / min / max return over ``episodes`` episodes on a fresh env, normaliser frozen."""
+        self._require_agent()
+        if episodes <= 0:
+            raise ValueError(f"episodes must be > 0, got {episodes}")
+        envs = make_eval_envs(self.config)
+        try:
+            freeze_normalizer(envs, self.config, self.normalizer, "this model")
+            return run_episodes(self.agent, self.config, envs, episodes, deterministic, seed,
+                                next(self.agent.parameters()).device)
+        finally:
+            envs.close()
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def save(self, path: str) -> str:
+        """An agent folder (config.json, model.safetensors, normalizer.json): what ``PPO.load`` and ``rlkit eval`` read."""
+        self._require_agent()
+        write_agent_folder(path, self.config, self.agent.state_dict(), self.normalizer, self.spaces)
+        if self.run_dir is not None:
+            with open(os.path.join(path, "config.json")) as f:
+                saved = json.load(f)
+            saved["run_dir"] = self.run_dir
+            with open(os.path.join(path, "config.json"), "w") as f:
+                json.dump(saved, f, indent=2)
+        return os.path.abspath(path)
+
+    @classmethod
+    def load(cls, path: str, env: str | gym.Env | Callable[[], gym.Env] | None = None, device: str = "cpu") -> PPO:
+        """A model from an agent folder (``save`` / ``rlkit export``) or a run / checkpoint folder.
+
+        ``env``: give the env again when the model was trained on a Python env object (its id does not
+        outlive the process), or to evaluate on another env with the same spaces.
+        """
+        config, weights, normalizer = load_agent(path)
+        model = cls.__new__(cls)
+        if env is not None:
+            config = replace(config, env_id=env if isinstance(env, str) else register_env_object(env, 1))
+        model.config, model.run_name, model.result = config, None, None
+        model.normalizer = normalizer
+        model.spaces = _saved_spaces(path) or agent_spaces(config)
+        observation_space, action_space = spaces_from_json(model.spaces)
+        fake_envs = SimpleNamespace(single_observation_space=observation_space, single_action_space=action_space)
+        model.agent = build_agent(config, weights, fake_envs, resolve_device(device))
+        model.run_dir = _saved_run_dir(path)
+        model.num_timesteps = config.total_timesteps
+        return model
+
+    def __repr__(self) -> str:
+        return f"PPO(env={self.config.env_id!r}, num_timesteps={self.num_timesteps}, run_dir={self.run_dir!r})"
+
+
+def _saved_spaces(path: str) -> dict | None:
+    config_path = os.path.join(path, "config.json")
+    if os.path.isfile(config_path) and os.path.isfile(os.path.join(path, "model.safetensors")):
+        with open(config_path) as f:
+            saved = json.load(f)
+        return {"observation_shape": saved["observation_shape"], "action": saved["action"]}
+    return None
+
+
+def _saved_run_dir(path: str) -> str | None:
+    if _saved_spaces(path) is not None:
+        with open(os.path.join(path, "config.json")) as f:
+            return json.load(f).get("run_dir")
+    try:
+        return os.path.dirname(os.path.dirname(resolve_checkpoint(path)))
+    except CheckpointError:
+        return None
