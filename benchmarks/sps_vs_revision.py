@@ -26,13 +26,16 @@ from results_io import ROOT, revision_tree, write_results  # benchmarks/ is sys.
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHILD = """
-import json, os, sys
+import json, os, sys, time
 sys.path.insert(0, os.environ["RLKIT_TREE"])
 sys.path.insert(0, os.path.join(os.environ["RLKIT_TREE"], "benchmarks"))
 import sps_vs_sb3
 env_id, steps, seeds = os.environ["RLKIT_ENV"], int(os.environ["RLKIT_STEPS"]), int(os.environ["RLKIT_SEEDS"])
+cpu_start = time.process_time()
 if not seeds:
-    print(json.dumps(sps_vs_sb3.run_rlkit(env_id, steps, 1)))
+    result = sps_vs_sb3.run_rlkit(env_id, steps, 1)
+    result["cpu_sps"] = steps / (time.process_time() - cpu_start)
+    print(json.dumps(result))
 else:
     import tempfile
     from rlkit.ppo import PPOConfig
@@ -44,16 +47,17 @@ else:
         updates = [u for u in map(json.loads, open(os.path.join(tmp, "0", "metrics.jsonl"))) if u.get("kind") == "update"]
     first, last = updates[0], updates[-1]
     seconds = last["global_step"] / last["SPS"] - first["global_step"] / first["SPS"]
-    print(json.dumps({"steady_sps": seeds * (last["global_step"] - first["global_step"]) / seconds}))
+    print(json.dumps({"steady_sps": seeds * (last["global_step"] - first["global_step"]) / seconds,
+                      "cpu_sps": seeds * last["global_step"] / (time.process_time() - cpu_start)}))
 """
 
 
-def run(tree: str, env_id: str, steps: int, seeds: int = 0) -> float:
+def run(tree: str, env_id: str, steps: int, seeds: int = 0) -> dict:
     env = {**os.environ, "RLKIT_TREE": tree, "RLKIT_ENV": env_id, "RLKIT_STEPS": str(steps), "RLKIT_SEEDS": str(seeds),
            "PYTHONPATH": tree}
     output = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=tree, check=True, capture_output=True,
                             text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])["steady_sps"]
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,25 +75,39 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeats):
             for env_id in args.envs:
                 for label, tree in (("then", then_tree), ("now", ROOT)):
-                    sps = run(tree, env_id, args.steps, args.batched_seeds)
-                    rows.append({"repeat": repeat, "env": env_id, "tree": label, "steady_sps": sps})
-                    print(f"repeat {repeat + 1}/{args.repeats} {env_id:16s} {label:4s} {sps:8.0f} SPS", flush=True)
+                    result = run(tree, env_id, args.steps, args.batched_seeds)
+                    rows.append({"repeat": repeat, "env": env_id, "tree": label, "steady_sps": result["steady_sps"],
+                                 "cpu_sps": result["cpu_sps"]})
+                    print(f"repeat {repeat + 1}/{args.repeats} {env_id:16s} {label:4s} {result['steady_sps']:8.0f} SPS "
+                          f"{result['cpu_sps']:8.0f} steps per CPU second", flush=True)
 
     lines = ["# PPO steps per second: this checkout vs an earlier revision (CPU)", "", "```", command.strip(), "```", "",
              f"then = {rev}, now = {now_label}. {os.cpu_count()} CPU cores (shared machine), CleanRL's MuJoCo settings "
              f"(1 env, 2,048-step rollouts, 10 x 32 minibatches), {args.steps} env steps per run, 1 torch thread; "
              f"rate after the first update; {args.repeats} interleaved repeats, medians."
-             + (f" {args.batched_seeds} seeds batched in one process; SPS counts all seeds' steps." if args.batched_seeds else ""), "",
-             "| env | then SPS | now SPS | now / then | per repeat |", "|-|-|-|-|-|"]
+             + (f" {args.batched_seeds} seeds batched in one process; SPS counts all seeds' steps." if args.batched_seeds else "")
+             + " Also steps per CPU second of the training process (time.process_time over the whole training, env "
+             "creation and first update included): on a shared, loaded machine it moves much less than wall-clock SPS, "
+             "because waiting for a core is not counted.", "",
+             f"Machine load average when the run ended: {os.getloadavg()[0]:.1f}.", "",
+             "| env | then SPS | now SPS | now / then | per repeat | then steps/CPU-s | now steps/CPU-s | now / then (CPU) "
+             "| per repeat (CPU) |", "|-|-|-|-|-|-|-|-|-|"]
     summary = {}
     for env_id in args.envs:
         then = [r["steady_sps"] for r in rows if r["env"] == env_id and r["tree"] == "then"]
         now = [r["steady_sps"] for r in rows if r["env"] == env_id and r["tree"] == "now"]
+        cpu_then = [r["cpu_sps"] for r in rows if r["env"] == env_id and r["tree"] == "then"]
+        cpu_now = [r["cpu_sps"] for r in rows if r["env"] == env_id and r["tree"] == "now"]
         ratio = statistics.median(now) / statistics.median(then)
-        summary[env_id] = {"then": statistics.median(then), "now": statistics.median(now), "ratio": ratio}
+        cpu_ratio = statistics.median(cpu_now) / statistics.median(cpu_then)
+        summary[env_id] = {"then": statistics.median(then), "now": statistics.median(now), "ratio": ratio,
+                           "cpu_then": statistics.median(cpu_then), "cpu_now": statistics.median(cpu_now),
+                           "cpu_ratio": cpu_ratio}
         per_repeat = ", ".join(f"{b / a:.2f}x" for a, b in zip(then, now))
+        cpu_per_repeat = ", ".join(f"{b / a:.2f}x" for a, b in zip(cpu_then, cpu_now))
         lines.append(f"| {env_id} | {statistics.median(then):,.0f} | {statistics.median(now):,.0f} | {ratio:.2f}x | "
-                     f"{per_repeat} |")
+                     f"{per_repeat} | {statistics.median(cpu_then):,.0f} | {statistics.median(cpu_now):,.0f} | "
+                     f"{cpu_ratio:.2f}x | {cpu_per_repeat} |")
     write_results(args.out, {"command": command, "then": rev, "now": now_label, "summary": summary, "rows": rows}, lines)
     return 0
 

@@ -67,11 +67,14 @@ def make_vector_env(
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         extra = " MuJoCo ids need `pip install rlkit[mujoco]`." if "-v" in env_id else ""
         raise ValueError(f"unknown environment id {env_id!r}.{hint}{extra}")
+    vector_kwargs: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP}
+    if vectorization == "async":  # Ctrl-C is the parent's: it finishes the update and checkpoints
+        vector_kwargs["worker"] = async_worker_ignoring_sigint
     envs = gym.make_vec(
         env_id,
         num_envs=num_envs,
         vectorization_mode=vectorization,
-        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+        vector_kwargs=vector_kwargs,
         wrappers=[*(sub_env_wrappers or []), adapt_observations],
         **(env_kwargs or {}),
     )
@@ -87,6 +90,21 @@ def make_vector_env(
     if normalize_reward:
         envs = NormalizeReward(envs, gamma=gamma, clip=reward_clip)
     return envs
+
+
+def async_worker_ignoring_sigint(index, env_fn, pipe, parent_pipe, shared_memory, error_queue, autoreset_mode,
+                                 semaphore=None) -> None:
+    """gymnasium's AsyncVectorEnv worker, with SIGINT ignored in the worker process.
+
+    A Ctrl-C in a terminal reaches the whole process group; without this every worker dies with a
+    KeyboardInterrupt traceback and the parent, which handles SIGINT by finishing the update and
+    writing a checkpoint, finds its envs gone.  The parent still stops the workers (close())."""
+    import signal
+
+    from gymnasium.vector.async_vector_env import _async_worker
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _async_worker(index, env_fn, pipe, parent_pipe, shared_memory, error_queue, autoreset_mode, semaphore)
 
 
 def clip_actions_to_bounds(envs: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
@@ -171,15 +189,63 @@ def _simple_attributes(obj) -> dict[str, Any]:
     return out
 
 
-def _restore_attributes(obj, attributes: dict[str, Any]) -> None:
+def _restore_attributes(obj, attributes: dict[str, Any], allowed: set[str] | None = None) -> list[str]:
+    """Set the saved ``attributes`` named in ``allowed`` (all when None) after a type check against
+    the current values; returns the "Class.name" of each saved field that was not allowed."""
+    if not isinstance(attributes, dict):
+        raise _state_error(f"the saved attributes of {type(obj).__name__} are not a mapping")
+    ignored = []
     for key, value in attributes.items():
-        if isinstance(value, dict) and set(value) == {"tuple"}:
-            value = tuple(value["tuple"])
-        elif isinstance(value, dict) and set(value) == {"text_array", "dtype"}:
-            value = np.array(value["text_array"], dtype=value["dtype"])
-        elif isinstance(value, np.ndarray) and isinstance(getattr(obj, key, None), np.generic):
-            value = value.dtype.type(value)  # a numpy scalar came back as a 0-d array
+        if allowed is not None and key not in allowed:
+            current = getattr(obj, key, None)
+            # a setting that differs from this env's own (arrays: scratch buffers, rewritten every step)
+            if not isinstance(current, np.ndarray) and _frozen(_decoded(value, obj, key)) != _frozen(current):
+                ignored.append(f"{type(obj).__name__}.{key}")
+            continue
+        value = _decoded(value, obj, key)
+        if hasattr(obj, key):
+            _check_type(obj, key, getattr(obj, key), value)
         setattr(obj, key, value)
+    return ignored
+
+
+def _decoded(value, obj, key: str):
+    if isinstance(value, dict) and set(value) == {"tuple"}:
+        return tuple(value["tuple"])
+    if isinstance(value, dict) and set(value) == {"text_array", "dtype"}:
+        return np.array(value["text_array"], dtype=value["dtype"])
+    if isinstance(value, np.ndarray) and isinstance(getattr(obj, key, None), np.generic):
+        return value.dtype.type(value)  # a numpy scalar came back as a 0-d array
+    return value
+
+
+def _check_type(obj, key: str, current, value) -> None:
+    """A restored value must be of the current value's kind (None stands in for any; a 0-d array for a number)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and not isinstance(current, np.ndarray):
+        value = value[()]  # a numpy scalar saved as a 0-d array, beside a Python number now
+    if current is None or value is None:
+        if value is None or _is_simple(value):
+            return
+    elif isinstance(current, np.ndarray):
+        if isinstance(value, np.ndarray) and value.shape == current.shape and value.dtype.kind == current.dtype.kind:
+            return
+    elif isinstance(current, bool) or isinstance(current, np.bool_):
+        if isinstance(value, (bool, np.bool_)):
+            return
+    elif isinstance(current, (int, np.integer)):
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            return
+    elif isinstance(current, (float, np.floating)):
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            return
+    elif isinstance(current, (tuple, list)):
+        if isinstance(value, (tuple, list)) and len(value) == len(current):
+            return
+    elif type(value) is type(current):
+        return
+    shape = f" shape {value.shape}" if isinstance(value, np.ndarray) else ""
+    raise _state_error(f"{type(obj).__name__}.{key} must be like {type(current).__name__}, got "
+                       f"{type(value).__name__}{shape}")
 
 
 def _sub_env_chain(env: gym.Env) -> list:
@@ -220,15 +286,95 @@ def env_state(envs: gym.vector.VectorEnv) -> dict[str, Any]:
     return state
 
 
-def load_env_state(envs: gym.vector.VectorEnv, state: dict[str, Any]) -> None:
-    """Restore what :func:`env_state` captured into freshly made, identical envs."""
+def load_env_state(envs: gym.vector.VectorEnv, state: dict[str, Any]) -> list[str]:
+    """Restore what :func:`env_state` captured into freshly made, identical envs.
+
+    Only through an allow-list: the fields a copy of these envs changes when it is reset and
+    stepped (positions, counters, flags: the env's state), each with the type the fresh env
+    has.  A saved field outside it (gravity, a time limit: a constant of the env's
+    construction) is not set; their names are returned.  A wrong type or shape is an error."""
     vector_wrappers = list(_wrappers(envs))
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), list) for k in ("vector_wrappers", "sub_envs")):
+        raise _state_error("the saved environment state is not the structure rlkit writes")
     if len(vector_wrappers) != len(state["vector_wrappers"]) or len(envs.unwrapped.envs) != len(state["sub_envs"]):
-        raise ValueError("the saved environment state is from a different env stack or number of envs")
-    for wrapper, attributes in zip(vector_wrappers, state["vector_wrappers"]):
-        _restore_attributes(wrapper, attributes)
-    for env, saved in zip(envs.unwrapped.envs, state["sub_envs"]):
-        for link, attributes in zip(_sub_env_chain(env), saved["chain"]):
-            _restore_attributes(link, attributes)
-        env.unwrapped.np_random.bit_generator.state = saved["np_random"]
+        raise _state_error("the saved environment state is from a different env stack or number of envs")
+    allowed = state_fields(envs)
+    ignored: list[str] = []
+    for i, (wrapper, attributes) in enumerate(zip(vector_wrappers, state["vector_wrappers"])):
+        ignored += _restore_attributes(wrapper, attributes, allowed[("vector", i)])
+    for j, (env, saved) in enumerate(zip(envs.unwrapped.envs, state["sub_envs"])):
+        if not isinstance(saved, dict) or not isinstance(saved.get("chain"), list) or not isinstance(saved.get("np_random"), dict):
+            raise _state_error(f"the saved state of sub-env {j} is not the structure rlkit writes")
+        for k, (link, attributes) in enumerate(zip(_sub_env_chain(env), saved["chain"])):
+            ignored += _restore_attributes(link, attributes, allowed[("sub", j, k)])
+        generator = env.unwrapped.np_random.bit_generator
+        if saved["np_random"].get("bit_generator") != generator.state.get("bit_generator"):
+            raise _state_error(f"sub-env {j}'s saved random generator is not a {generator.state.get('bit_generator')}")
+        try:
+            generator.state = saved["np_random"]
+        except (TypeError, ValueError, KeyError) as error:
+            raise _state_error(f"sub-env {j}'s saved random generator state is invalid ({error})") from None
     load_normalizer_state(envs, state["normalizers"])
+    return sorted(set(ignored))
+
+
+def _state_error(message: str) -> Exception:
+    from rlkit.errors import CheckpointError  # a leaf module: no agent code
+
+    return CheckpointError(f"checkpoint env_state: {message}")
+
+
+def state_fields(envs: gym.vector.VectorEnv, steps: int = 64) -> dict[tuple, set[str]]:
+    """The allow-list of :func:`load_env_state`: per object of the stack (("vector", i): the i-th
+    vector wrapper; ("sub", j, k): link k of sub-env j), the plain attributes that a copy of the
+    envs changes over a seeded reset and ``steps`` random steps, plus those it adds."""
+    import copy
+
+    probe = copy.deepcopy(envs)
+
+    def objects(vector):
+        out = {("vector", i): w for i, w in enumerate(_wrappers(vector))}
+        for j, env in enumerate(vector.unwrapped.envs):
+            out.update({("sub", j, k): link for k, link in enumerate(_sub_env_chain(env))})
+        return out
+
+    def snapshot():
+        return {key: {name: _frozen(value) for name, value in _simple_attributes(obj).items()}
+                for key, obj in objects(probe).items()}
+
+    before = snapshot()
+    changed: dict[tuple, set[str]] = {key: set() for key in before}
+
+    def compare():
+        for key, now in snapshot().items():
+            was = before.get(key, {})
+            changed.setdefault(key, set()).update(name for name, value in now.items() if name not in was or was[name] != value)
+
+    try:
+        probe.action_space.seed(12345)
+        probe.reset(seed=12345)
+        compare()
+        for _ in range(steps):
+            probe.step(probe.action_space.sample())
+            compare()
+    except Exception:  # noqa: BLE001  (an env that refuses random actions: what changed so far)
+        pass
+    finally:
+        try:
+            probe.close()
+        except Exception:  # noqa: BLE001
+            pass
+    for key in [k for k in changed if k[0] == "sub"]:  # every copy of the env has the same fields
+        changed[key] = set().union(*(v for k, v in changed.items() if k[0] == "sub" and k[2] == key[2]))
+    return changed
+
+
+def _frozen(value) -> Any:
+    """A comparable copy of a simple attribute value."""
+    if isinstance(value, np.ndarray):
+        return ("ndarray", value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, dict):
+        return repr(value)
+    if isinstance(value, list):
+        return tuple(value)
+    return value

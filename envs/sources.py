@@ -43,8 +43,7 @@ def register_env_object(env: gym.Env | Callable[[], gym.Env], num_envs: int) -> 
     An instance can back one env only (it is reused, not copied); a factory makes each sub-env.
     """
     if isinstance(env, gym.vector.VectorEnv):
-        raise ValueError("pass a single env or a zero-argument factory (rlkit builds the vector env, num_envs copies); "
-                         "a gymnasium vector env instance is not supported")
+        return register_vector_env(env)
     if isinstance(env, gym.Env):
         if num_envs != 1:
             raise ValueError(f"an env instance backs one env only, but num_envs = {num_envs}; pass a zero-argument "
@@ -58,3 +57,26 @@ def register_env_object(env: gym.Env | Callable[[], gym.Env], num_envs: int) -> 
     env_id = f"{USER_PREFIX}{name}-{next(_counter)}-v0"
     gym.register(env_id, entry_point=env, disable_env_checker=True)
     return env_id
+
+
+def register_vector_env(envs: gym.vector.VectorEnv) -> str:
+    """The id of the sub-envs of a gymnasium vector env, for rlkit to build its own vector env from.
+
+    rlkit needs same-step autoreset and its wrappers on every sub-env, so it does not step the
+    given vector env: it rebuilds one from the same sub-env factories (``env_fns`` of a
+    Sync/AsyncVectorEnv, one per index) or, for a registered env's own vectorised class
+    (``gym.make_vec(id, vectorization_mode="vector_entry_point")``), from the id and its kwargs.
+    The caller takes ``envs.num_envs`` as the number of envs.
+    """
+    env_fns = getattr(envs, "env_fns", None)
+    if env_fns:
+        calls = itertools.count()
+        return register_env_object(lambda: env_fns[next(calls) % len(env_fns)](), envs.num_envs)
+    spec = getattr(envs, "spec", None)
+    if spec is not None and spec.id in gym.registry and spec.entry_point is not None:
+        kwargs = {k: v for k, v in spec.kwargs.items() if k not in ("num_envs", "vectorization_mode", "max_episode_steps")}
+        env_id = f"{USER_PREFIX}{spec.name}-{next(_counter)}-v0"
+        gym.register(env_id, entry_point=spec.entry_point, max_episode_steps=spec.max_episode_steps, kwargs=kwargs)
+        return env_id
+    raise ValueError(f"cannot rebuild the sub-envs of {type(envs).__name__} (it has no env_fns and no registered "
+                     "single-env entry point); pass a zero-argument factory of one env and num_envs instead")

@@ -5,8 +5,9 @@
     action, _ = model.predict(obs, deterministic=True)
     model.save("agents/cartpole"); model = PPO.load("agents/cartpole")
 
-``env`` is a registered id, a ``"module:Id"`` string, a ``gymnasium.Env`` instance or a
-zero-argument env factory.  Training is ``rlkit.ppo.train`` (or its recurrent variant): every run
+``env`` is a registered id, a ``"module:Id"`` string, a ``gymnasium.Env`` instance, a
+zero-argument env factory or a gymnasium vector env (rlkit rebuilds its sub-envs with same-step
+autoreset and its own wrappers; ``num_envs`` becomes its size).  Training is ``rlkit.ppo.train`` (or its recurrent variant): every run
 writes a run folder with checkpoints, and a second ``learn`` continues the same run from its newest
 checkpoint (SB3's ``reset_num_timesteps=False``).  ``predict`` works on raw observations: the
 saved normaliser statistics are applied and Box actions clipped to their bounds.
@@ -28,7 +29,8 @@ import torch
 
 from rlkit.checkpoint import CheckpointError, resolve_checkpoint
 from rlkit.config import config_from_dict, read_recipe
-from rlkit.envs.sources import register_env_object
+from rlkit.envs.observations import ObservationLayout, Part, adapt_observations, real_valued_entries
+from rlkit.envs.sources import register_env_object, resolve_env_id
 from rlkit.evaluate import (
     agent_spaces,
     build_agent,
@@ -57,7 +59,14 @@ def _config_class(table: str):
 
 def spaces_from_json(spaces: dict) -> tuple[gym.Space, gym.Space]:
     """The (observation, action) spaces an agent folder records, rebuilt without the env."""
-    observation = gym.spaces.Box(-np.inf, np.inf, shape=tuple(spaces["observation_shape"]), dtype=np.float32)
+    shape, layout = tuple(spaces["observation_shape"]), spaces.get("observation_layout")
+    if layout == "image":
+        observation = gym.spaces.Box(0, 255, shape=shape, dtype=np.uint8)
+    elif layout is not None:
+        parts = [Part(p["name"], p["kind"], p["start"], p["stop"], tuple(p["shape"])) for p in layout]
+        observation = ObservationLayout(parts, np.full(shape, -np.inf), np.full(shape, np.inf))
+    else:
+        observation = gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=np.float32)
     action = spaces["action"]
     if action["type"] == "Discrete":
         return observation, gym.spaces.Discrete(action["n"])
@@ -74,11 +83,15 @@ class PPO:
     agent); ``overrides``: any config key (``rlkit train RECIPE --help`` lists them).
     """
 
-    def __init__(self, env: str | gym.Env | Callable[[], gym.Env], recipe: str | None = None, *,
+    def __init__(self, env: str | gym.Env | gym.vector.VectorEnv | Callable[[], gym.Env], recipe: str | None = None, *,
                  run_name: str | None = None, **overrides: Any):
         table, values, source = read_recipe(recipe) if recipe is not None else ("ppo", {}, "defaults")
         cls = _config_class(table)
         num_envs = overrides.get("num_envs", values.get("num_envs", 1))
+        if isinstance(env, gym.vector.VectorEnv):  # its sub-envs are rebuilt (rlkit.envs.sources.register_vector_env)
+            if overrides.get("num_envs", env.num_envs) != env.num_envs:
+                raise ValueError(f"num_envs = {overrides['num_envs']} but the vector env holds {env.num_envs} envs")
+            num_envs = overrides["num_envs"] = env.num_envs
         env_id = env if isinstance(env, str) else register_env_object(env, num_envs)
         if not isinstance(env, str) and overrides.get("vectorization", values.get("vectorization")) == "async":
             raise ValueError("an env object cannot be sent to async worker processes; use vectorization = 'sync' or a "
@@ -127,12 +140,55 @@ class PPO:
             raise ValueError("this PPO has no trained agent yet: call learn() first, or PPO.load(path)")
 
     def _normalize(self, obs: np.ndarray) -> np.ndarray:
-        """What the training env's observation normaliser did, with its saved statistics, frozen."""
-        if not self.config.normalize_obs:
+        """What the training env's observation normaliser did, with its saved statistics, frozen.
+
+        Only the entries the normaliser touched in training (rlkit.envs.observations.real_valued_entries):
+        never one-hot, 0/1 or pixel entries; nothing when no statistics were saved.
+        """
+        obs = obs.astype(np.float64)
+        if not self.config.normalize_obs or "obs.mean" not in self.normalizer:
             return obs.astype(np.float32)
         mean, var = self.normalizer["obs.mean"], self.normalizer["obs.var"]
-        normalized = (obs - mean) / np.sqrt(var + 1e-8)
-        return np.clip(normalized, -self.config.obs_clip, self.config.obs_clip).astype(np.float32)
+        entries = real_valued_entries(spaces_from_json(self.spaces)[0])
+        where = slice(None) if entries is None else entries
+        out = obs.copy()
+        normalized = (obs[..., where] - mean) / np.sqrt(var + 1e-8)
+        out[..., where] = np.clip(normalized, -self.config.obs_clip, self.config.obs_clip)
+        return out.astype(np.float32)
+
+    def _raw_observation_space(self) -> gym.Space | None:
+        """The env's own observation space (before rlkit's adapters), or None when the env cannot be made here."""
+        if not hasattr(self, "_raw_space"):
+            try:
+                env = gym.make(resolve_env_id(self.config.env_id, self.config.env_module), **dict(self.config.env_kwargs))
+                self._raw_space = env.observation_space
+                env.close()
+            except Exception:  # an env that is gone (another process's object): adapted observations only
+                self._raw_space = None
+        return self._raw_space
+
+    def _adapt(self, observation: Any) -> tuple[np.ndarray, bool]:
+        """(batch of agent-ready observations, whether one observation was given).
+
+        Takes what the env returns, one observation or a batch (an array for Box spaces, a list for
+        the others), or what rlkit's own vector env returns (already adapted).
+        """
+        shape = tuple(self.spaces["observation_shape"])
+        as_array = None if isinstance(observation, (dict, tuple, list)) else np.asarray(observation)
+        if as_array is not None and as_array.dtype != object and as_array.shape[-len(shape):] == shape \
+                and as_array.ndim in (len(shape), len(shape) + 1):
+            single = as_array.ndim == len(shape)
+            return (as_array[None] if single else as_array), single  # already what the agent takes
+        raw = self._raw_observation_space()
+        if raw is not None:
+            adapter = _adapter_for(raw)
+            if _is_one(raw, observation):
+                return adapter(observation)[None], True
+            items = list(observation) if isinstance(observation, (list, tuple, np.ndarray)) and np.ndim(observation) else []
+            if items and all(_is_one(raw, item) for item in items):
+                return np.stack([adapter(item) for item in items]), False
+        raise ValueError(f"observation {_describe(observation)} does not fit this agent: it takes {shape} "
+                         f"(or a batch of them)" + (f", or the env's own {raw} observations" if raw is not None else ""))
 
     def predict(self, observation: np.ndarray, state: tuple | None = None, episode_start: np.ndarray | None = None,
                 deterministic: bool = True, action_mask: np.ndarray | None = None) -> tuple[np.ndarray, tuple | None]:
@@ -143,14 +199,7 @@ class PPO:
         sb3-contrib's RecurrentPPO; the feed-forward agent returns None as the state.
         """
         self._require_agent()
-        obs = np.asarray(observation, dtype=np.float64)
-        shape = tuple(self.spaces["observation_shape"])
-        single = obs.shape == shape
-        if single:
-            obs = obs[None]
-        if obs.shape[1:] != shape:
-            raise ValueError(f"observation of shape {np.asarray(observation).shape}, the agent takes {shape} "
-                             f"(or a batch of them)")
+        obs, single = self._adapt(observation)
         device = next(self.agent.parameters()).device
         x = torch.as_tensor(self._normalize(obs), device=device)
         mask = None if action_mask is None else torch.as_tensor(np.atleast_2d(action_mask), dtype=torch.bool, device=device)
@@ -232,7 +281,7 @@ def _saved_spaces(path: str) -> dict | None:
     if os.path.isfile(config_path) and os.path.isfile(os.path.join(path, "model.safetensors")):
         with open(config_path) as f:
             saved = json.load(f)
-        return {"observation_shape": saved["observation_shape"], "action": saved["action"]}
+        return {key: saved[key] for key in ("observation_shape", "observation_layout", "action") if key in saved}
     return None
 
 
@@ -244,3 +293,32 @@ def _saved_run_dir(path: str) -> str | None:
         return os.path.dirname(os.path.dirname(resolve_checkpoint(path)))
     except CheckpointError:
         return None
+
+
+def _is_one(space: gym.Space, observation: Any) -> bool:
+    """Whether ``observation`` is one observation of ``space`` (tolerant of dtype, e.g. float64 for float32)."""
+    try:
+        if isinstance(space, gym.spaces.Box):
+            return np.asarray(observation).shape == space.shape
+        return space.contains(observation) or space.contains(np.asarray(observation, dtype=space.dtype))
+    except Exception:
+        return False
+
+
+def _adapter_for(space: gym.Space) -> Callable[[Any], np.ndarray]:
+    """One raw observation -> what the agent takes, by the same wrapper the training envs use."""
+
+    class _Stub(gym.Env):
+        observation_space = space
+        action_space = gym.spaces.Discrete(1)
+
+    wrapped = adapt_observations(_Stub())
+    if isinstance(wrapped, gym.ObservationWrapper):
+        return lambda observation: np.asarray(wrapped.observation(observation))
+    return np.asarray
+
+
+def _describe(observation: Any) -> str:
+    if isinstance(observation, np.ndarray):
+        return f"of shape {observation.shape}"
+    return f"{type(observation).__name__} {str(observation)[:60]}"

@@ -8,6 +8,11 @@ but wrote a checkpoint continues from it (``rlkit train --resume``); any other
 unfinished run starts again from scratch (its stale folder is removed first:
 ``metrics.jsonl`` is appended to, so two attempts would mix); a run that fails is
 reported and the others go on.
+Before anything runs, each existing run folder's saved ``config.json`` is compared with the config the
+launch asks for (:func:`config_changes`; the device, folder and logging keys aside): a finished run made
+with another config is not skipped but moved aside to ``seed_<S>.replaced-<time>/`` (which ``rlkit
+report`` does not read) and trained again, and so is a resumable one (resuming would continue the old
+config); with ``--refuse-changed`` the launch stops instead, in one line naming the differing keys.
 ``--devices cuda:0 cuda:1`` assigns devices round-robin.  ``--backend ray`` hands
 the same commands to a Ray cluster (``RAY_ADDRESS``, or a local Ray started here
 with ``--workers`` CPUs), so scaling out uses an existing engine.  On a multi-node
@@ -32,6 +37,14 @@ from rlkit.config import ConfigError, read_recipe
 
 RECIPE_COMMANDS = {"ppo": "train", "ppo_lstm": "train", "rlhf": "rlhf"}
 """Recipe table -> the rlkit subcommand that runs it."""
+
+CONFIG_CLASSES = {"ppo": ("rlkit.ppo", "PPOConfig"), "ppo_lstm": ("rlkit.ppo_lstm", "RecurrentPPOConfig"),
+                  "rlhf": ("rlkit.rlhf.config", "RLHFConfig")}
+"""Recipe table -> its config class (to compare a saved run's config with the requested one)."""
+
+NOT_COMPARED = {"run_dir", "device", "torch_threads", "log_interval", "checkpoint_interval", "keep_checkpoints",
+                "track", "track_project", "new_folder", "save_checkpoint", "cache_dir", "artifacts_dir"}
+"""Keys that say where and how a run is kept, not what it learns: a change of these reuses the run."""
 
 LAUNCHER_KEYS = {"seed": "--seeds", "device": "--devices", "run_dir": "--out", "run_name": "--out", "env_id": "--env-ids"}
 """Keys the launcher sets per run; an override after ``--`` would silently collapse the runs."""
@@ -72,6 +85,50 @@ class RunSpec:
             return False
         return any(n.startswith("update_") and n[7:].isdigit() and os.path.isfile(os.path.join(folder, n, "state.json"))
                    for n in os.listdir(folder))
+
+    def requested_config(self) -> dict:
+        """The validated config this run is asked for (recipe + overrides + the launcher's keys), as a dict."""
+        import argparse
+        import importlib
+
+        from rlkit.config import add_config_arguments, config_from_dict, parse_overrides
+
+        table, values, source = read_recipe(self.recipe)
+        module, name = CONFIG_CLASSES[table]
+        cls = getattr(importlib.import_module(module), name)
+        parser = argparse.ArgumentParser(prog="rlkit bench --")
+        add_config_arguments(parser, cls, values)
+        _, extra = parse_overrides(parser, cls, self.overrides)
+        # (not the device: it is checked where the run starts, which may be another machine, and not compared)
+        launcher = {"seed": self.seed, "run_dir": os.path.dirname(self.run_dir)}
+        if self.env_id is not None:
+            launcher["env_id"] = self.env_id
+        cfg = config_from_dict(cls, {**values, **extra, **launcher}, source=f"{source} + command line")
+        return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if f.init}
+
+    def config_changes(self) -> list[tuple[str, object, object]]:
+        """(key, saved, requested) for each key where the existing run's config.json differs from the request
+        (a key the saved config lacks, written by an older rlkit, counts as its default); [] without a run."""
+        path = os.path.join(self.run_dir, "config.json")
+        if not os.path.isfile(path):
+            return []
+        with open(path) as f:
+            saved = json.load(f)
+        requested = self.requested_config()
+        table, _, _ = read_recipe(self.recipe)
+        module, name = CONFIG_CLASSES[table]
+        import importlib
+
+        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                    for f in dataclasses.fields(getattr(importlib.import_module(module), name)) if f.init}
+        changes = []
+        for key, value in requested.items():
+            if key in NOT_COMPARED:
+                continue
+            old = saved.get(key, defaults.get(key))
+            if json.loads(json.dumps(old)) != json.loads(json.dumps(value)):  # tuples vs lists, as JSON has them
+                changes.append((key, old, value))
+        return changes
 
     def command(self, resume: bool = False) -> list[str]:
         """The argv of the run; ``sys.executable`` is evaluated where the run starts (a Ray worker, say).
@@ -127,6 +184,29 @@ def plan_runs(recipe: str, env_ids: list[str] | None, seeds: list[int], devices:
             runs.append(RunSpec(recipe, env_id if env_ids else None, seed, device, folder, list(overrides),
                                 subcommand=RECIPE_COMMANDS[table], label=label, cwd=cwd))
     return runs
+
+
+def reconcile(runs: list[RunSpec], refuse: bool = False, echo=print) -> list[RunSpec]:
+    """Move aside (or, with ``refuse``, refuse) every existing finished or resumable run whose saved config
+    differs from the requested one; returns the runs moved aside."""
+    moved = []
+    for spec in runs:
+        if not (spec.finished or spec.resumable):
+            continue  # nothing to reuse: an unfinished run without a checkpoint starts afresh anyway
+        changes = spec.config_changes()
+        if not changes:
+            continue
+        listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, old, new in changes)
+        if refuse:
+            raise ConfigError(f"{spec.name}: the run in {spec.run_dir} was made with another config ({listed}); "
+                              "drop --refuse-changed to move it aside and train again, or use another --out")
+        aside = f"{spec.run_dir}.replaced-{int(time.time())}"
+        os.replace(spec.run_dir, aside)
+        if os.path.isfile(spec.log_path):
+            os.replace(spec.log_path, aside + ".log")
+        echo(f"rlkit bench: {spec.name} was made with another config ({listed}): moved to {aside}, training again")
+        moved.append(spec)
+    return moved
 
 
 def _run_local(spec: RunSpec) -> tuple[RunSpec, int, float]:

@@ -12,10 +12,8 @@ import json
 import os
 import sys
 
-import gymnasium as gym
-from gymnasium.error import DependencyNotInstalled
-
-from rlkit.checkpoint import CheckpointError
+# Light imports only: torch and gymnasium load inside the commands, where an error (or a Ctrl-C
+# during the import) reaches main's one error path.
 from rlkit.config import (
     ConfigError,
     add_config_arguments,
@@ -24,7 +22,19 @@ from rlkit.config import (
     parse_overrides,
     read_recipe,
 )
-from rlkit.ppo import NonFiniteError
+from rlkit.errors import EXIT_CODES, classify
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """No abbreviated options (``--learning_rat`` is not ``--learning_rate``), and a usage error is a
+    ConfigError: one line and exit code 2 through main's error path."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 CONFIG_TABLES = {"ppo": ("rlkit.ppo", "PPOConfig"), "ppo_lstm": ("rlkit.ppo_lstm", "RecurrentPPOConfig")}
 """Recipe table -> (module, config class); the module's ``train(config, run_name, progress)`` runs it."""
@@ -41,7 +51,7 @@ def _config_class(table: str, source: str):
 
 
 def _override_parser(prog: str, cls, defaults: dict, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser, cls, defaults)
     parser.add_argument("--run-name", default=None, help="name of the run folder (default: env__exp__seed__time)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
@@ -50,7 +60,7 @@ def _override_parser(prog: str, cls, defaults: dict, description: str) -> argpar
 
 def cmd_train(argv: list[str]) -> int:
     if argv and argv[0] == "--resume":
-        parser = argparse.ArgumentParser(prog="rlkit train --resume", description="Continue a run from its latest "
+        parser = ArgumentParser(prog="rlkit train --resume", description="Continue a run from its latest "
                                          "checkpoint (or the checkpoint folder given); with --total_timesteps, extend it.")
         parser.add_argument("--resume", required=True, metavar="RUN_DIR", help="run folder (or a checkpoint folder in it)")
         parser.add_argument("--total_timesteps", "--total-timesteps", type=int, default=None,
@@ -133,7 +143,7 @@ def _run_ppo(config, run_name: str | None, progress: bool, resume: str | None = 
 
 
 def cmd_doctor(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rlkit doctor", description="Train PPO on the ten probe environments "
+    parser = ArgumentParser(prog="rlkit doctor", description="Train PPO on the ten probe environments "
                                      "(five probes x discrete/continuous actions) and check the learned value and "
                                      "policy against the known answers. The first failing probe points at the bug.")
     parser.add_argument("--seed", type=int, default=1, help="seed of every probe run")
@@ -148,7 +158,7 @@ def cmd_doctor(argv: list[str]) -> int:
 
 
 def cmd_recipes(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="rlkit recipes", description="List the shipped recipes.").parse_args(argv)
+    ArgumentParser(prog="rlkit recipes", description="List the shipped recipes.").parse_args(argv)
     for name in available_recipes():
         table, values, _ = read_recipe(name)
         target = values.get("env_id") or values.get("task") or ""
@@ -158,7 +168,7 @@ def cmd_recipes(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rlkit eval", description="Evaluate a trained agent with its saved "
+    parser = ArgumentParser(prog="rlkit eval", description="Evaluate a trained agent with its saved "
                                      "observation-normaliser statistics (frozen).")
     parser.add_argument("checkpoint", help="run folder, checkpoint folder, or export folder")
     parser.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
@@ -184,7 +194,7 @@ def cmd_eval(argv: list[str]) -> int:
 
 
 def cmd_export(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rlkit export", description="Write a self-contained agent folder: config.json, "
+    parser = ArgumentParser(prog="rlkit export", description="Write a self-contained agent folder: config.json, "
                                      "model.safetensors, normalizer.json and a README model card with evaluation numbers.")
     parser.add_argument("checkpoint", help="run folder or checkpoint folder")
     parser.add_argument("out", help="folder to write")
@@ -200,7 +210,7 @@ def cmd_export(argv: list[str]) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="rlkit bench", description="Run RECIPE over env ids x seeds, one process per run; finished runs are "
         "skipped, so re-running the same command resumes. Recipe overrides go after --, e.g. "
         "rlkit bench mujoco --env-ids Hopper-v5 --seeds 1 2 3 -- --total_timesteps 100000")
@@ -216,15 +226,18 @@ def cmd_bench(argv: list[str]) -> int:
     parser.add_argument("--batched", action="store_true", help="all seeds of an env in one process as one batched "
                         "computation (rlkit/ppo_multiseed.py: stacked parameters, torch.func.vmap); [ppo] recipes; "
                         "a checkpoint per seed, and re-running the command resumes")
+    parser.add_argument("--refuse-changed", action="store_true", help="stop, naming the differing keys, when an existing "
+                        "run was made with another config (default: move it aside to seed_<s>.replaced-<time> and train again)")
     if "--" in argv:
         split = argv.index("--")
         argv, overrides = argv[:split], argv[split + 1:]
     else:
         overrides = []
     args = parser.parse_args(argv)
-    from rlkit.bench import launch, plan_runs
+    from rlkit.bench import launch, plan_runs, reconcile
 
     runs = plan_runs(args.recipe, args.env_ids, args.seeds, args.devices, args.out, overrides)
+    reconcile(runs, refuse=args.refuse_changed)  # a finished run is skipped only if it has the requested config
     if args.batched:
         return _bench_batched(args.recipe, runs, overrides, args.out)
     outcome = launch(runs, workers=args.workers, backend=args.backend)
@@ -312,14 +325,19 @@ COMMANDS = {
     "setup-offline": (cmd_setup_offline, "check the offline model/data wheels and convert SmolLM2 once"),
     "bench": (cmd_bench, "run a recipe over env ids x seeds in parallel processes (resumable)"),
     "report": (cmd_report, "aggregate a bench folder: per-seed scores, mean +- std, IQM [95% CI], curves, CSV"),
+    "tune": (lambda argv: __import__("rlkit.tune", fromlist=["cmd_tune"]).cmd_tune(argv),
+             "Optuna search (TPE, median pruning on the periodic evaluation; resumable): rlkit tune RECIPE --trials N"),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done, 1 finished with non-finite returns, 2 a user error (one line; --debug shows the
-    traceback), 3 a NaN / inf stopped training, 128 + N stopped by signal N (checkpoint written)."""
+    """Exit codes (README, "Faults and what you see"): 0 done, 1 finished with non-finite returns,
+    2 config / usage error, 3 a NaN / inf stopped training, 4 environment, 5 checkpoint, 6 export,
+    7 run folder in use or taken, 8 file system (full disk, permissions), 9 device, 10 reward
+    function, 70 a bug in rlkit, 130 interrupted, 128 + N stopped by signal N (checkpoint written).
+    Every failure is one line on stderr; ``--debug`` or ``RLKIT_DEBUG=1`` shows the traceback."""
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
+    debug = "--debug" in argv or os.environ.get("RLKIT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     argv = [a for a in argv if a != "--debug"]
     if argv and argv[0] in ("--version", "-V"):
         from rlkit import __version__
@@ -342,25 +360,16 @@ def main(argv: list[str] | None = None) -> int:
         return _report(error)
 
 
-def _report(error: Exception) -> int:
-    """One line for a failure, and its exit code (see main)."""
-    try:
-        raise error
-    except NonFiniteError as error:
-        print(f"rlkit: training stopped: {error}", file=sys.stderr)
-        return 3
-    except (ConfigError, CheckpointError) as error:
-        print(f"rlkit: {error}", file=sys.stderr)
-        return 2
-    except (ImportError, DependencyNotInstalled) as error:
-        print(f"rlkit: a dependency is missing: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+def _report(error: BaseException) -> int:
+    """One line for a failure, and its exit code (rlkit.errors.EXIT_CODES; see main)."""
+    kind, message = classify(error)
+    if kind == "interrupted":
         print("\nrlkit: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, gym.error.Error) as error:  # bad input: one line (--debug shows where)
-        print(f"rlkit: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
-        return 2
+    elif kind == "non_finite":
+        print(f"rlkit: training stopped: {message}", file=sys.stderr)
+    else:
+        print(f"rlkit: {message}", file=sys.stderr)
+    return EXIT_CODES[kind]
 
 
 if __name__ == "__main__":

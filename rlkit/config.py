@@ -27,8 +27,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class ConfigError(ValueError):
-    """A user error in a recipe or an override; the message says what to change."""
+from rlkit.errors import ConfigError, RlkitError  # noqa: E402  (a ValueError; the CLI's exit code 2)
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -167,7 +166,7 @@ def config_from_dict(cls: type, values: dict[str, Any], source: str = "config") 
     config = cls(**kwargs)
     try:
         return config.validate()
-    except ConfigError:
+    except RlkitError:  # a config error, or a device error (its own exit code)
         raise
     except ValueError as error:
         raise ConfigError(f"{source}: {error}") from None
@@ -190,7 +189,11 @@ def read_recipe(name_or_path: str) -> tuple[str, dict[str, Any], str]:
         if not os.path.isfile(name_or_path):
             raise ConfigError(f"recipe file {name_or_path!r} does not exist")
         with open(name_or_path, "rb") as f:
-            text, source = f.read().decode(), name_or_path
+            data, source = f.read(), name_or_path
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{source}: not UTF-8 text (byte {error.start}); save the recipe as UTF-8") from None
     else:
         names = available_recipes()
         if name_or_path not in names:
@@ -217,15 +220,25 @@ def read_recipe(name_or_path: str) -> tuple[str, dict[str, Any], str]:
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: dict[str, Any]) -> None:
     """--key VALUE (and --key-with-dashes) for every settable field; help = the field's doc + recipe value."""
     docs = field_docs(cls)
+    types_ = _field_types(cls)
     group = parser.add_argument_group("recipe keys (each overrides the recipe)")
     for name, f in settable_fields(cls).items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         text = f"{docs.get(name, '')} (recipe: {defaults.get(name, f.default)!r})"
-        group.add_argument(*flags, dest=name, metavar="VALUE", default=None, help=text.replace("%", "%%"))
+        flag = {"nargs": "?", "const": "true"} if _allowed_types(types_[name]) == ((bool,), False) else {}  # --key alone: true
+        group.add_argument(*flags, dest=name, metavar="VALUE", default=None, help=text.replace("%", "%%"), **flag)
 
 
 def parse_overrides(parser: argparse.ArgumentParser, cls: type, argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
-    """(all parsed args, the config keys given); an unknown flag is a ConfigError naming the closest key."""
+    """(all parsed args, the config keys given); an unknown flag is a ConfigError naming the closest key.
+    Options are never abbreviated (``--learning_rat`` is unknown, not ``--learning_rate``), and a usage
+    error (a missing value, say) is a ConfigError too: one line, no usage dump."""
+    parser.allow_abbrev = False
+
+    def refuse(message: str):
+        raise ConfigError(f"{parser.prog}: {message} (see {parser.prog} --help)")
+
+    parser.error = refuse
     args, unknown = parser.parse_known_args(argv)
     valid = list(settable_fields(cls))
     if unknown:

@@ -36,6 +36,7 @@ from rlkit.envs import (
     normalizes_observations,
     set_normalizer_updates,
 )
+from rlkit.envs.observations import ObservationLayout, is_image_space
 from rlkit.envs.sources import resolve_env_id
 from rlkit.fast import flatten_parameters
 from rlkit.runtime import Callback
@@ -106,6 +107,9 @@ def make_eval_envs(cfg: PPOConfig, video_dir: str | None = None, episodes: int =
             raise CheckpointError('video recording needs moviepy: pip install "rlkit[video]"') from None
         from gymnasium.wrappers import RecordVideo
 
+        from rlkit.video import prepare_rendering
+
+        prepare_rendering(env_id)  # no display: SDL's dummy driver, MuJoCo's EGL / OSMesa, or one line saying what is missing
         env_kwargs["render_mode"] = "rgb_array"
         wrappers = [lambda env: RecordVideo(env, video_dir, episode_trigger=lambda i: i < episodes, disable_logger=True)]
     if is_atari_id(env_id):
@@ -197,7 +201,14 @@ def agent_spaces(cfg: PPOConfig) -> dict:
 
 
 def spaces_of(envs: gym.vector.VectorEnv) -> dict:
-    spaces = {"observation_shape": list(envs.single_observation_space.shape)}
+    observation = envs.single_observation_space
+    spaces = {"observation_shape": list(observation.shape)}
+    # what the network builder needs besides the shape: which input is pixels (rlkit.networks)
+    if is_image_space(observation):
+        spaces["observation_layout"] = "image"
+    elif isinstance(observation, ObservationLayout):
+        spaces["observation_layout"] = [{"name": p.name, "kind": p.kind, "start": p.start, "stop": p.stop,
+                                         "shape": list(p.shape)} for p in observation.parts]
     space = envs.single_action_space
     if hasattr(space, "n"):
         spaces["action"] = {"type": "Discrete", "n": int(space.n)}
@@ -209,12 +220,51 @@ def spaces_of(envs: gym.vector.VectorEnv) -> dict:
     return spaces
 
 
+AGENT_FORMAT = "rlkit-ppo-agent/1"
+AGENT_FILES = {"README.md", "config.json", "model.safetensors", "normalizer.json"}
+
+
+def is_agent_folder(path: str) -> bool:
+    """An earlier export / save: its config.json says so and it holds nothing else (it may be replaced whole)."""
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            fmt = json.load(f).get("format", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return str(fmt).startswith("rlkit-ppo-agent/") and set(os.listdir(path)) <= AGENT_FILES
+
+
+def check_finite_agent(weights: dict[str, torch.Tensor], normalizer: dict[str, np.ndarray], where: str) -> None:
+    """An export of NaN / inf weights or normaliser statistics would act on garbage: refuse it."""
+    from rlkit.errors import ExportError
+
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ExportError(f"{where}: the weight {name} holds NaN or inf; export an earlier checkpoint of the run "
+                              "(rlkit export RUN/checkpoints/update_<k> OUT)")
+    for name, value in normalizer.items():
+        if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+            raise ExportError(f"{where}: the normaliser statistic {name} holds NaN or inf; export an earlier checkpoint")
+
+
 def write_agent_folder(out: str, cfg: PPOConfig, weights: dict[str, torch.Tensor], normalizer: dict[str, np.ndarray],
                        spaces: dict) -> None:
-    """config.json (config, variant, spaces), model.safetensors and normalizer.json: what PPO.load and rlkit eval read."""
-    os.makedirs(out, exist_ok=True)
+    """config.json (config, variant, spaces), model.safetensors and normalizer.json: what PPO.load and rlkit eval read.
+
+    Written atomically (a temporary sibling renamed into place) into a new or empty folder, or over an
+    earlier agent folder, which it replaces completely; other non-empty folders are refused, as are
+    non-finite weights (rlkit.errors.ExportError)."""
+    from rlkit.runfolder import replace_folder
+
+    check_finite_agent(weights, normalizer, "the agent")
+    with replace_folder(out, is_agent_folder) as staging:
+        _write_agent_files(staging, cfg, weights, normalizer, spaces)
+
+
+def _write_agent_files(out: str, cfg: PPOConfig, weights: dict[str, torch.Tensor], normalizer: dict[str, np.ndarray],
+                       spaces: dict) -> None:
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump({"format": "rlkit-ppo-agent/1", "variant": variant_of(cfg).name,
+        json.dump({"format": AGENT_FORMAT, "variant": variant_of(cfg).name,
                    "ppo": {k: getattr(cfg, k) for k in user_fields(type(cfg))}, **spaces}, f, indent=2)
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, os.path.join(out, "model.safetensors"))
     if "obs.mean" in normalizer:  # trained with an observation normaliser (none for pixels / one-hot only)
@@ -225,11 +275,15 @@ def write_agent_folder(out: str, cfg: PPOConfig, weights: dict[str, torch.Tensor
 
 def export(path: str, out: str, episodes: int = 10, deterministic: bool = True) -> dict:
     """Write the self-contained export folder ``out`` and return the evaluation it reports."""
+    from rlkit.runfolder import replace_folder
+
     cfg, weights, normalizer = load_agent(path)
-    write_agent_folder(out, cfg, weights, normalizer, agent_spaces(cfg))
-    result = evaluate(out, episodes=episodes, deterministic=deterministic)
-    with open(os.path.join(out, "README.md"), "w") as f:
-        f.write(_model_card(cfg, result))
+    check_finite_agent(weights, normalizer, path)  # NaN weights: no export (and no model card of garbage)
+    with replace_folder(out, is_agent_folder) as staging:  # new, empty, or an earlier export replaced whole
+        _write_agent_files(staging, cfg, weights, normalizer, agent_spaces(cfg))
+        result = evaluate(staging, episodes=episodes, deterministic=deterministic)  # the exported files themselves
+        with open(os.path.join(staging, "README.md"), "w") as f:
+            f.write(_model_card(cfg, result))
     return result
 
 
@@ -277,7 +331,9 @@ class PeriodicEvaluation(Callback):
 def _model_card(cfg: PPOConfig, result: dict) -> str:
     rows = "\n".join(f"| {k} | {getattr(cfg, k)} |" for k in user_fields(type(cfg)))
     policy = "deterministic (mean / argmax)" if result["deterministic"] else "stochastic"
-    return f"""# PPO agent for {cfg.env_id}
+    from rlkit.modelcard import control_front_matter  # the YAML metadata a model hub reads
+
+    return control_front_matter(cfg.env_id, result, variant_of(cfg).name) + f"""# PPO agent for {cfg.env_id}
 
 Trained with [rlkit](https://pypi.org/project/rlkit/) PPO, seed {cfg.seed}.
 

@@ -4,6 +4,10 @@ TensorBoard names follow CleanRL (``charts/*``, ``losses/*``) so existing
 dashboards work.  ``metrics.jsonl`` is the machine-readable record the benchmark
 tools read: one line per episode (``"kind": "episode"``) and per update
 (``"kind": "update"``).
+
+The config's ``track`` list says where else the same numbers go (W&B, MLflow, Trackio: see
+rlkit.trackers): this logger fans every scalar out to them, the config when it opens, and the
+summary and the run's artefacts when the run finishes.  It is the one logging path.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections import deque
 
 from tqdm.auto import tqdm
+
+from rlkit.trackers import TrackerSet, run_artifacts
 
 TB_NAMES = {
     "policy_loss": "losses/policy_loss",
@@ -44,7 +51,10 @@ class RunLogger:
         self.enabled = enabled
         self.writer = None
         self.metrics_file = None
-        if enabled:
+        self.trackers = TrackerSet([])
+        self.closed = self.summarised = False
+        if enabled:  # trackers first: a missing package is refused before anything is written
+            self.trackers = TrackerSet.open(config, self.run_dir, resume=resume_metrics_at is not None)
             os.makedirs(self.run_dir, exist_ok=True)
             with open(os.path.join(self.run_dir, "config.json"), "w") as f:
                 json.dump(config, f, indent=2)
@@ -54,11 +64,12 @@ class RunLogger:
                 with open(path, "r+") as f:
                     f.truncate(resume_metrics_at)
             self.metrics_file = open(path, "a", buffering=1)
-            from torch.utils.tensorboard import SummaryWriter
+            if "tensorboard" in config.get("track", ["tensorboard"]):
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(self.run_dir)
-            table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
-            self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+                self.writer = SummaryWriter(self.run_dir)
+                table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
+                self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.bar = tqdm(total=total, unit="step", unit_scale=True, disable=not progress, dynamic_ncols=True, smoothing=0.1)
 
@@ -71,12 +82,14 @@ class RunLogger:
         if self.writer is not None:
             self.writer.add_scalar("charts/episodic_return", episodic_return, global_step)
             self.writer.add_scalar("charts/episodic_length", episodic_length, global_step)
+        self.trackers.log({"charts/episodic_return": episodic_return, "charts/episodic_length": episodic_length}, global_step)
         self._write({"kind": "episode", "global_step": global_step, "return": episodic_return, "length": episodic_length})
 
     def update(self, global_step: int, iteration: int, stats: dict) -> None:
         if self.writer is not None:
             for key, value in stats.items():
                 self.writer.add_scalar(TB_NAMES.get(key, f"charts/{key}"), value, global_step)
+        self.trackers.log({TB_NAMES.get(key, f"charts/{key}"): value for key, value in stats.items()}, global_step)
         self._write({"kind": "update", "global_step": global_step, "iteration": iteration, **stats})
 
     def evaluation(self, global_step: int, iteration: int, stats: dict) -> None:
@@ -84,8 +97,24 @@ class RunLogger:
         if self.writer is not None:
             for key, value in stats.items():
                 self.writer.add_scalar(f"eval/{key}", value, global_step)
+        self.trackers.log({f"eval/{key}": value for key, value in stats.items()}, global_step)
         self._write({"kind": "eval", "global_step": global_step, "iteration": iteration, **stats})
-        self.bar.write(f"rlkit: eval at update {iteration} (step {global_step:,}): mean return {stats['mean_return']:.2f}")
+        if not self.bar.disable:  # progress=False: quiet (rlkit tune's trials)
+            self.bar.write(f"rlkit: eval at update {iteration} (step {global_step:,}): mean return {stats['mean_return']:.2f}")
+
+    def scalars(self, prefix: str, values: dict, global_step: int) -> None:
+        """``<prefix>/<name>`` scalars at a step, to TensorBoard and the trackers (no metrics line: the caller writes its own)."""
+        numbers = {f"{prefix}/{k}": v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.writer is not None:
+            for key, value in numbers.items():
+                self.writer.add_scalar(key, value, global_step)
+        self.trackers.log(numbers, global_step)
+
+    def text(self, tag: str, text: str, global_step: int) -> None:
+        """A text (markdown) at a step: TensorBoard's text tab; a table in the trackers when it is a markdown table."""
+        if self.writer is not None:
+            self.writer.add_text(tag, text, global_step)
+        self.trackers.text(tag, text, global_step)
 
     def metrics_offset(self) -> int:
         """Bytes of metrics.jsonl written so far (a checkpoint stores it to cut the file on resume)."""
@@ -107,14 +136,29 @@ class RunLogger:
         self.bar.update(steps)
 
     def summary(self, summary: dict) -> None:
-        """summary.json: the final numbers of a finished run (absent when it crashed)."""
+        """summary.json: the final numbers of a finished run (absent when it crashed); to the trackers
+        with the run's artefacts (then they are finished, if the logger is closed already)."""
         if self.enabled:
             with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
                 json.dump({k: _jsonable(v) for k, v in summary.items()}, f, indent=2)
+        self.trackers.summary(summary, run_artifacts(self.run_dir))
+        self.summarised = True
+        if self.closed:
+            self.trackers.finish("finished")
 
-    def close(self) -> None:
+    def close(self, pending_summary: bool = False) -> None:
+        """Close the files; ``pending_summary``: the loop writes summary() after this, so the trackers
+        stay open for it (an exception in flight finishes them as failed all the same)."""
+        self.closed = True
         self.bar.close()
         if self.writer is not None:
             self.writer.close()
         if self.metrics_file is not None:
             self.metrics_file.close()
+        error = sys.exc_info()[0]
+        if error is not None:
+            self.trackers.finish("killed" if issubclass(error, KeyboardInterrupt) else "failed")
+        elif self.summarised:
+            self.trackers.finish("finished")
+        elif not pending_summary:
+            self.trackers.finish("killed")  # stopped by a signal: resumable, no summary

@@ -55,13 +55,17 @@ from rlkit.envs import (
 from rlkit.envs.sources import resolve_env_id
 from rlkit.fast import NumpyStaging, compiled, compiled_policy_step, flatten_parameters, run_layers
 from rlkit.logger import RunLogger
+from rlkit.trackers import validate_track
 from rlkit.runtime import (  # the run lifecycle, shared with every other loop
     Callback,
     Lifecycle,
     NonFiniteError,
     check_finite,
     check_finite_parameters,
+    check_memory,
+    check_run_settings,
     default_run_name,
+    open_run_folder,
     linear_lr,
     restore_rng_state,
     rng_state,
@@ -154,6 +158,8 @@ class PPOConfig:
     """parent folder of the run folder"""
     exp_name: str = "ppo"
     """name of the run; the run folder is <run_dir>/<env>__<exp_name>__<seed>__<time>"""
+    new_folder: bool = False
+    """when the run folder already holds a run: false refuses (resume it, or choose another run name); true starts the new run in <folder>-2, -3, ... (CLI: --new-folder)"""
     log_interval: int = 1
     """write update metrics every this many updates"""
     checkpoint_interval: int = 10
@@ -170,6 +176,10 @@ class PPOConfig:
     """seed of the evaluation env's episodes (the same episodes at every evaluation)"""
     stop_at_return: float | None = None
     """stop training once a periodic evaluation's mean return reaches this (needs eval_interval > 0)"""
+    track: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """where the run is logged besides metrics.jsonl: any of tensorboard, wandb, mlflow, trackio (rlkit.trackers; CLI: --track tensorboard,wandb)"""
+    track_project: str = "rlkit"
+    """project (W&B, Trackio) or experiment (MLflow) the run is logged under"""
 
     # Derived at validation time, never set by the user.
     batch_size: int = field(default=0, init=False)
@@ -198,6 +208,7 @@ class PPOConfig:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.eval_episodes <= 0:
             raise ValueError(f"eval_episodes must be > 0, got {self.eval_episodes}")
+        validate_track(self.track)
         if self.stop_at_return is not None and not self.eval_interval:
             raise ValueError("stop_at_return needs eval_interval > 0 (it is checked at the periodic evaluations)")
         if not all(isinstance(m, str) and m for m in self.env_module):
@@ -214,12 +225,17 @@ class PPOConfig:
             raise ValueError("normalize_obs and normalize_reward must be false for Atari: the network scales pixels "
                              "by 1/255 and rewards are sign-clipped (the `atari` recipe sets both)")
         resolve_device(self.device)  # raises on a malformed device string
+        check_run_settings(self)
         self.batch_size = self.num_envs * self.num_steps
         if self.batch_size % self.num_minibatches:
             raise ValueError(
                 f"num_minibatches ({self.num_minibatches}) must divide num_envs * num_steps ({self.batch_size})"
             )
         self.minibatch_size = self.batch_size // self.num_minibatches
+        if self.minibatch_size < 2:
+            raise ValueError(f"num_minibatches ({self.num_minibatches}) leaves {self.minibatch_size} sample per minibatch "
+                             f"(num_envs * num_steps = {self.batch_size}); advantage normalisation needs at least 2: "
+                             "use fewer minibatches or more steps")
         self.num_iterations = max(1, math.ceil(self.total_timesteps / self.batch_size))  # whole updates, rounded up
         return self
 
@@ -246,7 +262,9 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device; use 'auto' or 'cpu'")
+            from rlkit.errors import DeviceError
+
+            raise DeviceError(f"device {device!r} asked for, but torch sees no CUDA device; use 'auto' or 'cpu'")
         return torch.device(device)
     raise ValueError(f"device must be auto, cpu, cuda or cuda:<index>, got {device!r}")
 
@@ -265,20 +283,22 @@ def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias_const: float = 
 
 def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
     """Refuse spaces this agent cannot represent, saying which ones it can."""
+    from rlkit.errors import EnvError  # a ValueError: the env does not fit the agent (exit code 4)
+
     if not isinstance(observation_space, gym.spaces.Box):
-        raise ValueError(
+        raise EnvError(
             f"unsupported observation space {type(observation_space).__name__}: rlkit.ppo takes the adapted "
             "observations of rlkit.envs.make_vector_env (one-hot Discrete/MultiDiscrete, flattened Tuple/Dict, "
             "channels-first images); wrap a hand-built env's sub-envs with rlkit.envs.adapt_observations"
         )
     if isinstance(action_space, gym.spaces.Box):
         if len(action_space.shape) != 1:
-            raise ValueError(f"Box actions must be 1-d, got shape {action_space.shape}")
+            raise EnvError(f"Box actions must be 1-d, got shape {action_space.shape}")
     elif isinstance(action_space, gym.spaces.MultiDiscrete):
         if len(action_space.shape) != 1:
-            raise ValueError(f"MultiDiscrete actions must be 1-d, got shape {action_space.shape}")
+            raise EnvError(f"MultiDiscrete actions must be 1-d, got shape {action_space.shape}")
     elif not isinstance(action_space, gym.spaces.Discrete):
-        raise ValueError(
+        raise EnvError(
             f"unsupported action space {type(action_space).__name__}: rlkit.ppo takes Discrete, MultiDiscrete "
             "or 1-d Box actions"
         )
@@ -1050,6 +1070,9 @@ def train(
 
     variant = variant or saved_variant(resume)
     cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume, variant.config_class, total_timesteps)
+    # locked for this run; a new run never lands in another run's folder; an older checkpoint branches
+    folder = open_run_folder(run_dir, resume and resolve_checkpoint(resume), saved, run_name, cfg.new_folder, enabled=log)
+    run_dir = folder.path
     seed_everything(cfg.seed, cfg.torch_deterministic)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -1063,6 +1086,7 @@ def train(
     shuffle_generator = torch.Generator().manual_seed(cfg.seed)
     episodes = EpisodeLog()
     cursor = EnvCursor.reset(envs, cfg.seed, device)  # the mask: invalid-action masking, when the env provides masks
+    check_memory("the rollout buffer", 4 * cfg.num_steps * cfg.num_envs * (int(np.prod(envs.single_observation_space.shape)) + 8))
     rollout = Rollout.allocate(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape, agent, device,
                                masked=cursor.mask is not None)
     staging = NumpyStaging(cfg.num_steps, cfg.num_envs)
@@ -1080,12 +1104,12 @@ def train(
     logger = RunLogger(run_dir, cfg.to_dict(), enabled=log, progress=progress, total=cfg.num_iterations * cfg.batch_size,
                        resume_metrics_at=saved["metrics_offset"] if saved is not None else None)
     logger.advance(cursor.global_step, cursor.global_step, 0.0)
-    for note in notes + ([cfg.rounding_note()] if cfg.rounding_note() and saved is None else []):
+    for note in folder.notes + notes + ([cfg.rounding_note()] if cfg.rounding_note() and saved is None else []):
         logger.note(note)
     evaluation = PeriodicEvaluation(cfg) if cfg.eval_interval else None  # eval/ curve, best/ weights
     lifecycle = Lifecycle([run_dir], cfg.num_iterations, cfg.checkpoint_interval, cfg.keep_checkpoints, enabled=log,
                           last_checkpoint=resolve_checkpoint(resume) if resume is not None else None,
-                          callbacks=([evaluation] if evaluation else []) + list(callbacks))
+                          callbacks=([evaluation] if evaluation else []) + list(callbacks), folders=[folder])
     start_time = time.time() - elapsed_before
     last_stats: dict[str, float] = {}
 
@@ -1115,13 +1139,14 @@ def train(
         wall_time = time.time() - start_time
         normalizer = normalizer_state(envs)
         envs.close()
-        logger.close()
+        logger.close(pending_summary=lifecycle.interrupted is None)  # trackers stay open for the summary
     result = TrainResult(logger.run_dir, episodes.returns, episodes.lengths, episodes.steps, last_stats, cursor.global_step,
                          wall_time, agent, normalizer, interrupted=lifecycle.interrupted,
                          checkpoint=lifecycle.last_checkpoint, updates_run=lifecycle.updates_run,
                          evaluations=evaluation.history if evaluation else [])
     if lifecycle.interrupted is None:
         logger.summary(result.summary(cfg))  # written last: its presence marks a finished run
+    folder.release()
     return result
 
 
@@ -1236,11 +1261,12 @@ def restore_training_state(saved: dict, tensors: dict, agent: nn.Module, optimiz
     restore_rng_state(saved, tensors["rng"], device, generators)
     cursor.global_step = saved["global_step"]
     if saved["env_exact"] and supports_exact_state(envs):
-        load_env_state(envs, saved["env_state"])
+        ignored = load_env_state(envs, saved["env_state"])  # an allow-list: a checkpoint cannot set gravity
         cursor.obs = tensors["rng"]["next_obs"].to(device)
         cursor.mask = tensors["rng"]["next_mask"].to(device) if "next_mask" in tensors["rng"] else None
         policy.load_state_tensors({k: v.to(device) for k, v in tensors.get("policy_state", {}).items()})
-        return f"resumed at update {saved['iteration']}: exact env state restored"
+        return f"resumed at update {saved['iteration']}: exact env state restored" + (
+            f" (not restored, as they are not the env's state: {', '.join(ignored)})" if ignored else "")
     load_normalizer_state(envs, saved["normalizers"])
     fresh = EnvCursor.reset(envs, cfg.seed + 10_007 * saved["iteration"], device)
     cursor.obs, cursor.mask = fresh.obs, fresh.mask

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
-from rlkit.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from rlkit.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_checkpoint
 from rlkit.envs import normalizer_state
 from rlkit.fast import NumpyStaging, stacked_mlp_forward
 from rlkit.logger import RunLogger
@@ -65,7 +65,7 @@ from rlkit.ppo import (
     resolve_device,
     restore_training_state,
 )
-from rlkit.runtime import Callback, Lifecycle, check_finite, default_run_name, linear_lr
+from rlkit.runtime import Callback, Lifecycle, check_finite, default_run_name, linear_lr, open_run_folder
 
 
 def check_batchable(cfg: PPOConfig, envs: gym.vector.VectorEnv) -> None:
@@ -82,6 +82,8 @@ def check_batchable(cfg: PPOConfig, envs: gym.vector.VectorEnv) -> None:
         problems.append("eval_interval (evaluate the seeds' checkpoints with rlkit eval)")
     if isinstance(envs.single_action_space, gym.spaces.MultiDiscrete):
         problems.append("MultiDiscrete actions")
+    if "trackio" in cfg.track:
+        problems.append("track=['trackio'] (trackio keeps one open run per process; wandb and mlflow work)")
     refuse("batched multi-seed training", problems, "run the seeds as separate processes (rlkit bench without --batched)")
 
 
@@ -255,8 +257,14 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
+    given = run_dirs is not None
     run_dirs = run_dirs or [os.path.join(cfg.run_dir, default_run_name(cfg.env_id, cfg.exp_name, s)) for s in seeds]
     saved = _saved_checkpoints(run_dirs) if resume else None
+    # each seed's folder locked; explicit folders without a checkpoint (resume) start fresh, their files kept aside
+    folders = [open_run_folder(d, resolve_checkpoint(d), saved[i][1], enabled=log) if saved is not None else
+               open_run_folder(d, enabled=log, if_exists="abandon" if resume else "refuse" if given else "number")
+               for i, d in enumerate(run_dirs)]
+    run_dirs = [f.path for f in folders]
 
     configs = [replace(cfg, seed=s).validate() for s in seeds]
     seed_envs = [make_envs(c) for c in configs]
@@ -295,10 +303,10 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
                for i, (d, c) in enumerate(zip(run_dirs, configs))]
     loggers[0].bar.set_description(f"{n} seeds")
     loggers[0].advance(cursor.global_step * n, cursor.global_step * n, 0.0)
-    for note in notes[:1]:
+    for note in [text for f in folders for text in f.notes] + notes[:1]:
         loggers[0].note(note)
     lifecycle = Lifecycle(run_dirs, cfg.num_iterations, cfg.checkpoint_interval, cfg.keep_checkpoints, enabled=log,
-                          callbacks=list(callbacks))
+                          callbacks=list(callbacks), folders=folders)
     start_time = time.time() - elapsed_before
     per_seed_stats: list[dict] = [{} for _ in seeds]
 
@@ -344,7 +352,7 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
         normalizers = [normalizer_state(e) for e in seed_envs]
         envs.close()
         for logger in loggers:
-            logger.close()
+            logger.close(pending_summary=lifecycle.interrupted is None)  # trackers stay open for the summary
 
     results = []
     for i, (agent, c) in enumerate(zip(agents, configs)):
@@ -356,6 +364,8 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
                                    lifecycle.interrupted, last and os.path.join(run_dirs[i], "checkpoints", os.path.basename(last))))
         if lifecycle.interrupted is None:
             loggers[i].summary({**results[-1].summary(c), "batched_seeds": seeds})
+    for folder in folders:
+        folder.release()
     return results
 
 
@@ -382,7 +392,7 @@ def _saved_checkpoints(run_dirs: list[str]) -> list[tuple[dict, dict]] | None:
         missing = [d for d, f in zip(run_dirs, found) if not f]
         raise CheckpointError(f"some seeds have checkpoints and these have none: {missing}; delete their folders to "
                               "start them fresh, or run them separately")
-    saved = [load_checkpoint(f[-1]) for f in found]
+    saved = [load_checkpoint(d) for d in run_dirs]  # each seed's newest complete checkpoint
     updates = {state["iteration"] for _, state in saved}
     if len(updates) != 1:
         raise CheckpointError(f"the seeds' newest checkpoints are at different updates {sorted(updates)}; "

@@ -4,6 +4,8 @@ A loop supplies what is its own (an ``iterate(i)`` that does one rollout and one
 ``capture(i)`` that says what a checkpoint holds); this module does the rest, once:
 
 - run naming and seeding (:func:`default_run_name`, :func:`seed_everything`);
+- the run folder: one owner (a lock), no new run over another, a lineage per resume
+  (:func:`open_run_folder`, rlkit.runfolder);
 - RNG state capture and restore for checkpoints (:func:`rng_state`, :func:`restore_rng_state`);
 - SIGINT / SIGTERM: finish the current iteration, checkpoint, stop (:class:`StopSignals`);
 - the non-finite guard: a NaN or inf anywhere stops the run with one message format that names
@@ -18,6 +20,7 @@ it is given.
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -31,6 +34,7 @@ import torch
 from torch import Tensor
 
 from rlkit.checkpoint import save_checkpoint
+from rlkit.runfolder import RunFolder, check_name, claim_new, claim_resumed
 
 
 class NonFiniteError(RuntimeError):
@@ -48,6 +52,49 @@ def check_finite_parameters(module: torch.nn.Module) -> None:
         check_finite(f"parameter {name}", parameter)
 
 
+SEED_RANGE = 2**32
+"""seeds are in [0, 2**32): numpy's legacy seeding (and so gymnasium's) takes no other"""
+
+
+def check_seed(seed: object, key: str = "seed") -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_RANGE:
+        raise ValueError(f"{key} must be an integer in [0, 2**32), got {seed!r}")
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory (None where it cannot be asked)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return None
+
+
+def check_memory(what: str, needed: int) -> None:
+    """Refuse, before allocating, a buffer estimated larger than the machine's memory."""
+    total = memory_bytes()
+    if total is not None and needed > total:
+        raise ValueError(f"{what} needs about {needed / 2**30:,.1f} GiB, more than this machine's "
+                         f"{total / 2**30:,.1f} GiB: lower num_envs or num_steps")
+
+
+def check_run_settings(cfg: Any) -> None:
+    """What every loop's config must satisfy before any work: seeds in range, a usable exp_name,
+    rollout sizes that fit in memory (a lower bound: 32 bytes a sample, 20 kB an env)."""
+    check_seed(cfg.seed)
+    if hasattr(cfg, "eval_seed"):
+        check_seed(cfg.eval_seed, "eval_seed")
+    try:
+        check_name(cfg.exp_name, "exp_name")
+    except ValueError as error:
+        raise ValueError(str(error)) from None
+    run_dir = getattr(cfg, "run_dir", "runs")
+    if not isinstance(run_dir, str) or not run_dir or "\0" in run_dir:
+        raise ValueError(f"run_dir must be a folder path, got {run_dir!r}")
+    num_envs, num_steps = getattr(cfg, "num_envs", 1), getattr(cfg, "num_steps", 1)
+    check_memory(f"the rollout of num_envs x num_steps = {num_envs:,} x {num_steps:,}",
+                 num_envs * num_steps * 32 + num_envs * 20_000)
+
+
 def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -57,7 +104,26 @@ def seed_everything(seed: int, torch_deterministic: bool = True) -> None:
 
 def default_run_name(label: str, exp_name: str, seed: int | str) -> str:
     """``<label>__<exp_name>__<seed>__<unix time>``, the label's slashes made safe for a folder name."""
+    check_name(exp_name, "exp_name")
     return f"{label.replace('/', '_')}__{exp_name}__{seed}__{int(time.time())}"
+
+
+def open_run_folder(run_dir: str, resume_from: str | None = None, saved: dict | None = None, new_name: str | None = None,
+                    new_folder: bool = False, enabled: bool = True, if_exists: str | None = None) -> RunFolder:
+    """Claim the run folder before anything is written to it (rlkit.runfolder): locked for this process;
+    a new run refuses a folder that holds another run (``new_folder``, or a generated name: the next
+    free ``<name>-k``); a resume from ``resume_from`` (a checkpoint folder of the run, with its
+    ``saved`` state) checks the metrics offset and, from an older checkpoint, starts a new lineage.
+    ``if_exists`` overrides that choice (rlkit.runfolder.claim_new: refuse, number or abandon).
+    Leftover temporary folders are removed.  ``folder.notes`` are for the run's log; the caller
+    releases the lock when the run's last file is written (the OS does when the process ends)."""
+    if resume_from is not None:
+        return claim_resumed(run_dir, resume_from, (saved or {}).get("metrics_offset", 0), enabled=enabled)
+    if new_name is not None:
+        check_name(new_name, "run name")
+    if if_exists is None:
+        if_exists = "number" if new_folder or new_name is None else "refuse"
+    return claim_new(run_dir, if_exists=if_exists, enabled=enabled)
 
 
 def linear_lr(optimizer: torch.optim.Optimizer, iteration: int, num_iterations: int, learning_rate: float) -> None:
@@ -181,6 +247,8 @@ class Lifecycle:
     iteration: int = 0
     context: dict = field(default_factory=dict)
     updates_run: int = 0
+    folders: list[RunFolder] = field(default_factory=list)
+    """the claimed run folders (rlkit.runfolder), marked in use while the iterations run"""
 
     @property
     def interrupted(self) -> int | None:
@@ -209,6 +277,17 @@ class Lifecycle:
         then the callbacks, then a checkpoint when due, at the end, or when stopping.  Returns the last
         iteration run."""
         last = start_iteration - 1
+        for folder in self.folders:
+            if folder.lock is not None:
+                folder.lock.running = True
+        try:
+            return self._run(start_iteration, iterate, capture, where, last)
+        finally:
+            for folder in self.folders:
+                if folder.lock is not None:
+                    folder.lock.running = False
+
+    def _run(self, start_iteration: int, iterate: Callable, capture: Callable, where: Callable[[], str], last: int) -> int:
         with self.stop:
             for callback in self.callbacks:
                 callback.on_start(self)

@@ -198,3 +198,49 @@ def test_the_torch_module_is_untouched_by_predict(tmp_path):
     state = torch.get_rng_state()
     model.predict(np.zeros(4), deterministic=True)
     assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("env_id, kwargs, overrides", [
+    ("FrozenLake-v1", {"is_slippery": False}, {}),                       # Discrete: one-hot
+    ("Blackjack-v1", {}, {}),                                            # Tuple of Discretes, normaliser off by itself
+    ("rlkit/HWCImageProbe-v0", {}, {"network": "auto"}),                 # HWC uint8 image: transposed
+    ("rlkit/DictImageVectorProbe-v0", {}, {"network": "auto"}),          # Dict: image part + normalised vector part
+])
+def test_predict_takes_the_envs_own_observations(env_id, kwargs, overrides, tmp_path):
+    # what the env returns (a Discrete int, a Tuple, an HWC image, a Dict) gives the same action as the
+    # adapted observation the training env stack hands the agent
+    model = PPO(env_id, env_kwargs=kwargs, num_steps=64, num_minibatches=2, update_epochs=1, run_dir=str(tmp_path),
+                **overrides).learn(64, progress=False)
+    raw_env = gym.make(env_id, **kwargs)
+    from rlkit.envs import adapt_observations
+
+    adapted_env = adapt_observations(gym.make(env_id, **kwargs))
+    raws, adapted = [], []
+    for seed in range(4):
+        raws.append(raw_env.reset(seed=seed)[0])
+        adapted.append(adapted_env.reset(seed=seed)[0])
+    one_raw, one_adapted = model.predict(raws[0])[0], model.predict(adapted[0])[0]
+    np.testing.assert_array_equal(one_raw, one_adapted)
+    np.testing.assert_array_equal(model.predict(raws)[0], model.predict(np.stack(adapted))[0])
+    loaded = PPO.load(model.save(str(tmp_path / "agent")))
+    np.testing.assert_array_equal(loaded.predict(raws)[0], model.predict(raws)[0])
+    with pytest.raises(ValueError, match="does not fit this agent"):
+        model.predict({"nonsense": 1})
+
+
+def test_a_gymnasium_vector_env_gives_its_sub_envs_and_size(tmp_path):
+    made = []
+
+    def factory():
+        made.append(1)
+        return gym.make("CartPole-v1")
+
+    for envs in (gym.vector.SyncVectorEnv([factory, factory, factory]),   # env_fns
+                 gym.make_vec("CartPole-v1", num_envs=3)):                  # gymnasium's own CartPoleVectorEnv
+        model = PPO(envs, num_steps=32, num_minibatches=2, update_epochs=1, run_dir=str(tmp_path)).learn(96, progress=False)
+        assert model.config.num_envs == 3 and model.num_timesteps == 96
+        assert model.predict(np.zeros((3, 4)))[0].shape == (3,)
+        envs.close()
+    assert len(made) >= 6  # the user's factories built rlkit's sub-envs (3 by the user's vector env, 3 by rlkit)
+    with pytest.raises(ValueError, match="num_envs = 2 but the vector env holds 3"):
+        PPO(gym.make_vec("CartPole-v1", num_envs=3), num_envs=2)

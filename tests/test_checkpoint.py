@@ -242,15 +242,15 @@ def test_damaged_checkpoints_give_clear_errors(trained_run, tmp_path, damage):
         match = "optimizer.safetensors is truncated or corrupted"
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(str(run))
-    assert main(["train", "--resume", str(run)]) == 2
+    assert main(["train", "--resume", str(run)]) == 5  # a checkpoint error (rlkit.errors.EXIT_CODES)
 
 
 def test_missing_run_dir_is_a_clear_error(tmp_path, capsys):
-    assert main(["eval", str(tmp_path / "nope")]) == 2
+    assert main(["eval", str(tmp_path / "nope")]) == 5  # a checkpoint error
     assert "does not exist" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["train", "--resume", str(empty)]) == 2
+    assert main(["train", "--resume", str(empty)]) == 5
     assert "no checkpoint in" in capsys.readouterr().err
 
 

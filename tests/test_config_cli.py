@@ -64,7 +64,7 @@ def test_help_lists_every_key_with_its_doc(capsys):
     for key in user_fields():
         assert f"--{key}" in out
     assert docs["gae_lambda"].split()[0] in out
-    assert "recipe: 200000" in out  # pendulum's total_timesteps shown as the default
+    assert "recipe: 198400" in out  # pendulum's total_timesteps (62 updates of 16 x 200) shown as the default
 
 
 def test_cli_errors_are_one_line_not_tracebacks(capsys):

@@ -455,7 +455,9 @@ def test_lora_run_of_a_no_pad_model_loads_with_the_printed_line_and_exports(chat
     assert "| score |" in card and "| kl_k1 |" in card
     generation = json.load(open(out / "generation_config.json"))
     assert generation["temperature"] == 0.7 and generation["top_k"] == 0 and generation["do_sample"] is True
-    assert main(["rlhf-export", str(run), str(out)]) == 2  # not over a non-empty folder
+    from rlkit.errors import EXIT_CODES
+
+    assert main(["rlhf-export", str(run), str(out)]) == EXIT_CODES["export"]  # not over a non-empty folder
     assert "exists and is not empty" in capsys.readouterr().err
     # without --merge, from the resumable checkpoint: the adapter folder, which transformers loads onto its base
     adapter_out = tmp_path / "export_adapter"

@@ -116,7 +116,8 @@ def test_torchrun_rlhf_two_ranks_single_writer(tiny_base, tmp_path):
     assert os.listdir(tmp_path / "runs") == ["ddp"]
     run = tmp_path / "runs" / "ddp"
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == updates  # one writer: a second one would double the lines
+    kinds = [line["kind"] for line in lines]  # one writer: a second one would double the lines
+    assert kinds.count("update") == updates and kinds.count("eval") == 2  # the initial and the final evaluation
     assert len([f for f in os.listdir(run) if f.startswith("events.out.tfevents")]) == 1
     summary = json.loads((run / "summary.json").read_text())
     assert summary["distributed"] == {"world_size": 2, "parameters_in_sync": True, "global_batch": 16, "writer_rank": 0}

@@ -4,9 +4,11 @@
     data.py     prompt / preference files (JSONL, CSV, Parquet, datasets folders) in TRL's conventions, chat templates
     reward.py   Bradley-Terry reward model, score at the last real token, gain/bias normalisation, reward functions
                 (batched or per sample) combined with weights
-    policy.py   causal LM + zero-init value head, dropout off, LoRA with the adapter-disabled reference
+    policy.py   causal LM + zero-init value head (none for the critic-free estimators), dropout off, LoRA with the
+                adapter-disabled reference
     rollout.py  sampling with an explicit GenerationConfig, truncation at EOS / stop string, the EOS trick
-    ppo_lm.py   per-token KL rewards, GAE / losses from rlkit.ppo, the update, KL controllers, train()
+    ppo_lm.py   per-token KL rewards, GAE or group baselines (RLOO, GRPO, Dr. GRPO), losses from rlkit.ppo, the update,
+                KL controllers, the learning-rate schedule, periodic evaluation, train()
     export.py   ``rlkit rlhf-export``: a run's policy as a plain transformers folder with a model card
     example.py  a tiny chat model + prompt / preference files + recipe: the README's "RLHF on your own data"
     cli.py      ``rlkit reward-model``, ``rlkit rlhf`` and ``rlkit rlhf-export``

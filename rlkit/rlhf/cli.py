@@ -162,7 +162,8 @@ def _report(result) -> int:
         return code
     i, f = result.initial, result.final
     world = result.world_size
-    print(f"PPO on {result.policy_path} for {result.updates} updates x {config.batch_size} prompts"
+    method = "PPO" if config.advantage_estimator == "gae" else f"{config.advantage_estimator} (k = {config.group_size})"
+    print(f"{method} on {result.policy_path} for {result.updates} updates x {config.batch_size} responses"
           f"{f' x {world} ranks' if world > 1 else ''} "
           f"in {result.wall_time:.1f} s; reward: {result.reward}")
     data = _prompt_data(result.run_dir)
@@ -183,7 +184,8 @@ def _report(result) -> int:
     print(f"outputs: {result.run_dir}  (config.json, metrics.jsonl, summary.json, checkpoints/, TensorBoard events with sample tables)")
     if result.checkpoint_dir:
         kind = "PeftModel.from_pretrained(base, path)" if config.lora else "AutoModelForCausalLM.from_pretrained(path)"
-        print(f"checkpoint: {result.checkpoint_dir}  ({kind}; value_head.safetensors; rlhf_config.json)")
+        head = "value_head.safetensors; " if config.uses_value_head else ""
+        print(f"checkpoint: {result.checkpoint_dir}  ({kind}; {head}rlhf_config.json)")
     print(f"  tensorboard --logdir {result.run_dir}")
     if result.checkpoint_dir:
         print(f"export: rlkit rlhf-export {result.run_dir} OUT{' --merge' if config.lora else ''}")

@@ -11,8 +11,14 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from rlkit.ppo import resolve_device
+from rlkit.trackers import validate_track
 
-KL_MODES = ("k1_in_reward", "k2_loss")
+KL_MODES = ("k1_in_reward", "k2_loss", "k3_loss")
+ADVANTAGE_ESTIMATORS = ("gae", "rloo", "grpo", "dr_grpo")
+GROUP_ESTIMATORS = ("rloo", "grpo", "dr_grpo")
+DEFAULT_GROUP_SIZE = 4
+"""samples_per_prompt of the group estimators when it is left at 0 (TRL: RLOO 2, GRPO 8)"""
+LR_SCHEDULES = ("constant", "linear", "cosine")
 TASKS = ("synthetic", "sentiment", "custom")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -74,7 +80,11 @@ class RLHFConfig:
     gradient_checkpointing: bool = False
     """recompute the LM's activations in the backward pass instead of keeping them (same gradients, less memory, ~1/3 slower updates)"""
     batch_size: int = 64
-    """prompts (= episodes) per PPO update"""
+    """episodes (prompt + response) per PPO update: batch_size / samples_per_prompt distinct prompts, each sampled samples_per_prompt times"""
+    advantage_estimator: str = "gae"
+    """'gae' (PPO: a value head, GAE over the response tokens, advantages whitened over the batch, mean over tokens); or critic-free, one advantage per response from the scores of the samples_per_prompt responses to its prompt, no value head built: 'rloo' (score - the mean of the other k-1; the response is one action: ratio of sequence probabilities, mean over responses, as TRL's RLOOTrainer), 'grpo' ((score - group mean) / (group std + 1e-4); per-token ratios, each response's token mean, then the mean over responses), 'dr_grpo' (score - group mean; sum over tokens / (responses * max_new_tokens): Dr. GRPO, no std and no length normalisation)"""
+    samples_per_prompt: int = 0
+    """responses sampled per prompt, k (0: 1 for gae, 4 for rloo / grpo / dr_grpo, which need k >= 2); must divide batch_size"""
     num_minibatches: int = 4
     """minibatches per PPO epoch (one optimiser step each)"""
     grad_accum_steps: int = 1
@@ -84,7 +94,11 @@ class RLHFConfig:
     num_updates: int = 60
     """PPO updates (rollout + optimisation) in the run"""
     learning_rate: float = 3e-6
-    """Adam learning rate of the policy (and value head)"""
+    """Adam learning rate of the policy (and value head); the peak of lr_schedule"""
+    lr_schedule: str = "constant"
+    """learning rate over updates after the warmup: 'constant', 'linear' (to 0, TRL's default) or 'cosine' (half a cosine to 0); a function of the update index alone, so a resumed run follows it exactly"""
+    warmup_updates: int = 0
+    """updates of linear warmup from 0 before lr_schedule: update u <= warmup_updates trains at learning_rate * u / (warmup_updates + 1) (0: none)"""
     max_grad_norm: float = 1.0
     """global gradient-norm clip"""
     temperature: float = 0.7
@@ -98,7 +112,7 @@ class RLHFConfig:
     kl_coef: float = 0.05
     """beta: KL penalty coefficient (initial value when adaptive_kl)"""
     kl_mode: str = "k1_in_reward"
-    """'k1_in_reward' (per-token -beta*(logp - ref_logp) in the reward) or 'k2_loss' (beta * (logp-ref)^2/2 added to the loss); 'k1_loss' is refused: its expected gradient is zero"""
+    """'k1_in_reward' (per-token -beta*(logp - ref_logp) in the reward; rloo / grpo / dr_grpo: summed over the response and taken off its score before the group baseline), 'k2_loss' (beta * (logp-ref)^2/2 added to the loss) or 'k3_loss' (beta * ((r - 1) - log r), r = ref/p, added to the loss: GRPO's; its gradient is that of KL(ref || pi)); the loss forms are aggregated over tokens like the estimator's policy loss; 'k1_loss' is refused: its expected gradient is zero"""
     adaptive_kl: bool = False
     """Ziegler et al. adaptive controller: beta *= 1 + clip(KL/target - 1, -0.2, 0.2) * batch_size / horizon"""
     kl_target: float = 6.0
@@ -108,15 +122,15 @@ class RLHFConfig:
     whiten_rewards: bool = False
     """scale per-token rewards to unit std (masked, mean kept) before GAE"""
     gamma: float = 1.0
-    """discount over response tokens"""
+    """discount over response tokens (gae)"""
     lam: float = 0.95
-    """GAE lambda"""
+    """GAE lambda (gae)"""
     cliprange: float = 0.2
     """policy-ratio clip epsilon"""
     cliprange_value: float | None = 0.2
-    """value clip around the old values (none: unclipped value loss)"""
+    """value clip around the old values (none: unclipped value loss; gae)"""
     vf_coef: float = 0.1
-    """value-loss coefficient"""
+    """value-loss coefficient (gae)"""
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:i"""
     torch_threads: int = 1
@@ -126,9 +140,15 @@ class RLHFConfig:
     exp_name: str = "rlhf"
     """run folder name is <run_dir>/<task>__<exp_name>__<seed>__<time>"""
     eval_samples: int = 256
-    """samples (fixed prompts and seed; held-out prompts where the task has them) of the initial and final evaluation"""
+    """samples (fixed prompts and seed; held-out prompts where the task has them) of each evaluation"""
+    eval_interval: int = 0
+    """evaluate on the held-out prompts every this many updates, logged under eval/ (metrics.jsonl "kind": "eval", TensorBoard) and passed to the callbacks' on_eval (0: only before the first and after the last update)"""
     sample_every: int = 10
     """write a table of sample generations to TensorBoard every this many updates"""
+    track: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """where the run is logged besides metrics.jsonl: any of tensorboard, wandb, mlflow, trackio (rlkit.trackers; CLI: --track tensorboard,wandb)"""
+    track_project: str = "rlkit"
+    """project (W&B, Trackio) or experiment (MLflow) the run is logged under"""
     save_checkpoint: bool = True
     """write resumable checkpoints (<run_dir>/checkpoints/update_<k>: trainable tensors, optimizer, RNGs, state) and, at the end, the policy (or adapter), value head, tokenizer and config as a save_pretrained folder <run_dir>/checkpoint"""
     checkpoint_interval: int = 10
@@ -160,6 +180,11 @@ class RLHFConfig:
             )
         if self.kl_mode not in KL_MODES:
             raise ValueError(f"kl_mode must be one of {', '.join(KL_MODES)}, got {self.kl_mode!r}")
+        self._validate_estimator()
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not 0 <= self.warmup_updates < self.num_updates:
+            raise ValueError(f"warmup_updates must be in [0, num_updates) = [0, {self.num_updates}), got {self.warmup_updates}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.dtype not in DTYPES:
@@ -169,6 +194,7 @@ class RLHFConfig:
         if self.max_prompt_tokens < 0:
             raise ValueError(f"max_prompt_tokens must be >= 0 (0: no limit), got {self.max_prompt_tokens}")
         self._validate_rewards()
+        validate_track(self.track)
         for key in ["batch_size", "num_minibatches", "grad_accum_steps", "ppo_epochs", "num_updates", "max_new_tokens",
                     "lora_r", "lora_alpha", "kl_horizon", "sample_every", "eval_samples", "rm_pairs", "rm_epochs", "rm_batch_size",
                     "rm_norm_samples", "pretrain_steps"]:
@@ -177,7 +203,7 @@ class RLHFConfig:
         for key in ["learning_rate", "max_grad_norm", "temperature", "cliprange", "kl_target", "rm_learning_rate"]:
             if not getattr(self, key) > 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ["kl_coef", "vf_coef", "torch_threads", "rm_label_temperature", "checkpoint_interval", "keep_checkpoints"]:
+        for key in ["kl_coef", "vf_coef", "torch_threads", "rm_label_temperature", "checkpoint_interval", "keep_checkpoints", "eval_interval"]:
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ["gamma", "lam"]:
@@ -192,6 +218,36 @@ class RLHFConfig:
             )
         resolve_device(self.device)
         return self
+
+    def _validate_estimator(self) -> None:
+        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"advantage_estimator must be one of {', '.join(ADVANTAGE_ESTIMATORS)}, "
+                             f"got {self.advantage_estimator!r}")
+        if self.samples_per_prompt < 0:
+            raise ValueError(f"samples_per_prompt must be >= 0 (0: 1 for gae, {DEFAULT_GROUP_SIZE} for the group "
+                             f"estimators), got {self.samples_per_prompt}")
+        if self.advantage_estimator in GROUP_ESTIMATORS:
+            if self.group_size < 2:
+                raise ValueError(f"advantage_estimator {self.advantage_estimator!r} needs samples_per_prompt >= 2 (its "
+                                 f"baseline is the other responses to the same prompt), got {self.samples_per_prompt}")
+            if self.whiten_rewards:
+                raise ValueError(f"whiten_rewards is per-token reward whitening before GAE; advantage_estimator "
+                                 f"{self.advantage_estimator!r} has no per-token rewards: set whiten_rewards = false")
+        if self.batch_size > 0 and self.batch_size % self.group_size:
+            raise ValueError(f"samples_per_prompt ({self.group_size}) must divide batch_size ({self.batch_size}): "
+                             f"batch_size counts responses, batch_size / samples_per_prompt prompts per update")
+
+    @property
+    def group_size(self) -> int:
+        """k, the responses sampled per prompt (samples_per_prompt, or its default for the estimator)."""
+        if self.samples_per_prompt:
+            return self.samples_per_prompt
+        return DEFAULT_GROUP_SIZE if self.advantage_estimator in GROUP_ESTIMATORS else 1
+
+    @property
+    def uses_value_head(self) -> bool:
+        """Only gae learns values; the group estimators' baseline is the other samples of the prompt."""
+        return self.advantage_estimator == "gae"
 
     def _validate_rewards(self) -> None:
         if self.reward not in ("model", "gold") and ":" not in self.reward:

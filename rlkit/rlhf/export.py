@@ -56,7 +56,8 @@ def _load(source: str, kind: str):
             lm = PeftModel.from_pretrained(base, source)
         else:
             lm = AutoModelForCausalLM.from_pretrained(source)
-        head = load_file(os.path.join(source, VALUE_HEAD_FILE))
+        head_file = os.path.join(source, VALUE_HEAD_FILE)  # absent for the critic-free estimators
+        head = load_file(head_file) if os.path.isfile(head_file) else {}
         return lm, tokenizer, head, config
     from rlkit.checkpoint import load_checkpoint
     from rlkit.rlhf.config import RLHFConfig
@@ -68,7 +69,7 @@ def _load(source: str, kind: str):
     known = set(RLHFConfig.__dataclass_fields__)
     cfg = RLHFConfig(**{k: v for k, v in state["config"].items() if k in known})
     policy, tokenizer = load_policy(state["policy_path"], cfg.lora, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules,
-                                    dtype=cfg.dtype)
+                                    dtype=cfg.dtype, value_head=cfg.uses_value_head)
     params = {name: p for name, p in policy.named_parameters() if p.requires_grad}
     with torch.no_grad():
         for name, value in tensors["model"].items():
@@ -85,7 +86,9 @@ def export_run(run: str, out: str, merge: bool = False) -> dict:
 
     run_dir, source, source_kind = _find_source(run)
     if os.path.isdir(out) and os.listdir(out):
-        raise FileExistsError(f"output folder {out!r} exists and is not empty")
+        from rlkit.errors import ExportError  # exit code 6, like `rlkit export` over a folder it did not write
+
+        raise ExportError(f"output folder {out!r} exists and is not empty; nothing was written: give a new or empty folder")
     lm, tokenizer, head, config = _load(source, source_kind)
     is_lora = hasattr(lm, "merge_and_unload")
     if is_lora and merge:
@@ -95,7 +98,8 @@ def export_run(run: str, out: str, merge: bool = False) -> dict:
     tokenizer.save_pretrained(out)
     generation = sampling_config(tokenizer, config.get("temperature", 1.0), config.get("max_new_tokens", 16))
     generation.save_pretrained(out)
-    save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, os.path.join(out, VALUE_HEAD_FILE))
+    if head:  # the critic-free estimators have none
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, os.path.join(out, VALUE_HEAD_FILE))
     with open(os.path.join(out, CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=2)
     kind = ("the policy with its LoRA adapter merged" if is_lora and merge else
@@ -106,6 +110,18 @@ def export_run(run: str, out: str, merge: bool = False) -> dict:
     return {"out": os.path.abspath(out), "source": source, "kind": kind}
 
 
+def _method(config: dict) -> str:
+    """'PPO' (gae), or the critic-free estimator and its group size, e.g. 'RLOO (4 responses per prompt)'."""
+    estimator = config.get("advantage_estimator", "gae")  # configs before the estimators: PPO
+    if estimator == "gae":
+        return "PPO"
+    names = {"rloo": "RLOO", "grpo": "GRPO", "dr_grpo": "Dr. GRPO"}
+    from rlkit.rlhf.config import DEFAULT_GROUP_SIZE
+
+    k = config.get("samples_per_prompt") or DEFAULT_GROUP_SIZE  # 0: the default group size
+    return f"{names.get(estimator, estimator)} ({k} responses per prompt)"
+
+
 def model_card(run_dir: str, config: dict, kind: str, source: str) -> str:
     """README.md of an export: base model, data, rewards, KL, final metrics, a few samples."""
     run_config = _read_json(os.path.join(run_dir, "config.json"))
@@ -114,7 +130,7 @@ def model_card(run_dir: str, config: dict, kind: str, source: str) -> str:
     task = config.get("task", "?")
     data = run_config.get("prompt_data", {})
     lines = [
-        f"# RLHF policy ({task}), trained with rlkit PPO",
+        f"# RLHF policy ({task}), trained with rlkit {_method(config)}",
         "",
         f"This folder is {kind}, exported from `{source}`.",
         "",
@@ -136,7 +152,7 @@ def model_card(run_dir: str, config: dict, kind: str, source: str) -> str:
         f"| reward | {run_config.get('reward_resolved', config.get('reward', '?'))} |",
         f"| KL | {config.get('kl_mode')}, beta {config.get('kl_coef')}{' (adaptive, target ' + str(config.get('kl_target')) + ')' if config.get('adaptive_kl') else ''} |",
         f"| sampling | temperature {config.get('temperature')}, top_k 0, top_p 1.0, max_new_tokens {config.get('max_new_tokens')} |",
-        f"| updates | {config.get('num_updates')} x {config.get('batch_size')} prompts, {config.get('ppo_epochs')} PPO epochs, lr {config.get('learning_rate')} |",
+        f"| updates | {config.get('num_updates')} x {config.get('batch_size')} responses, {config.get('ppo_epochs')} PPO epochs, lr {config.get('learning_rate')} ({config.get('lr_schedule', 'constant')}) |",
         f"| dtype | {config.get('dtype', 'auto')} |",
         "",
     ]
@@ -158,4 +174,7 @@ def model_card(run_dir: str, config: dict, kind: str, source: str) -> str:
             lines.append(f"| {prompt} | {response} | {row['score']:.3f} |")
         lines.append("")
     lines += [f"Run folder: `{run_dir}` (config.json, metrics.jsonl, summary.json, TensorBoard events).", ""]
-    return "\n".join(lines)
+    from rlkit.modelcard import rlhf_front_matter  # the YAML metadata a model hub reads
+
+    head = rlhf_front_matter(task, final, summary.get("final_samples", []), config.get("policy_resolved") or config.get("policy"))
+    return head + "\n".join(lines)

@@ -87,30 +87,39 @@ def torch_dtype(name: str):
 
 
 class PolicyWithValue(nn.Module):
-    """A causal LM (optionally a peft LoRA model) plus a scalar value head on its last hidden state."""
+    """A causal LM (optionally a peft LoRA model) plus a scalar value head on its last hidden state.
 
-    def __init__(self, lm: nn.Module, reference: nn.Module | None = None):
+    ``value_head=False`` (the critic-free estimators rloo / grpo / dr_grpo): no head, no hidden
+    states requested from the LM, and the values returned are None.
+    """
+
+    def __init__(self, lm: nn.Module, reference: nn.Module | None = None, value_head: bool = True):
         super().__init__()
         self.lm = lm
-        hidden = lm.config.get_text_config().hidden_size if hasattr(lm.config, "get_text_config") else lm.config.hidden_size
-        self.value_head = nn.Linear(hidden, 1, dtype=torch.float32)  # float32 whatever the LM's dtype
-        nn.init.zeros_(self.value_head.weight)  # zero init: V = 0 before any value update
-        nn.init.zeros_(self.value_head.bias)
+        self.value_head: nn.Linear | None = None
+        if value_head:
+            config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+            self.value_head = nn.Linear(config.hidden_size, 1, dtype=torch.float32)  # float32 whatever the LM's dtype
+            nn.init.zeros_(self.value_head.weight)  # zero init: V = 0 before any value update
+            nn.init.zeros_(self.value_head.bias)
         self.is_lora = hasattr(lm, "disable_adapter")
         # Without LoRA, the reference is a frozen copy (kept out of self.parameters()).
         self._reference = [reference] if reference is not None else []
         self.eval()  # dropout stays off, also during PPO updates (gradients flow in eval mode)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int | Tensor = 0) -> tuple[Tensor, Tensor]:
-        """Logits [B, T, V] and values [B, T]; ``logits_to_keep``: only the last N positions (N > 0) or
-        the positions in a 1-D index tensor (transformers' own argument)."""
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, logits_to_keep: int | Tensor = 0
+                ) -> tuple[Tensor, Tensor | None]:
+        """Logits [B, T, V] and values [B, T] (None without a value head); ``logits_to_keep``: only the
+        last N positions (N > 0) or the positions in a 1-D index tensor (transformers' own argument)."""
         out = self.lm(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids_from_mask(attention_mask),
-            output_hidden_states=True,
+            output_hidden_states=self.value_head is not None,  # every layer's states: only the value head reads them
             logits_to_keep=logits_to_keep,
         )
+        if self.value_head is None:
+            return out.logits, None
         values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)  # explicit cast: bf16 / fp16 LMs
         return out.logits, values
 
@@ -133,6 +142,7 @@ def load_policy(
     lora_target_modules: str = "all-linear",
     device: torch.device | str = "cpu",
     dtype: str = "auto",
+    value_head: bool = True,
 ):
     """(PolicyWithValue, tokenizer) from any ``AutoModelForCausalLM`` name or folder.
 
@@ -158,7 +168,7 @@ def load_policy(
         disable_dropout(lm)
     else:
         reference = copy.deepcopy(lm).requires_grad_(False).eval().to(device)
-    policy = PolicyWithValue(lm, reference).to(device)
+    policy = PolicyWithValue(lm, reference, value_head=value_head).to(device)
     return policy, tokenizer
 
 
@@ -202,7 +212,7 @@ def forward_responses(
 
     The logits and value at position t predict / evaluate response token t, so they
     are read one position earlier (the last query token predicts the first response token).
-    With ``reference=True`` returns the reference log-probs (and zeros for the values).
+    With ``reference=True``, or without a value head, the values are zeros.
     ``chunk_size`` rows at a time bounds the [rows, R, vocab] logits in memory (no-grad scoring);
     ``with_entropy``: see :func:`response_logprobs`.
     """
@@ -223,7 +233,7 @@ def forward_responses(
     values = outputs[1]
     # pop: this frame keeps no reference to the logits, so response_logprobs frees them early
     logp, entropy = response_logprobs(outputs.pop(0), responses, temperature, with_entropy)
-    if reference:
+    if values is None:  # the reference, or a policy without a value head
         return logp, entropy, torch.zeros_like(logp)
     return logp, entropy, values[:, start : start + length]
 
@@ -240,8 +250,9 @@ def save_policy_checkpoint(policy: PolicyWithValue, tokenizer, config: dict, out
     os.makedirs(out_dir, exist_ok=True)
     policy.lm.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
-              os.path.join(out_dir, VALUE_HEAD_FILE))
+    if policy.value_head is not None:  # the critic-free estimators train none
+        save_file({k: v.detach().cpu().contiguous() for k, v in policy.value_head.state_dict().items()},
+                  os.path.join(out_dir, VALUE_HEAD_FILE))
     with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=2)
     return out_dir

@@ -10,8 +10,13 @@ Data flow per update (Huang et al. 2024, "The N Implementation Details of RLHF w
 5. GAE (gamma 1, lambda 0.95) over response tokens via rlkit.ppo.gae, padding masked;
 6. advantage whitening over real tokens only;
 7. ppo_epochs x minibatches (with gradient accumulation) of rlkit.ppo's clipped
-   policy and value losses (+ beta * k2 as a loss in kl_mode 'k2_loss');
+   policy and value losses (+ beta * k2 or k3 as a loss in kl_mode 'k2_loss' / 'k3_loss');
 8. KL controller: fixed beta or Ziegler et al.'s adaptive one.
+
+``advantage_estimator`` 'rloo' / 'grpo' / 'dr_grpo' replace steps 5-6 (and the value head) by a
+baseline over the samples_per_prompt responses to each prompt (:func:`group_advantages`), one
+advantage per response; step 7 is the same clipped surrogate, aggregated over tokens as each
+method's paper / TRL trainer does (:func:`loss_weights`), without a value loss.
 
 GAE, whitening, the losses and the KL estimators are rlkit.ppo's, not copies; the run
 lifecycle (resumable checkpoints, SIGINT / SIGTERM, the non-finite guard, callbacks) is
@@ -23,6 +28,7 @@ rank 0 the only writer).
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -76,7 +82,7 @@ from rlkit.runtime import (  # the run lifecycle, shared with rlkit.ppo's loops
 )
 
 # ---------------------------------------------------------------------------------
-# KL controllers
+# KL controllers and the learning-rate schedule
 # ---------------------------------------------------------------------------------
 
 
@@ -103,6 +109,27 @@ class AdaptiveKLController:
     def update(self, current_kl: float, n_steps: int) -> None:
         proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+
+def scheduled_learning_rate(cfg: RLHFConfig, update: int) -> float:
+    """The policy's learning rate at ``update`` (1-based): warmup, then cfg.lr_schedule.
+
+    Warmup is the line from 0 (at update 0) to lr (at update W + 1): update u <= W trains at
+    lr * u / (W + 1), so no update spends its rollout at lr 0 and the peak comes once.  After it,
+    with progress p = (u - 1 - W) / (N - W), 'linear' is lr * (1 - p) and 'cosine'
+    lr * (1 + cos(pi p)) / 2: update W + 1 runs at the full lr, the last at lr / (N - W) (linear),
+    the convention of rlkit.runtime.linear_lr (and of transformers' schedules, whose steps count
+    from 0).  A function of the update index alone, so a resumed run needs no scheduler state.
+    """
+    lr, warmup, total = cfg.learning_rate, cfg.warmup_updates, cfg.num_updates
+    if update <= warmup:
+        return lr * update / (warmup + 1)
+    if cfg.lr_schedule == "constant":
+        return lr
+    progress = (update - 1 - warmup) / (total - warmup)
+    if cfg.lr_schedule == "linear":
+        return lr * (1.0 - progress)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # ---------------------------------------------------------------------------------
@@ -152,6 +179,101 @@ def k2_kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
     """k2 = (logp - ref_logp)^2 / 2 as a loss: its gradient (on-policy) is the gradient of KL(pi || ref)."""
     _, k2, _ = kl_estimators(logp, ref_logp)
     return masked_mean(k2, mask)
+
+
+def kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, kl_mode: str, weights: Tensor | None = None) -> Tensor:
+    """The KL term of the loss for kl_mode 'k2_loss' or 'k3_loss', aggregated over tokens like the policy loss.
+
+    k3 = (r - 1) - log r, r = ref / pi, is GRPO's (TRL GRPOTrainer's per_token_kl); as a loss its
+    on-policy gradient is E_pi[(1 - r) grad log pi] = -sum_y ref(y) grad log pi(y), the gradient of
+    KL(ref || pi), not of KL(pi || ref) as k1-in-reward and k2 give.  ``weights``: :func:`loss_weights`.
+    """
+    if kl_mode == "k2_loss" and weights is None:
+        return k2_kl_loss(logp, ref_logp, mask)
+    _, k2, k3 = kl_estimators(logp, ref_logp)
+    per_token = k2 if kl_mode == "k2_loss" else k3
+    return masked_mean(per_token if weights is None else per_token * weights, mask)
+
+
+# ---------------------------------------------------------------------------------
+# The critic-free estimators: one advantage per response from its prompt's group
+# ---------------------------------------------------------------------------------
+
+GROUP_STD_EPS = 1e-4
+"""GRPO's (score - mean) / (std + eps): TRL GRPOTrainer's constant"""
+
+LOSS_AGGREGATION = {"gae": "token_mean", "rloo": "sequence_sum", "grpo": "sequence_mean", "dr_grpo": "constant_length"}
+"""how each estimator's loss sums the per-token terms of a minibatch (see :func:`loss_weights`)"""
+
+
+def sequence_rewards(scores: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tensor, beta: float,
+                     kl_in_reward: bool = True) -> Tensor:
+    """Each response's reward for a group baseline: score - beta * sum_t k1 (k1_in_reward; TRL RLOOTrainer's
+    sequence-level KL penalty), or the score alone when the KL is a loss.  [B, R] -> [B]."""
+    if not kl_in_reward:
+        return scores
+    k1, _, _ = kl_estimators(logp, ref_logp)
+    return scores - beta * (k1 * mask).sum(-1)
+
+
+def group_advantages(rewards: Tensor, estimator: str) -> Tensor:
+    """Advantages of [P, k] rewards, row p the k responses to prompt p (a baseline from the other responses).
+
+    rloo:    r - (sum of the other k - 1) / (k - 1)   leave-one-out mean (Ahmadian et al. 2024)
+    grpo:    (r - mean) / (std + 1e-4)                 group mean and (unbiased) std (Shao et al. 2024)
+    dr_grpo: r - mean                                  no std: it re-weights prompts by their difficulty (Liu et al. 2025)
+    """
+    k = rewards.shape[1]
+    if estimator == "rloo":
+        return rewards - (rewards.sum(1, keepdim=True) - rewards) / (k - 1)
+    centred = rewards - rewards.mean(1, keepdim=True)
+    if estimator == "grpo":
+        return centred / (rewards.std(1, keepdim=True) + GROUP_STD_EPS)
+    if estimator == "dr_grpo":
+        return centred
+    raise ValueError(f"group_advantages: estimator must be rloo, grpo or dr_grpo, got {estimator!r}")
+
+
+def loss_weights(mask: Tensor, aggregation: str, max_new_tokens: int) -> Tensor | None:
+    """Per-response weights w [B, 1] that turn masked_mean(w * x, mask), the mean over all real tokens of
+    the minibatch, into the estimator's aggregation of per-token terms x (None: the token mean, PPO's):
+
+    sequence_mean    w_b = N / (B len_b): each response's token mean, then the mean over responses (GRPO)
+    sequence_sum     w_b = N / B: each response's token sum, then the mean over responses (RLOO's KL loss)
+    constant_length  w_b = N / (B max_new_tokens): the sum over all tokens / a constant (Dr. GRPO)
+
+    with N the real tokens of the minibatch and B its responses.  The clipped surrogate is positively
+    homogeneous in the advantage (which of the clipped / unclipped terms wins depends on its sign only),
+    so rlkit.ppo's clipped_policy_loss on w * A is exactly the surrogate aggregated this way.
+    """
+    if aggregation == "token_mean":
+        return None
+    rows, tokens = mask.shape[0], mask.sum()
+    if aggregation == "sequence_mean":
+        return (tokens / (rows * mask.sum(-1).clamp(min=1)))[:, None]
+    if aggregation == "sequence_sum":
+        return (tokens / rows).expand(rows, 1)
+    return (tokens / (rows * max_new_tokens)).expand(rows, 1)
+
+
+def policy_loss(cfg: RLHFConfig, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
+                ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+    """rlkit.ppo's clipped surrogate as the estimator uses it; returns (loss, stats, the token weights for the KL loss).
+
+    gae: per-token ratios and advantages, mean over tokens.  rloo: the response is one action, so the
+    ratio is of sequence probabilities, exp(sum_t log ratio), with one advantage per response and the
+    mean over responses (TRL RLOOTrainer).  grpo / dr_grpo: per-token ratios, the response's advantage
+    on each of its tokens, aggregated as :func:`loss_weights` says.
+    """
+    aggregation = LOSS_AGGREGATION[cfg.advantage_estimator]
+    if cfg.advantage_estimator == "gae":
+        return (*clipped_policy_loss(logp, old_logp, advantages, cfg.cliprange, mask), None)
+    if cfg.advantage_estimator == "rloo":
+        # advantages[:, 0]: the response's advantage (its first token is always real, see rollout.truncate_responses)
+        loss, stats = clipped_policy_loss((logp * mask).sum(-1), (old_logp * mask).sum(-1), advantages[:, 0], cfg.cliprange)
+        return loss, stats, loss_weights(mask, aggregation, cfg.max_new_tokens)
+    weights = loss_weights(mask, aggregation, cfg.max_new_tokens)
+    return (*clipped_policy_loss(logp, old_logp, advantages * weights, cfg.cliprange, mask), weights)
 
 
 def sequence_kl(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> dict[str, float]:
@@ -372,8 +494,15 @@ def collect(policy: PolicyWithValue, tokenizer, prompts: list[str] | PromptSet, 
     raw_scores = raw_scores.to(mask.device)
     check_finite("rewards", raw_scores)  # before the EOS trick, which would hide a broken reward on unfinished responses
     scores = apply_eos_trick(raw_scores, s.ended, cfg.no_eos_score)
-    rewards, _ = per_token_rewards(logp, ref_logp, scores, mask, beta, kl_in_reward=cfg.kl_mode == "k1_in_reward")
-    advantages, returns = compute_advantages(rewards, values, mask, cfg.gamma, cfg.lam, cfg.whiten_rewards)
+    kl_in_reward = cfg.kl_mode == "k1_in_reward"
+    rewards, _ = per_token_rewards(logp, ref_logp, scores, mask, beta, kl_in_reward=kl_in_reward)
+    if cfg.advantage_estimator == "gae":
+        advantages, returns = compute_advantages(rewards, values, mask, cfg.gamma, cfg.lam, cfg.whiten_rewards)
+    else:  # the rows are prompt-major (k responses to each prompt in a row): [B] -> [B / k, k] groups
+        totals = sequence_rewards(scores, logp, ref_logp, mask, beta, kl_in_reward).view(-1, cfg.group_size)
+        # one advantage per response, on each of its tokens (policy_loss reads column 0 for rloo)
+        advantages = group_advantages(totals, cfg.advantage_estimator).reshape(-1, 1) * mask
+        returns = torch.zeros_like(rewards)  # no critic to fit
     return Batch(s, logp, ref_logp, values * mask, scores, rewards, advantages, returns, mask, generate_seconds, components)
 
 
@@ -408,16 +537,19 @@ def _ppo_epochs(policy: PolicyWithValue, optimizer: torch.optim.Optimizer, batch
                 mask = batch.mask[idx]
                 logp, entropy, values = forward_responses(policy, s.queries[idx], s.query_mask[idx], s.responses[idx],
                                                           s.response_mask[idx], cfg.temperature)
-                pg_loss, pg_stats = clipped_policy_loss(logp, batch.logp[idx], batch.advantages[idx], cfg.cliprange, mask)
-                vf_loss = clipped_value_loss(values, batch.values[idx], batch.returns[idx], cfg.cliprange_value, mask)
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                if cfg.kl_mode == "k2_loss":
-                    loss = loss + beta * k2_kl_loss(logp, batch.ref_logp[idx], mask)
+                pg_loss, pg_stats, weights = policy_loss(cfg, logp, batch.logp[idx], batch.advantages[idx], mask)
+                step_stats = {"policy_loss": pg_loss.item()}
+                loss = pg_loss
+                if policy.value_head is not None:  # gae: the critic's clipped value loss
+                    vf_loss = clipped_value_loss(values, batch.values[idx], batch.returns[idx], cfg.cliprange_value, mask)
+                    loss = pg_loss + cfg.vf_coef * vf_loss
+                    step_stats["value_loss"] = vf_loss.item()
+                if cfg.kl_mode != "k1_in_reward":
+                    loss = loss + beta * kl_loss(logp, batch.ref_logp[idx], mask, cfg.kl_mode, weights)
                 check_finite("loss", loss.detach())
                 (loss / cfg.grad_accum_steps).backward()
-                step_stats = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item(),
-                              "entropy": masked_mean(entropy.detach(), mask).item(),
-                              **{k: v.item() for k, v in pg_stats.items()}}
+                step_stats.update(entropy=masked_mean(entropy.detach(), mask).item(),
+                                  **{k: v.item() for k, v in pg_stats.items()})
                 for k, v in step_stats.items():
                     totals[k] = totals.get(k, 0.0) + v
                 count += 1
@@ -521,13 +653,27 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+def _cell(text: str) -> str:
+    """Text as one markdown table cell: a newline or a '|' in a prompt would end the cell or the row."""
+    return str(text).replace("\n", " ").replace("|", "\\|")
+
+
 def samples_table(batch: Batch, gold_values: Tensor | None, rows: int = 8) -> str:
     """Markdown table of a few generations for TensorBoard's text tab."""
     lines = ["| prompt | response | score | gold | EOS |", "|-|-|-|-|-|"]
     for i in range(min(rows, len(batch.samples.prompts))):
         gold_cell = f"{gold_values[i]:.2f}" if gold_values is not None else ""
-        lines.append(f"| {batch.samples.prompts[i]} | {batch.samples.texts[i]} | {batch.scores[i]:.2f} | {gold_cell} | "
-                     f"{bool(batch.samples.ended[i])} |")
+        lines.append(f"| {_cell(batch.samples.prompts[i])} | {_cell(batch.samples.texts[i])} | {batch.scores[i]:.2f} | "
+                     f"{gold_cell} | {bool(batch.samples.ended[i])} |")
+    return "\n".join(lines)
+
+
+def evaluation_table(rows: list[dict]) -> str:
+    """Markdown table of evaluation samples (evaluate's samples_out rows)."""
+    lines = ["| prompt | response | score | gold |", "|-|-|-|-|"]
+    for row in rows:
+        gold_cell = "" if row["gold"] is None else f"{row['gold']:.2f}"
+        lines.append(f"| {_cell(row['prompt'])} | {_cell(row['response'])} | {row['score']:.2f} | {gold_cell} |")
     return "\n".join(lines)
 
 
@@ -552,6 +698,8 @@ class RLHFResult:
     final: dict[str, float]
     """the final evaluation ({} when interrupted)"""
     history: list[dict] = field(default_factory=list)
+    evaluations: list[dict] = field(default_factory=list)
+    """every evaluation on the held-out prompts: {"update", "episodes", **metrics}; update 0 is the initial one"""
     wall_time: float = 0.0
     world_size: int = 1
     rank: int = 0
@@ -606,8 +754,10 @@ class LMRun:
     logger: RunLogger | None = None
     lifecycle: Lifecycle | None = None
     history: list[dict] = field(default_factory=list)
+    evaluations: list[dict] = field(default_factory=list)  # {"update", "episodes", **evaluate()}, update 0 the initial
     initial: dict[str, float] = field(default_factory=dict)
     initial_samples: list[dict] = field(default_factory=list)
+    last_evaluation: tuple[int, dict[str, float], list[dict]] | None = None  # (update, metrics, samples) of the newest
     episodes: int = 0
     prompts: PromptSet | None = None  # the prompt file's training prompts (None: the built-in task's)
     eval_prompts: PromptSet | None = None  # its held-out prompts
@@ -699,9 +849,8 @@ def _train(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.device, 
                              capture=lambda update: capture(run, update, policy_path, reward_desc, start_time))
     final, checkpoint_dir = {}, None
     try:
-        if saved is None:
-            run.initial = evaluate(run.policy, run.tokenizer, cfg, reward_fn, gold, ctx=ctx, samples_out=run.initial_samples,
-                                   held_out=run.eval_prompts)
+        if saved is None:  # update 0: the policy before training (logged under eval/ like the periodic ones)
+            run.initial, run.initial_samples = run_evaluation(run, 0)
         last = lifecycle.run(saved["update"] + 1 if saved is not None else 1, lambda update: run_update(run, update),
                              lifecycle.context["capture"], where=lambda: f" ({run.episodes} episodes done)")
         if lifecycle.interrupted is None:  # an interrupted run ends at its checkpoint: no final evaluation, no summary
@@ -710,7 +859,7 @@ def _train(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.device, 
     finally:
         logger.close()
     return RLHFResult(os.path.abspath(run_dir), checkpoint_dir, policy_path, reward_desc, run.initial, final, run.history,
-                      time.time() - start_time, ctx.world_size, ctx.rank, interrupted=lifecycle.interrupted,
+                      run.evaluations, time.time() - start_time, ctx.world_size, ctx.rank, interrupted=lifecycle.interrupted,
                       checkpoint=lifecycle.last_checkpoint, updates=last, config=cfg)
 
 
@@ -742,7 +891,7 @@ def build_run(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.devic
     """The policy, its optimiser, the RNGs, the KL controller and the prompts of a new run (or one about to be restored)."""
     seed_everything(cfg.seed)  # the same initial weights on every rank (and rank 0's broadcast below)
     policy, tokenizer = load_policy(policy_path, cfg.lora, cfg.lora_r, cfg.lora_alpha, cfg.lora_target_modules, device,
-                                    dtype=cfg.dtype)
+                                    dtype=cfg.dtype, value_head=cfg.uses_value_head)
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(policy.lm)
     trainable = list(trainable_tensors(policy).values())
@@ -764,7 +913,12 @@ def run_update(run: LMRun, update: int) -> dict[str, float]:
     cfg = run.cfg
     update_start = time.time()
     beta = run.kl_ctl.value
-    prompts = draw_prompts(cfg, run.prompts, cfg.batch_size, seed=run.seed * 1_000_003 + update)
+    learning_rate = scheduled_learning_rate(cfg, update)
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate
+    prompts = draw_prompts(cfg, run.prompts, cfg.batch_size // cfg.group_size, seed=run.seed * 1_000_003 + update)
+    if cfg.group_size > 1:  # k responses to each prompt, prompt-major: the groups are consecutive rows
+        prompts = prompts.select([i for i in range(len(prompts)) for _ in range(cfg.group_size)])
     batch = collect(run.policy, run.tokenizer, prompts, run.reward_fn, cfg, beta)
     if run.lifecycle is not None:
         run.lifecycle.emit("on_rollout")
@@ -775,10 +929,14 @@ def run_update(run: LMRun, update: int) -> dict[str, float]:
         check_finite(f"parameter {name}", parameter.detach())
     stats, gold_values = update_statistics(run, batch, stats, train_seconds)
     run.kl_ctl.update(stats["kl_k1"], run.global_batch)
-    stats.update(beta=beta, sqrt_kl=max(stats["kl_k1"], 0.0) ** 0.5,
+    stats.update(beta=beta, learning_rate=learning_rate, sqrt_kl=max(stats["kl_k1"], 0.0) ** 0.5,
                  episodes_per_s=run.global_batch / (time.time() - update_start), peak_rss_mb=peak_rss_mb())
     run.episodes = update * run.global_batch
     log_update(run, update, stats, batch, gold_values)
+    if evaluation_due(cfg, update):
+        result, _ = run_evaluation(run, update)  # after the last update: the final one, where on_eval sees it too
+        if run.lifecycle is not None:
+            run.lifecycle.emit("on_eval", result)
     if run.lifecycle is not None and isinstance(run.lifecycle.stop, AgreedStopSignals):
         run.lifecycle.stop.agree()
     return stats
@@ -796,6 +954,9 @@ def update_statistics(run: LMRun, batch: Batch, stats: dict[str, float], train_s
     stats.update(score=float(batch.scores.mean()), response_length=float(batch.mask.sum(-1).mean()),
                  eos_frac=float(batch.samples.ended.float().mean()),
                  **{f"reward/{name}": float(values.nanmean()) for name, values in batch.components.items()})
+    if run.cfg.group_size > 1:  # groups whose k scores are all equal give every response advantage 0 (TRL's name)
+        groups = batch.scores.view(-1, run.cfg.group_size)
+        stats["frac_reward_zero_std"] = float((groups == groups[:, :1]).all(1).float().mean())
     gold_values = None
     if run.gold is not None:
         gold_values = gold_scores(run.gold, batch.samples, run.cfg)
@@ -807,13 +968,44 @@ def log_update(run: LMRun, update: int, stats: dict[str, float], batch: Batch, g
     logger = run.logger
     logger.update(run.episodes, update, stats)
     run.history.append({"update": update, "episodes": run.episodes, **stats})
-    if logger.writer is not None and (update % run.cfg.sample_every == 0 or update == 1):
-        logger.writer.add_text("samples", samples_table(batch, gold_values), run.episodes)
+    if logger.enabled and (update % run.cfg.sample_every == 0 or update == 1):
+        logger.text("samples", samples_table(batch, gold_values), run.episodes)  # TensorBoard and the trackers
     postfix = {"score": f"{stats['score']:.2f}", "kl": f"{stats['kl_k1']:.2f}"}
     if "gold" in stats:
         postfix["gold"] = f"{stats['gold']:.2f}"
     logger.bar.set_postfix(postfix, refresh=False)
     logger.bar.update(run.global_batch)
+
+
+def evaluation_due(cfg: RLHFConfig, update: int) -> bool:
+    """Every eval_interval updates (0: never in between), and after the last update (the final evaluation)."""
+    return update == cfg.num_updates or (cfg.eval_interval > 0 and update % cfg.eval_interval == 0)
+
+
+EVAL_LOG_ROWS = 4
+"""evaluation samples written into each "kind": "eval" line of metrics.jsonl (TensorBoard's table gets 8)"""
+
+
+def run_evaluation(run: LMRun, update: int) -> tuple[dict[str, float], list[dict]]:
+    """:func:`evaluate` on the held-out prompts after ``update`` (0: before training), recorded in
+    run.evaluations and logged: TensorBoard eval/<name> and a sample table, a "kind": "eval" line."""
+    samples: list[dict] = []
+    result = evaluate(run.policy, run.tokenizer, run.cfg, run.reward_fn, run.gold, ctx=run.ctx, samples_out=samples,
+                      held_out=run.eval_prompts)
+    run.evaluations.append({"update": update, "episodes": run.episodes, **result})
+    run.last_evaluation = (update, result, samples)
+    logger = run.logger
+    if logger.enabled:  # TensorBoard and the trackers (rlkit.trackers)
+        logger.scalars("eval", result, run.episodes)
+        logger.text("eval/samples", evaluation_table(samples[:8]), run.episodes)
+    # RunLogger.evaluation speaks control's numbers (mean return); the line it writes is this one
+    logger._write({"kind": "eval", "global_step": run.episodes, "iteration": update, **result,
+                   "samples": samples[:EVAL_LOG_ROWS]})
+    if not logger.bar.disable:
+        gold = f", gold {result['gold']:+.3f}" if "gold" in result else ""
+        logger.bar.write(f"rlkit: eval after update {update}: score {result['score']:+.3f}{gold}, "
+                         f"KL k1 {result['kl_k1']:.3f}, length {result['response_length']:.1f}")
+    return result, samples
 
 
 def capture(run: LMRun, update: int, policy_path: str, reward_desc: str, start_time: float
@@ -822,7 +1014,7 @@ def capture(run: LMRun, update: int, policy_path: str, reward_desc: str, start_t
     random_state, rng = rng_state(run.device, {"shuffle": run.generator})
     optimizer_files, groups = optimizer_tensors(run.optimizer)
     state = {"variant": VARIANT, "config": run.cfg.to_dict(), "update": update, "episodes": run.episodes,
-             "kl_coef": run.kl_ctl.value, "history": run.history, "initial": run.initial,
+             "kl_coef": run.kl_ctl.value, "history": run.history, "evaluations": run.evaluations, "initial": run.initial,
              "initial_samples": run.initial_samples,  # the initial evaluation is not repeated on resume
              "metrics_offset": run.logger.metrics_offset(), "wall_time": time.time() - start_time,
              "policy_path": policy_path, "reward": reward_desc, "optimizer_param_groups": groups, **random_state}
@@ -853,15 +1045,17 @@ def restore_training_state(run: LMRun, tensors: dict[str, dict[str, Tensor]], sa
         run.generator.manual_seed(seed)
     run.kl_ctl.value = saved["kl_coef"]
     run.history, run.episodes = list(saved["history"]), saved["episodes"]
+    run.evaluations = list(saved.get("evaluations", []))  # checkpoints before eval_interval have none
     run.initial, run.initial_samples = saved["initial"], list(saved["initial_samples"])
 
 
 def finish(run: LMRun, run_dir: str, policy_path: str, start_time: float, log: bool) -> tuple[dict[str, float], str | None]:
     """The final evaluation, the save_pretrained folder <run_dir>/checkpoint, and summary.json (written last)."""
     cfg, ctx = run.cfg, run.ctx
-    final_samples: list[dict] = []
-    final = evaluate(run.policy, run.tokenizer, cfg, run.reward_fn, run.gold, ctx=ctx, samples_out=final_samples,
-                     held_out=run.eval_prompts)
+    last = run.history[-1]["update"] if run.history else 0
+    if run.last_evaluation is None or run.last_evaluation[0] != last:  # stopped by a callback between evaluations
+        run_evaluation(run, last)
+    _, final, final_samples = run.last_evaluation
     in_sync = distributed.parameters_in_sync(list(trainable_tensors(run.policy).values()), ctx)
     if not in_sync:
         raise RuntimeError("data parallel: the ranks' parameters diverged (gradients were not averaged identically)")

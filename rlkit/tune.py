@@ -1,0 +1,532 @@
+"""``rlkit tune RECIPE --trials N``: hyperparameter search with Optuna, fed by the periodic evaluation.
+
+Each trial samples a config from the recipe's search space (TPE), trains it on each of ``--seeds`` in
+turn, and scores it by the mean, over the seeds, of the final evaluation's mean return
+(``eval_episodes`` episodes on the separate evaluation env, deterministic policy).  A callback on the run
+lifecycle (:class:`PruneOnEval`) reports every periodic evaluation to Optuna; when the median pruner
+says the trial is worse than the median of the earlier trials at the same point of the budget, the run
+stops after that update and the trial is recorded as pruned.
+
+The study lives in ``--storage`` (default ``sqlite:///<study-name>.db`` in the working directory):
+
+- re-running the command continues the study (``load_if_exists``) until it holds ``--trials`` finished
+  (complete, pruned or failed by a non-finite value) trials; a trial stopped by Ctrl-C / SIGTERM is not
+  counted and is replaced;
+- several processes running the same command share the study (RDB storage with heartbeats: a trial of
+  a killed process is failed after ``grace_period`` seconds and not counted);
+- every run of the command writes the best trial as a recipe, ``<study-name>-best.toml`` by default,
+  which ``rlkit train`` runs as it is, and prints the top trials.
+
+Search spaces (``rlkit tune RECIPE --show-space`` prints the one a recipe gets, as TOML): the keys of
+:data:`COMMON_SPACE` for every recipe, plus ``num_steps`` / ``num_minibatches`` choices from
+:data:`RECIPE_SPACES` for the shipped recipes, or, for any other recipe, half / same / twice its own
+values.  ``--space FILE.toml`` merges a ``[space]`` table over it: a key given as a table
+(``{low, high, log}`` or ``{choices = [...]}``) is searched, a key given as a plain value is fixed.
+A sampled ``num_minibatches`` that does not divide ``num_envs * num_steps`` becomes the nearest divisor.
+RLHF recipes are not tuned by this command yet (it refuses them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from typing import Any
+
+from rlkit.config import ConfigError, add_config_arguments, config_from_dict, parse_overrides, read_recipe, tomllib
+from rlkit.runtime import Callback
+
+INSTALL = 'pip install "rlkit[tune]"'
+
+CONFIG_TABLES = {"ppo": ("rlkit.ppo", "PPOConfig"), "ppo_lstm": ("rlkit.ppo_lstm", "RecurrentPPOConfig")}
+"""The recipe tables this command tunes -> (module with train(), config class)."""
+
+COMMON_SPACE: dict[str, dict] = {
+    "learning_rate": {"low": 1e-5, "high": 3e-3, "log": True},
+    "update_epochs": {"low": 3, "high": 15},
+    "gamma": {"choices": [0.9, 0.95, 0.98, 0.99, 0.995, 0.999]},
+    "gae_lambda": {"choices": [0.8, 0.9, 0.92, 0.95, 0.98, 0.99]},
+    "clip_coef": {"choices": [0.1, 0.2, 0.3]},
+    "ent_coef": {"low": 1e-8, "high": 1e-2, "log": True},
+    "hidden_size": {"choices": [64, 128, 256]},
+}
+"""Searched for every recipe (RL-Zoo's PPO ranges, narrowed a little)."""
+
+RECIPE_SPACES: dict[str, dict[str, dict]] = {
+    "pendulum": {"num_steps": {"choices": [100, 200, 400]}, "num_minibatches": {"choices": [8, 16, 25, 50]}},
+    "cartpole": {"num_steps": {"choices": [64, 128, 256, 512]}, "num_minibatches": {"choices": [2, 4, 8, 16]}},
+    "mujoco": {"num_steps": {"choices": [512, 1024, 2048, 4096]}, "num_minibatches": {"choices": [8, 16, 32, 64]}},
+    "atari": {"num_steps": {"choices": [64, 128, 256]}, "num_minibatches": {"choices": [2, 4, 8]},
+              "hidden_size": None},  # the Nature CNN has no hidden_size: not searched
+}
+"""Rollout and minibatch choices of the shipped recipes (every num_minibatches divides every batch);
+None removes a key of COMMON_SPACE."""
+
+DEFAULT_STUDY = "{recipe}-tune"
+COUNTED_FAILURE = "rlkit_error"  # user attribute of a trial that failed for a reason of its own (counted)
+
+
+def require_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ImportError(f"rlkit tune needs optuna: {INSTALL}") from None
+    return optuna
+
+
+# ---------------------------------------------------------------------------------
+# Search spaces
+# ---------------------------------------------------------------------------------
+
+
+def default_space(recipe: str, values: dict) -> dict[str, Any]:
+    """The documented search space of a recipe (see the module docstring)."""
+    name = os.path.splitext(os.path.basename(recipe))[0]
+    space: dict[str, Any] = dict(COMMON_SPACE)
+    if name in RECIPE_SPACES:
+        space.update(RECIPE_SPACES[name])
+        space = {k: v for k, v in space.items() if v is not None}
+    else:
+        steps, minibatches = int(values.get("num_steps", 2048)), int(values.get("num_minibatches", 32))
+        space["num_steps"] = {"choices": sorted({max(1, steps // 2), steps, steps * 2})}
+        space["num_minibatches"] = {"choices": sorted({max(1, minibatches // 2), minibatches, minibatches * 2})}
+    return space
+
+
+def read_space(path: str) -> dict[str, Any]:
+    """A ``[space]`` table (or top-level keys) of a TOML file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"search space {path!r}: {error}") from None
+    return data.get("space", data)
+
+
+def check_space(space: dict[str, Any], cls: type, source: str) -> None:
+    from rlkit.config import settable_fields, unknown_key_error
+
+    valid = list(settable_fields(cls))
+    for key, spec in space.items():
+        if key not in valid:
+            raise unknown_key_error(key, valid, source)
+        if isinstance(spec, dict):
+            if "choices" in spec:
+                if not isinstance(spec["choices"], list) or not spec["choices"]:
+                    raise ConfigError(f"{source}: {key}.choices must be a non-empty list")
+            elif not ("low" in spec and "high" in spec) or not spec["low"] <= spec["high"]:
+                raise ConfigError(f"{source}: {key} must be {{low = .., high = .., log = false}} with low <= high, "
+                                  f"or {{choices = [...]}}, or a plain value (fixed)")
+
+
+def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
+    """One sample of the space: ints where low and high are ints, log scale where asked."""
+    params = {}
+    for key, spec in space.items():
+        if not isinstance(spec, dict):
+            params[key] = spec  # fixed
+        elif "choices" in spec:
+            params[key] = trial.suggest_categorical(key, spec["choices"])
+        elif isinstance(spec["low"], int) and isinstance(spec["high"], int) and not isinstance(spec["low"], bool):
+            params[key] = trial.suggest_int(key, spec["low"], spec["high"], log=bool(spec.get("log", False)))
+        else:
+            params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)))
+    return params
+
+
+def nearest_divisor(n: int, target: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - target), -d))
+
+
+# ---------------------------------------------------------------------------------
+# The objective
+# ---------------------------------------------------------------------------------
+
+
+class PruneOnEval(Callback):
+    """Reports each periodic evaluation to the trial; stops the run once the pruner says so.
+
+    The step reported is the share of the trial's budget done (0-100 per seed, seed i from 100 i on), so
+    trials with other batch sizes are compared at the same point of their budget.
+    """
+
+    def __init__(self, trial, seed_index: int, total_steps: int):
+        self.trial, self.seed_index, self.total_steps = trial, seed_index, total_steps
+        self.pruned = False
+
+    def on_eval(self, run, iteration: int, result: dict) -> None:
+        done = run.context["cursor"].global_step / self.total_steps
+        step = 100 * self.seed_index + min(100, round(100 * done))
+        self.trial.report(float(result["mean"]), step)
+        if self.trial.should_prune():
+            self.pruned = True
+
+    def on_update(self, run, iteration: int, stats: dict) -> bool:
+        return not self.pruned
+
+
+class TuneInterrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+@dataclasses.dataclass
+class TuneSetup:
+    recipe: str
+    table: str
+    values: dict
+    """the recipe's values with the command-line overrides"""
+    space: dict
+    seeds: list[int]
+    evals: int = 10
+    eval_episodes: int = 5
+    run_dir: str = "tune_runs"
+    study_name: str = ""
+
+    @property
+    def config_class(self):
+        module, cls = CONFIG_TABLES[self.table]
+        return getattr(__import__(module, fromlist=[cls]), cls)
+
+    @property
+    def train(self):
+        module, _ = CONFIG_TABLES[self.table]
+        return __import__(module, fromlist=["train"]).train
+
+    def config(self, params: dict, seed: int, trial_number: int):
+        """The validated config of one seed of one trial (the tuning's own evaluation settings on top)."""
+        values = {**self.values, **params}
+        envs, steps = int(values.get("num_envs", 1)), int(values.get("num_steps", 2048))
+        if "num_minibatches" in values:
+            values["num_minibatches"] = nearest_divisor(envs * steps, int(values["num_minibatches"]))
+        values.update(seed=seed, run_dir=os.path.join(self.run_dir, self.study_name, f"trial_{trial_number:03d}"),
+                      exp_name=f"{self.study_name}-t{trial_number}", eval_interval=1, eval_episodes=self.eval_episodes,
+                      eval_deterministic=True, checkpoint_interval=0, stop_at_return=None)
+        source = f"rlkit tune {self.recipe}, trial {trial_number}"
+        cfg = config_from_dict(self.config_class, values, source=source)
+        cfg.eval_interval = max(1, cfg.num_iterations // self.evals)
+        return cfg.validate(), values
+
+    def objective(self, trial) -> float:
+        optuna = require_optuna()
+        from rlkit.runtime import NonFiniteError
+
+        params = suggest(trial, self.space)
+        scores = []
+        for index, seed in enumerate(self.seeds):
+            try:
+                cfg, values = self.config(params, seed, trial.number)
+            except ConfigError as error:
+                trial.set_user_attr(COUNTED_FAILURE, str(error))
+                raise optuna.TrialPruned(f"invalid config: {error}") from None
+            if index == 0:
+                trial.set_user_attr("config", {k: v for k, v in values.items() if k in params or k == "num_minibatches"})
+            prune = PruneOnEval(trial, index, cfg.num_iterations * cfg.batch_size)
+            try:
+                result = self.train(cfg, run_name=f"seed_{seed}", progress=False, callbacks=[prune])
+            except NonFiniteError as error:
+                trial.set_user_attr(COUNTED_FAILURE, str(error).splitlines()[0])
+                raise
+            if result.interrupted is not None:
+                trial.set_user_attr("interrupted", result.interrupted)
+                raise TuneInterrupted(result.interrupted)
+            if prune.pruned:
+                trial.set_user_attr("pruned_at_seed", seed)
+                raise optuna.TrialPruned()
+            scores.append(result.evaluations[-1]["mean_return"])
+            trial.set_user_attr("seed_returns", scores)
+        return float(sum(scores) / len(scores))
+
+
+# ---------------------------------------------------------------------------------
+# The study
+# ---------------------------------------------------------------------------------
+
+
+def counted(trial) -> bool:
+    """Finished trials: complete, pruned, or failed for a reason of their own (not a signal or a dead process)."""
+    from optuna.trial import TrialState
+
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and COUNTED_FAILURE in trial.user_attrs)
+
+
+def open_study(study_name: str, storage: str | None, sampler_seed: int | None = None, pruner=None,
+               startup_trials: int = 5, warmup: float = 0.3):
+    """The study (created, or loaded when it exists): TPE (``startup_trials`` random trials first) and a
+    median pruner that waits ``warmup`` of the first seed's budget."""
+    optuna = require_optuna()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # tune() prints one line per trial
+    url = storage
+    sampler = optuna.samplers.TPESampler(n_startup_trials=startup_trials, seed=sampler_seed)
+    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=min(3, startup_trials),
+                                                   n_warmup_steps=int(round(100 * warmup)))
+    for attempt in range(5):  # processes starting together race to create the tables and the study
+        try:
+            if url and url.startswith(("sqlite:", "postgresql:", "mysql:")):  # heartbeats: a dead process's trial fails
+                engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=20, grace_period=60)
+            return optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+                                       direction="maximize", load_if_exists=True)
+        except Exception:  # noqa: BLE001 - sqlalchemy's OperationalError / IntegrityError of the race
+            if attempt == 4:
+                raise
+            time.sleep(1.0 + attempt)
+
+
+def tune(setup: TuneSetup, trials: int, storage: str | None = None, timeout: float | None = None,
+         sampler_seed: int | None = None, pruner=None, best_path: str | None = None, progress: bool = True,
+         startup_trials: int = 5, warmup: float = 0.3, echo=print) -> dict:
+    """Run the study until it holds ``trials`` finished trials (or ``timeout`` seconds pass); write the best
+    recipe.  Returns {'study', 'best_path', 'interrupted', 'finished', 'ran'}."""
+    optuna = require_optuna()
+    from tqdm.auto import tqdm
+
+    study = open_study(setup.study_name, storage, sampler_seed, pruner, startup_trials, warmup)
+    if sampler_seed is not None:  # a resumed study must not replay the first process's random draws
+        study.sampler = optuna.samplers.TPESampler(n_startup_trials=startup_trials,
+                                                   seed=sampler_seed + len(study.get_trials(deepcopy=False)))
+    done = sum(counted(t) for t in study.get_trials(deepcopy=False))
+    remaining = max(0, trials - done)
+    bar = tqdm(total=trials, initial=done, unit="trial", disable=not progress, dynamic_ncols=True)
+    ran, interrupted = 0, None
+    start = time.time()
+
+    def after_trial(study, trial) -> None:
+        nonlocal ran
+        ran += 1
+        bar.update(1 if counted(trial) else 0)
+        value = f"{trial.value:.2f}" if trial.state == optuna.trial.TrialState.COMPLETE else ""
+        try:
+            best = f"{study.best_value:.2f} (trial {study.best_trial.number})"
+        except ValueError:
+            best = "-"
+        why = trial.user_attrs.get(COUNTED_FAILURE, "") if trial.state == optuna.trial.TrialState.FAIL else ""
+        bar.write(f"trial {trial.number}: {trial.state.name.lower()}{' ' + value if value else ''} in "
+                  f"{(trial.duration.total_seconds() if trial.duration else 0):.0f} s; best {best}{'; ' + why if why else ''}")
+        # other processes' trials count too: stop once finished + running reach the target
+        others = [t for t in study.get_trials(deepcopy=False)
+                  if counted(t) or t.state == optuna.trial.TrialState.RUNNING]
+        if len(others) >= trials:
+            study.stop()
+
+    if remaining:
+        try:
+            study.optimize(setup.objective, n_trials=remaining, timeout=timeout, callbacks=[after_trial],
+                           catch=(_non_finite(),))
+        except TuneInterrupted as stop:
+            interrupted = stop.signum
+        finally:
+            bar.close()
+    else:
+        bar.close()
+    finished = [t for t in study.get_trials(deepcopy=False) if counted(t)]
+    best_path = best_path or f"{setup.study_name}-best.toml"
+    wrote = write_best_recipe(study, setup, best_path, storage)
+    echo(summary_table(study))
+    echo(f"\n{len(finished)} of {trials} trials finished ({ran} run now, {time.time() - start:.0f} s); "
+         f"study {setup.study_name!r} in {storage or 'memory'}")
+    if interrupted is not None:
+        echo(f"stopped by signal {interrupted}: re-run the same command to continue the study")
+    if wrote:
+        echo(f"best recipe: {os.path.abspath(best_path)}\n  rlkit train {best_path}")
+    return {"study": study, "best_path": best_path if wrote else None, "interrupted": interrupted,
+            "finished": len(finished), "ran": ran}
+
+
+def _non_finite():
+    from rlkit.runtime import NonFiniteError
+
+    return NonFiniteError
+
+
+def summary_table(study, top: int = 5) -> str:
+    """The ``top`` complete trials by value, then how many were pruned / failed."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)[:top]
+    if not complete:
+        return "no trial has completed yet"
+    keys = list(complete[0].params)
+    header = ["trial", "value", *keys]
+    rows = [[str(t.number), f"{t.value:.2f}", *(_short(t.params.get(k)) for k in keys)] for t in complete]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    lines.append(f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
+                 f"{states[TrialState.FAIL]} failed; top {len(complete)} shown)")
+    return "\n".join(["", f"top trials of {study.study_name!r} (mean final eval return over seeds):", *lines])
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------
+# The best trial as a recipe
+# ---------------------------------------------------------------------------------
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(c.isalnum() or c in "_-" for c in key) and key.isascii() else json.dumps(key)
+
+
+def best_recipe_text(study, setup: TuneSetup, storage: str | None) -> str | None:
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    values = {**setup.values, **best.params, **best.user_attrs.get("config", {})}
+    order = [f.name for f in dataclasses.fields(setup.config_class) if f.init]
+    lines = [f"# Best trial of the rlkit tune study {setup.study_name!r} ({storage or 'in memory'}): trial {best.number},",
+             f"# mean final evaluation return {best.value:.2f} over seeds {setup.seeds} "
+             f"({setup.eval_episodes} deterministic episodes each).",
+             f"# Tuned from {setup.recipe}; searched: {', '.join(best.params)}.",
+             f"# Re-train: rlkit train <this file> --seed S", "", f"[{setup.table}]"]
+    for key in order:
+        if key in values and values[key] is not None:
+            mark = "  # tuned" if key in best.params else ""
+            lines.append(f"{key} = {toml_value(values[key])}{mark}")
+    return "\n".join(lines) + "\n"
+
+
+def write_best_recipe(study, setup: TuneSetup, path: str, storage: str | None) -> bool:
+    text = best_recipe_text(study, setup, storage)
+    if text is None:
+        return False
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return True
+
+
+# ---------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------
+
+
+def space_toml(space: dict) -> str:
+    return "[space]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in space.items())
+
+
+def cmd_tune(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="rlkit tune", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Hyperparameter search with Optuna (TPE sampler, median pruner fed by the periodic evaluation). "
+        "Each trial trains RECIPE on every --seeds and scores the mean final evaluation return. The study is kept "
+        "in --storage: re-running the command continues it, and several processes running it share it. The best "
+        "trial is written as a recipe that `rlkit train` runs. Recipe overrides go after --, e.g.\n"
+        "  rlkit tune pendulum --trials 12 --storage sqlite:///t.db -- --total_timesteps 100000\n"
+        "--show-space prints the default search space of RECIPE (edit it and pass it back with --space).")
+    parser.add_argument("recipe", help="a [ppo] / [ppo_lstm] recipe name or .toml path")
+    parser.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20); "
+                        "a re-run only runs the missing ones")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<study-name>.db)")
+    parser.add_argument("--study-name", default=None, help="study name (default <recipe>-tune)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds each trial trains on (default: the recipe's)")
+    parser.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    parser.add_argument("--space", default=None, metavar="FILE.toml", help="[space] table merged over the default space")
+    parser.add_argument("--show-space", action="store_true", help="print the search space as TOML and exit")
+    parser.add_argument("--evals", type=int, default=10, help="periodic evaluations per run (the pruner's reports; default 10)")
+    parser.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)")
+    parser.add_argument("--startup-trials", type=int, default=5, help="random trials before TPE, and (up to 3) "
+                        "before the pruner acts (default 5)")
+    parser.add_argument("--warmup", type=float, default=0.3, help="share of a trial's first-seed budget before it can be pruned (default 0.3)")
+    parser.add_argument("--sampler-seed", type=int, default=None, help="seed of the TPE sampler (default: random)")
+    parser.add_argument("--run-dir", default="tune_runs", help="trial runs go to RUN_DIR/<study>/trial_<n>/seed_<s> (default tune_runs)")
+    parser.add_argument("--best", default=None, metavar="FILE.toml", help="where to write the best recipe (default <study-name>-best.toml)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    if "--" in argv:
+        split = argv.index("--")
+        argv, overrides = argv[:split], argv[split + 1:]
+    else:
+        overrides = []
+    args = parser.parse_args(argv)
+    setup = make_setup(args.recipe, overrides, args.seeds, args.space, args.evals, args.eval_episodes, args.run_dir,
+                       args.study_name)
+    if args.show_space:
+        print(space_toml(setup.space), end="")
+        return 0
+    if args.trials <= 0 or args.evals <= 0 or args.eval_episodes <= 0:
+        raise ConfigError("--trials, --evals and --eval-episodes must be > 0")
+    storage = args.storage or f"sqlite:///{setup.study_name}.db"
+    outcome = tune(setup, args.trials, storage, args.timeout, args.sampler_seed, best_path=args.best,
+                   progress=not args.no_progress, startup_trials=args.startup_trials, warmup=args.warmup)
+    if outcome["interrupted"] is not None:
+        return 128 + outcome["interrupted"]
+    return 0
+
+
+def make_setup(recipe: str, overrides: list[str], seeds: list[int] | None = None, space_file: str | None = None,
+               evals: int = 10, eval_episodes: int = 5, run_dir: str = "tune_runs", study_name: str | None = None) -> TuneSetup:
+    """Recipe + overrides (``--key value`` tokens) + search space -> what the objective needs."""
+    import argparse
+
+    table, values, source = read_recipe(recipe)
+    if table == "rlhf":
+        raise ConfigError(f"{source} is an RLHF recipe: rlkit tune searches [ppo] and [ppo_lstm] recipes only (for now)")
+    if table not in CONFIG_TABLES:
+        raise ConfigError(f"{source}: rlkit tune takes [ppo] or [ppo_lstm] recipes, not [{table}]")
+    setup = TuneSetup(recipe, table, dict(values), {}, [], evals, eval_episodes, run_dir)
+    cls = setup.config_class
+    parser = argparse.ArgumentParser(prog=f"rlkit tune {recipe} --")
+    add_config_arguments(parser, cls, values)
+    _, extra = parse_overrides(parser, cls, overrides)
+    for key in ("seed", "run_dir", "eval_interval", "eval_episodes"):
+        if key in extra:
+            raise ConfigError(f"--{key} is set by rlkit tune per trial; use its own options (--seeds, --run-dir, --evals, --eval-episodes)")
+    merged = {**values, **extra}
+    config_from_dict(cls, merged, source=f"{source} + command line")  # every key checked before a trial starts
+    space = default_space(recipe, merged)
+    if space_file:
+        space.update(read_space(space_file))
+    check_space(space, cls, space_file or "search space")
+    for key in [k for k, v in space.items() if not isinstance(v, dict)]:
+        merged[key] = space.pop(key)  # a fixed value
+    cfg = config_from_dict(cls, merged, source=f"{source} + command line + search space")
+    setup.values = {k: getattr(cfg, k) for k in merged}  # typed (command-line strings converted)
+    setup.space = space
+    setup.seeds = list(dict.fromkeys(seeds)) if seeds else [int(merged.get("seed", 1))]
+    setup.study_name = study_name or DEFAULT_STUDY.format(recipe=os.path.splitext(os.path.basename(recipe))[0])
+    return setup
+
+
+if __name__ == "__main__":
+    sys.exit(cmd_tune(sys.argv[1:]))

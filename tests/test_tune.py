@@ -1,0 +1,131 @@
+"""rlkit tune: tiny Optuna studies on CartPole (a few updates of 2 x 32 steps per trial) that complete,
+prune, resume, share one SQLite study between processes, and write a best recipe `rlkit train` runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason='rlkit tune needs optuna: pip install "rlkit[tune]"')
+
+from rlkit.cli import main  # noqa: E402
+from rlkit.config import ConfigError, read_recipe  # noqa: E402
+from rlkit.tune import default_space, make_setup, toml_value, tune  # noqa: E402
+
+SPACE = """[space]
+num_steps = {choices = [16, 32]}
+num_minibatches = {choices = [2, 4]}
+update_epochs = {low = 1, high = 2}
+learning_rate = {low = 1e-4, high = 1e-2, log = true}
+hidden_size = 16          # fixed, not searched
+"""
+TINY = ["--", "--total_timesteps", "128", "--num_envs", "2", "--device", "cpu"]
+
+
+@pytest.fixture
+def space(tmp_path) -> str:
+    path = tmp_path / "space.toml"
+    path.write_text(SPACE)
+    return str(path)
+
+
+def _args(tmp_path, space: str, trials: int, *extra: str) -> list[str]:
+    return ["tune", "cartpole", "--trials", str(trials), "--space", space, "--evals", "2", "--eval-episodes", "2",
+            "--storage", f"sqlite:///{tmp_path}/study.db", "--run-dir", str(tmp_path / "runs"),
+            "--best", str(tmp_path / "best.toml"), "--no-progress", *extra, *TINY]
+
+
+def _study(tmp_path):
+    return optuna.load_study(study_name="cartpole-tune", storage=f"sqlite:///{tmp_path}/study.db")
+
+
+def test_a_study_completes_resumes_and_writes_a_recipe_rlkit_train_runs(tmp_path, space, capsys):
+    assert main(_args(tmp_path, space, 2, "--sampler-seed", "0")) == 0
+    study = _study(tmp_path)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    printed = capsys.readouterr().out
+    assert "top trials of 'cartpole-tune'" in printed and "2 of 2 trials finished" in printed
+
+    # re-running with more trials continues the same study: only the missing one runs
+    assert main(_args(tmp_path, space, 3)) == 0
+    study = _study(tmp_path)
+    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert "3 of 3 trials finished (1 run now" in capsys.readouterr().out
+    assert main(_args(tmp_path, space, 3)) == 0  # nothing left to do
+    assert len(_study(tmp_path).trials) == 3
+
+    best = study.best_trial
+    table, values, _ = read_recipe(str(tmp_path / "best.toml"))
+    assert table == "ppo" and values["hidden_size"] == 16 and values["env_id"] == "CartPole-v1"
+    for key, value in best.params.items():
+        assert values[key] == (best.user_attrs["config"].get(key, value)), key
+    assert "seed" not in values and "eval_interval" not in values  # the tuning's own settings stay out
+    # the objective is the mean final evaluation return, and each trial's run folder holds its evaluations
+    run = tmp_path / "runs" / "cartpole-tune" / f"trial_{best.number:03d}" / "seed_1"
+    evals = [json.loads(line) for line in open(run / "metrics.jsonl") if '"kind": "eval"' in line]
+    assert best.value == pytest.approx(evals[-1]["mean_return"])
+
+    assert main(["train", str(tmp_path / "best.toml"), "--total_timesteps", "64", "--run_dir", str(tmp_path / "retrain"),
+                 "--no-progress"]) == 0
+
+
+def test_the_pruner_stops_a_trial_at_an_evaluation(tmp_path, space):
+    setup = make_setup("cartpole", TINY[1:] + ["--total_timesteps", "256"], space_file=space, evals=4, eval_episodes=2,
+                       run_dir=str(tmp_path / "runs"))
+    outcome = tune(setup, 1, storage=None, pruner=optuna.pruners.ThresholdPruner(lower=1e9), progress=False,
+                   echo=lambda *a: None)
+    (trial,) = outcome["study"].trials
+    assert trial.state.name == "PRUNED" and len(trial.intermediate_values) == 1
+    summary = json.load(open(tmp_path / "runs" / "cartpole-tune" / "trial_000" / "seed_1" / "summary.json"))
+    assert summary["global_step"] < 256  # the run stopped at its first evaluation
+    assert outcome["best_path"] is None  # no complete trial: no recipe
+
+
+def test_a_trial_stopped_by_a_signal_is_not_counted_and_is_replaced(tmp_path, space, monkeypatch):
+    setup = make_setup("cartpole", TINY[1:], space_file=space, evals=2, eval_episodes=2, run_dir=str(tmp_path / "runs"))
+    storage = f"sqlite:///{tmp_path}/study.db"
+    real = type(setup).train
+    monkeypatch.setattr(type(setup), "train", property(lambda self: lambda cfg, **kw: SimpleNamespace(interrupted=15)))
+    outcome = tune(setup, 2, storage, progress=False, echo=lambda *a: None)
+    assert outcome["interrupted"] == 15 and outcome["finished"] == 0
+    monkeypatch.setattr(type(setup), "train", real)
+    outcome = tune(setup, 2, storage, progress=False, echo=lambda *a: None)
+    states = [t.state.name for t in outcome["study"].trials]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"] and outcome["finished"] == 2
+
+
+def test_processes_share_one_sqlite_study(tmp_path, space):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "rlkit.cli", *_args(tmp_path, space, 4)]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    trials = _study(tmp_path).trials
+    assert 4 <= len(trials) <= 5 and all(t.state.name == "COMPLETE" for t in trials)  # 5: both started one at once
+    assert all("trials finished" in out for out in outputs)
+
+
+def test_search_spaces_and_refusals(tmp_path):
+    space = default_space("pendulum", {})
+    assert {"learning_rate", "num_steps", "num_minibatches", "update_epochs", "gamma", "gae_lambda", "clip_coef",
+            "ent_coef", "hidden_size"} <= set(space)
+    for steps in space["num_steps"]["choices"]:  # every choice divides every pendulum batch (16 envs)
+        assert all(16 * steps % m == 0 for m in space["num_minibatches"]["choices"])
+    assert "hidden_size" not in default_space("atari", {})
+    assert default_space("my.toml", {"num_steps": 64, "num_minibatches": 4})["num_steps"] == {"choices": [32, 64, 128]}
+    with pytest.raises(ConfigError, match="RLHF recipe"):
+        make_setup("rlhf-synthetic", [])
+    with pytest.raises(ConfigError, match="--seed is set by rlkit tune"):
+        make_setup("cartpole", ["--seed", "3"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[space]\nlearning_rat = {low = 1e-4, high = 1e-3}\n")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        make_setup("cartpole", [], space_file=str(bad))
+    assert main(["tune", "pendulum", "--show-space"]) == 0
+    assert toml_value({"low": 1e-05, "log": True}) == "{low = 1e-05, log = true}"
