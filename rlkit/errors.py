@@ -81,6 +81,10 @@ class RewardFunctionError(RlkitError, ValueError):
     kind = "reward"
 
 
+RewardError = RewardFunctionError
+"""the same class, by its shorter name"""
+
+
 DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
                errno.EPERM: "permission denied", errno.ENAMETOOLONG: "a file name is too long"}

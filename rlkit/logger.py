@@ -93,13 +93,12 @@ class RunLogger:
         self._write({"kind": "update", "global_step": global_step, "iteration": iteration, **stats})
 
     def evaluation(self, global_step: int, iteration: int, stats: dict) -> None:
-        """A periodic evaluation: TensorBoard ``eval/<name>`` and an ``"kind": "eval"`` metrics line."""
-        if self.writer is not None:
-            for key, value in stats.items():
-                self.writer.add_scalar(f"eval/{key}", value, global_step)
-        self.trackers.log({f"eval/{key}": value for key, value in stats.items()}, global_step)
+        """A periodic evaluation: TensorBoard ``eval/<name>`` of its numbers and an ``"kind": "eval"``
+        metrics line of all of ``stats`` (other values too, e.g. RLHF's sample rows).  The console line
+        is control's (mean return); an evaluation without one (RLHF) prints its own."""
+        self.scalars("eval", stats, global_step)
         self._write({"kind": "eval", "global_step": global_step, "iteration": iteration, **stats})
-        if not self.bar.disable:  # progress=False: quiet (rlkit tune's trials)
+        if not self.bar.disable and "mean_return" in stats:  # progress=False: quiet (rlkit tune's trials)
             self.bar.write(f"rlkit: eval at update {iteration} (step {global_step:,}): mean return {stats['mean_return']:.2f}")
 
     def scalars(self, prefix: str, values: dict, global_step: int) -> None:

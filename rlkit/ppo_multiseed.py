@@ -243,6 +243,19 @@ def load_stacked_optimizer_state(optimizer: torch.optim.Optimizer, saved: list[t
     optimizer.load_state_dict({"state": state, "param_groups": first_state["optimizer_param_groups"]})
 
 
+def open_seed_folders(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None, resume: bool, log: bool):
+    """(each seed's run folder, claimed and locked; the seeds' newest checkpoints when resuming, else None).
+
+    Explicit folders without a checkpoint (resume) start fresh, their files kept aside."""
+    given = run_dirs is not None
+    run_dirs = run_dirs or [os.path.join(cfg.run_dir, default_run_name(cfg.env_id, cfg.exp_name, s)) for s in seeds]
+    saved = _saved_checkpoints(run_dirs) if resume else None
+    folders = [open_run_folder(d, resolve_checkpoint(d), saved[i][1], enabled=log) if saved is not None else
+               open_run_folder(d, enabled=log, if_exists="abandon" if resume else "refuse" if given else "number")
+               for i, d in enumerate(run_dirs)]
+    return folders, saved
+
+
 def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = None, progress: bool = True,
                 log: bool = True, resume: bool = False, callbacks: list[Callback] = ()) -> list[TrainResult]:
     """Train ``cfg`` once per seed, all seeds batched; one TrainResult per seed, in order.
@@ -257,13 +270,7 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
-    given = run_dirs is not None
-    run_dirs = run_dirs or [os.path.join(cfg.run_dir, default_run_name(cfg.env_id, cfg.exp_name, s)) for s in seeds]
-    saved = _saved_checkpoints(run_dirs) if resume else None
-    # each seed's folder locked; explicit folders without a checkpoint (resume) start fresh, their files kept aside
-    folders = [open_run_folder(d, resolve_checkpoint(d), saved[i][1], enabled=log) if saved is not None else
-               open_run_folder(d, enabled=log, if_exists="abandon" if resume else "refuse" if given else "number")
-               for i, d in enumerate(run_dirs)]
+    folders, saved = open_seed_folders(cfg, seeds, run_dirs, resume, log)
     run_dirs = [f.path for f in folders]
 
     configs = [replace(cfg, seed=s).validate() for s in seeds]

@@ -224,10 +224,12 @@ class RunFolder:
             self.lock.release()
 
 
-def claim_new(path: str, *, if_exists: str = "refuse", enabled: bool = True) -> RunFolder:
+def claim_new(path: str, *, if_exists: str = "refuse", enabled: bool = True, resume_command: str = "rlkit train --resume",
+              new_folder_flag: str | None = "--new-folder") -> RunFolder:
     """The folder of a new run, locked.  ``if_exists`` when ``path`` already holds a run:
     ``refuse`` (one line: resume it or choose another name), ``number`` (the first free ``path-k``),
-    or ``abandon`` (its run files are moved to ``abandoned/<time>/`` and the folder starts fresh)."""
+    or ``abandon`` (its run files are moved to ``abandoned/<time>/`` and the folder starts fresh).
+    ``resume_command`` / ``new_folder_flag`` (None: there is none) are what the refusal suggests."""
     check_name(os.path.basename(os.path.normpath(path)) if path else "", "run name")
     if not enabled:
         return RunFolder(os.path.abspath(path))
@@ -238,16 +240,17 @@ def claim_new(path: str, *, if_exists: str = "refuse", enabled: bool = True) -> 
             path = numbered(path)
             continue
         if found and if_exists == "refuse":
+            elsewhere = f", or pass {new_folder_flag} to start it in {numbered(path)}" if new_folder_flag else ""
             raise RunFolderError(
-                f"{path} already holds a run ({', '.join(found)}): continue it with `rlkit train --resume {path}`, "
-                f"choose another run name (--run-name), or pass --new-folder to start it in {numbered(path)}")
+                f"{path} already holds a run ({', '.join(found)}): continue it with `{resume_command} {path}`"
+                f"{', ' if elsewhere else ' or '}choose another run name (--run-name){elsewhere}")
         lock = RunFolderLock(path)
         note = lock.acquire()
         notes += [note] if note else []
         if holds_run(path) and if_exists != "abandon":  # another process got there first and has finished
             lock.release()
             if if_exists == "refuse":
-                raise RunFolderError(f"{path} already holds a run: continue it with `rlkit train --resume {path}` "
+                raise RunFolderError(f"{path} already holds a run: continue it with `{resume_command} {path}` "
                                      "or choose another run name")
             continue
         folder = RunFolder(os.path.abspath(path), lock, notes)

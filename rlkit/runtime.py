@@ -109,13 +109,15 @@ def default_run_name(label: str, exp_name: str, seed: int | str) -> str:
 
 
 def open_run_folder(run_dir: str, resume_from: str | None = None, saved: dict | None = None, new_name: str | None = None,
-                    new_folder: bool = False, enabled: bool = True, if_exists: str | None = None) -> RunFolder:
+                    new_folder: bool = False, enabled: bool = True, if_exists: str | None = None,
+                    **hints: str | None) -> RunFolder:
     """Claim the run folder before anything is written to it (rlkit.runfolder): locked for this process;
     a new run refuses a folder that holds another run (``new_folder``, or a generated name: the next
     free ``<name>-k``); a resume from ``resume_from`` (a checkpoint folder of the run, with its
     ``saved`` state) checks the metrics offset and, from an older checkpoint, starts a new lineage.
     ``if_exists`` overrides that choice (rlkit.runfolder.claim_new: refuse, number or abandon).
-    Leftover temporary folders are removed.  ``folder.notes`` are for the run's log; the caller
+    Leftover temporary folders are removed.  ``hints``: claim_new's resume_command / new_folder_flag
+    (what a refusal suggests; rlkit rlhf's differ).  ``folder.notes`` are for the run's log; the caller
     releases the lock when the run's last file is written (the OS does when the process ends)."""
     if resume_from is not None:
         return claim_resumed(run_dir, resume_from, (saved or {}).get("metrics_offset", 0), enabled=enabled)
@@ -123,7 +125,7 @@ def open_run_folder(run_dir: str, resume_from: str | None = None, saved: dict | 
         check_name(new_name, "run name")
     if if_exists is None:
         if_exists = "number" if new_folder or new_name is None else "refuse"
-    return claim_new(run_dir, if_exists=if_exists, enabled=enabled)
+    return claim_new(run_dir, if_exists=if_exists, enabled=enabled, **hints)
 
 
 def linear_lr(optimizer: torch.optim.Optimizer, iteration: int, num_iterations: int, learning_rate: float) -> None:

@@ -414,7 +414,7 @@ def best_recipe_text(study, setup: TuneSetup, storage: str | None) -> str | None
              f"# mean final evaluation return {best.value:.2f} over seeds {setup.seeds} "
              f"({setup.eval_episodes} deterministic episodes each).",
              f"# Tuned from {setup.recipe}; searched: {', '.join(best.params)}.",
-             f"# Re-train: rlkit train <this file> --seed S", "", f"[{setup.table}]"]
+             "# Re-train: rlkit train <this file> --seed S", "", f"[{setup.table}]"]
     for key in order:
         if key in values and values[key] is not None:
             mark = "  # tuned" if key in best.params else ""

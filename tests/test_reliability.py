@@ -601,3 +601,137 @@ def test_fuzzed_recipes_and_overrides_give_a_valid_config_or_one_clean_line(reci
     assert code in _DOCUMENTED, (code, err)
     if code not in (0, 1):
         assert len(err) == 1 and err[0].startswith("rlkit: ") and "Traceback" not in err[0], err
+
+
+# ---------------------------------------------------------------------------------
+# 9. RLHF: the same run folders, and reward functions that fail
+# ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory) -> str:
+    """A GPT-2 pretrained 30 steps on the synthetic task (as tests/test_rlhf_lifecycle.py builds it)."""
+    from rlkit.envs import text_task
+
+    path = str(tmp_path_factory.mktemp("reliability_lm"))
+    torch.manual_seed(0)
+    return text_task.pretrain_base_model(path, seed=0, steps=30, batch_size=32, log=None)
+
+
+def _rlhf_args(tmp_path, tiny_lm: str, name: str, *extra: str) -> list[str]:
+    return ["rlhf", "rlhf-synthetic", "--policy", tiny_lm, "--reward", "gold", "--num_updates", "2", "--batch_size", "8",
+            "--num_minibatches", "2", "--ppo_epochs", "1", "--max_new_tokens", "6", "--eval_samples", "8",
+            "--device", "cpu", "--run_dir", str(tmp_path / "runs"), "--artifacts_dir", str(tmp_path / "artifacts"),
+            "--run-name", name, "--no-progress", *extra]
+
+
+class _SigtermAfter(Callback):
+    def on_update(self, run, iteration, stats):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return True
+
+
+def test_rlhf_two_writers_are_refused_and_a_dead_owner_is_taken_over(tiny_lm, tmp_path, capsys):
+    from rlkit.rlhf import ppo_lm
+    from rlkit.rlhf.config import RLHFConfig
+
+    cfg = RLHFConfig(policy=tiny_lm, reward="gold", batch_size=8, num_minibatches=2, ppo_epochs=1, num_updates=2,
+                     max_new_tokens=6, eval_samples=8, device="cpu", run_dir=str(tmp_path / "runs"),
+                     artifacts_dir=str(tmp_path / "artifacts")).validate()
+    cut = ppo_lm.train(cfg, run_name="r", progress=False, callbacks=[_SigtermAfter()])
+    run = tmp_path / "runs" / "r"
+    assert cut.interrupted == signal.SIGTERM and cut.checkpoint == str(run / "checkpoints" / "update_0000001")
+    before = {name: (run / name).read_bytes() for name in ("config.json", "metrics.jsonl")}
+    capsys.readouterr()
+    # a new run into the folder of another: refused, nothing written
+    assert main(_rlhf_args(tmp_path, tiny_lm, "r", "--seed", "7")) == EXIT_CODES["run_folder"]
+    line = _one_line(capsys)
+    assert str(run) in line and "already holds a run" in line and "rlkit rlhf --resume" in line
+    assert {name: (run / name).read_bytes() for name in before} == before
+    # a resume, or a new run, while another process holds the folder: refused with the owner's pid
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["rlhf", "--resume", str(run), "--no-progress"]) == EXIT_CODES["run_folder"]
+        line = _one_line(capsys)
+        assert "in use by another training" in line and f"pid {holder.pid}" in line
+        assert {name: (run / name).read_bytes() for name in before} == before
+        fresh = tmp_path / "runs" / "fresh"
+        fresh.mkdir(parents=True)
+        second = subprocess.Popen([sys.executable, "-c", _HOLDER, str(fresh)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert second.stdout.readline().strip() == "locked"
+            assert main(_rlhf_args(tmp_path, tiny_lm, "fresh")) == EXIT_CODES["run_folder"]
+            assert f"pid {second.pid}" in _one_line(capsys) and sorted(os.listdir(fresh)) == [LOCK_FILE]
+        finally:
+            second.kill()
+            second.wait()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the owner died without releasing: its lock is taken over, with a note, and the run continues
+    assert main(["rlhf", "--resume", str(run), "--no-progress"]) == 0
+    notes = [r["text"] for r in _lines(run) if r["kind"] == "note"]
+    assert any(f"took over the lock of pid {holder.pid}" in n for n in notes), notes
+    assert _updates(run) == [1, 2] and (run / "summary.json").exists()
+    assert (run / LOCK_FILE).read_text() == ""  # released when the run ended
+
+
+_REWARDS = '''
+def boom(prompt, response):
+    raise ZeroDivisionError("no score today")
+
+
+def too_few(prompts, completions, **columns):
+    return [1.0]
+
+
+def words(prompts, completions, **columns):
+    return ["good"] * len(completions)
+'''
+
+
+@pytest.mark.parametrize("function, says", [("boom", "raised ZeroDivisionError: no score today"),
+                                            ("too_few", "returned 1 scores for 8 completions"),
+                                            ("words", "must return one float")])
+def test_rlhf_a_failing_reward_function_is_one_line_and_exit_code_10(tiny_lm, tmp_path, capsys, monkeypatch, function, says):
+    (tmp_path / "my_rewards.py").write_text(_REWARDS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    capsys.readouterr()
+    args = _rlhf_args(tmp_path, tiny_lm, "bad")
+    args[args.index("--reward") + 1] = f"my_rewards:{function}"
+    assert main(args) == EXIT_CODES["reward"] == 10
+    line = _one_line(capsys)
+    assert f"reward '{function}'" in line and says in line, line
+    assert not (tmp_path / "runs" / "bad" / "summary.json").exists()
+
+
+def test_rlhf_reward_fn_argument_errors_are_reward_errors(tiny_lm, tmp_path):
+    from rlkit.errors import RewardError
+    from rlkit.rlhf.reward import CombinedReward
+
+    def my_reward(prompts, responses):
+        return [0.0] * (len(responses) + 1)
+
+    with pytest.raises(RewardError, match=r"reward 'reward_fn' \(my_reward\) returned 3 scores for 2 completions"):
+        CombinedReward.of(my_reward)(["p", "q"], ["a", "b"])
+    with pytest.raises(RewardError, match=r"raised KeyError"):
+        CombinedReward.of(lambda prompts, responses: {}["x"])(["p"], ["a"])
+
+
+def test_rlhf_parsers_take_no_abbreviations(capsys):
+    assert main(["rlhf", "--resume", "somewhere", "--no-prog"]) == EXIT_CODES["config"]
+    assert "unrecognized arguments: --no-prog" in _one_line(capsys)
+    assert main(["rlhf-export", "run", "out", "--mer"]) == EXIT_CODES["config"]
+    assert "--mer" in _one_line(capsys)
+
+
+def test_rlhf_evaluation_lines_go_through_the_public_logger_method(tmp_path):
+    from rlkit.logger import RunLogger
+
+    logger = RunLogger(str(tmp_path), {}, progress=True)  # TensorBoard on, the console line on: no mean_return here
+    logger.evaluation(16, 2, {"score": 0.5, "kl_k1": 0.1, "samples": [{"prompt": "p", "response": "r"}]})
+    logger.close()
+    line = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert line == {"kind": "eval", "global_step": 16, "iteration": 2, "score": 0.5, "kl_k1": 0.1,
+                    "samples": [{"prompt": "p", "response": "r"}]}

@@ -491,3 +491,26 @@ def test_example_end_to_end_reward_model_then_ppo_raises_the_proxy_reward(tmp_pa
     summary = json.load(open(tmp_path / "demo" / "runs" / "e2e" / "summary.json"))
     assert summary["final"]["reward/model"] > summary["initial"]["reward/model"] + 1.0
     assert main(["rlhf-export", "demo/runs/e2e", "demo/export", "--merge"]) == 0
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    exported = AutoModelForCausalLM.from_pretrained("demo/export")
+    tokenizer = AutoTokenizer.from_pretrained("demo/export")
+    ids = tokenizer("The cat", return_tensors="pt").input_ids
+    assert exported.generate(ids, max_new_tokens=4, do_sample=False).shape[1] > ids.shape[1]
+
+
+@pytest.mark.slow
+def test_the_same_through_the_python_api(tmp_path, monkeypatch):
+    """rlkit.rlhf.config / train_reward_model / train / export: what the three CLI commands run, from Python."""
+    import rlkit.rlhf as rlhf
+
+    monkeypatch.chdir(tmp_path)
+    paths = example.write_example("demo", log=None)
+    cfg = rlhf.config(paths["recipe"])
+    report = rlhf.train_reward_model(cfg, progress=False)
+    assert report["heldout_accuracy"] >= 0.9
+    assert report["heldout_accuracy"] > report["heldout_accuracy_before_training"] + 0.2
+    result = rlhf.train(cfg, run_name="py", progress=False)
+    assert result.final["reward/model"] > result.initial["reward/model"] + 1.0
+    rlhf.export(result.run_dir, "demo/export-py", merge=True)
+    assert os.path.isfile(os.path.join("demo", "export-py", "config.json"))

@@ -5,6 +5,7 @@ through each tracker's own API and compared with the run's metrics.jsonl."""
 from __future__ import annotations
 
 import glob
+import re
 import json
 import os
 import struct
@@ -313,7 +314,9 @@ def test_a_resumed_run_continues_the_same_tracker_runs(offline):
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "losses/value_loss")]
     assert sorted(steps) == [64, 128, 192, 256]  # both halves, each update once
-    ids = {os.path.basename(p).rsplit("-", 1)[1] for p in glob.glob(os.path.join(cut.run_dir, "wandb", "offline-run-*"))}
+    # offline-run-<date>_<time>-<id>, with a "-1" suffix when both segments start within the same second
+    ids = {re.match(r"offline-run-\d{8}_\d{6}-([^-]+)", os.path.basename(p)).group(1)
+           for p in glob.glob(os.path.join(cut.run_dir, "wandb", "offline-run-*"))}
     assert len(ids) == 1  # the W&B run resumed under the same id (two offline segments)
 
 

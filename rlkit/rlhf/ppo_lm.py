@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from rlkit.checkpoint import CheckpointError, load_checkpoint, load_optimizer_tensors, optimizer_tensors, resolve_checkpoint
+from rlkit.errors import RunFolderError
 from rlkit.logger import RunLogger
 from rlkit.ppo import (
     clipped_policy_loss,
@@ -70,12 +71,14 @@ from rlkit.rlhf.reward import (
     load_reward_model,
 )
 from rlkit.rlhf.rollout import Samples, apply_eos_trick, generate_samples
+from rlkit.runfolder import RunFolder
 from rlkit.runtime import (  # the run lifecycle, shared with rlkit.ppo's loops
     Callback,
     Lifecycle,
     StopSignals,
     check_finite,
     default_run_name,
+    open_run_folder,
     restore_rng_state,
     rng_state,
     seed_everything,
@@ -784,6 +787,9 @@ def train(cfg: RLHFConfig | None = None, run_name: str | None = None, progress: 
     ``callbacks`` (rlkit.runtime.Callback) run after every update; one returning False stops the run.
     Under torchrun (WORLD_SIZE > 1) it runs data parallel; every rank returns the same (reduced)
     numbers, and only rank 0 writes (run folder, checkpoints, summary, progress bars).
+    The run folder is claimed as control PPO's is (rlkit.runfolder): locked while the run lasts (a
+    second training or resume of it is refused, a dead owner's lock taken over), never another run's
+    (a generated name that collides is numbered), and a resume from an older checkpoint starts a lineage.
     """
     cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume)
     if saved is not None and saved["reward"] == REWARD_FN_ARGUMENT and reward_fn is None:
@@ -793,11 +799,38 @@ def train(cfg: RLHFConfig | None = None, run_name: str | None = None, progress: 
         torch.set_num_threads(cfg.torch_threads)
     return_freed_memory_to_os()
     ctx, device = distributed.init_distributed(cfg.device)
+    folder = None
     try:
-        return _train(cfg, ctx, device, start_time, run_dir, progress and ctx.is_main, log and ctx.is_main, reward_fn, echo,
-                      list(callbacks), tensors, saved)
+        folder = claim_run_folder(run_dir, run_name, saved, ctx, log and ctx.is_main)
+        return _train(cfg, ctx, device, start_time, folder.path, progress and ctx.is_main, log and ctx.is_main, reward_fn,
+                      echo, list(callbacks), tensors, saved, folder)
     finally:
+        if folder is not None:
+            folder.release()
         distributed.cleanup(ctx)
+
+
+def claim_run_folder(run_dir: str, run_name: str | None, saved: dict[str, Any] | None, ctx: distributed.DistContext,
+                     enabled: bool) -> RunFolder:
+    """Rank 0 claims the run folder (rlkit.runtime.open_run_folder) before anything is written; the
+    other ranks, which write nothing, learn its path, or that rank 0 refused (and stop too)."""
+    folder, failure = None, None
+    if ctx.is_main:
+        try:
+            folder = open_run_folder(run_dir, saved["checkpoint"] if saved is not None else None, saved, run_name,
+                                     enabled=enabled, resume_command="rlkit rlhf --resume", new_folder_flag=None)
+        except Exception as error:
+            if not ctx.enabled:
+                raise
+            failure = error
+    shared = distributed.broadcast_object(folder.path if folder is not None else None, ctx)
+    if failure is not None:
+        raise failure
+    if ctx.is_main:
+        return folder
+    if shared is None:
+        raise RunFolderError(f"rank 0 could not claim the run folder {run_dir} (its error says why)")
+    return RunFolder(shared)
 
 
 def open_run(cfg: RLHFConfig | None, run_name: str | None, resume: str | None
@@ -825,7 +858,8 @@ def open_run(cfg: RLHFConfig | None, run_name: str | None, resume: str | None
 
 def _train(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.device, start_time: float, run_dir: str,
            progress: bool, log: bool, reward_fn: RewardFn | None, echo, callbacks: list[Callback],
-           tensors: dict[str, dict[str, Tensor]], saved: dict[str, Any] | None) -> RLHFResult:
+           tensors: dict[str, dict[str, Tensor]], saved: dict[str, Any] | None, folder: RunFolder | None = None
+           ) -> RLHFResult:
     say = echo if progress else (lambda *a, **k: None)
     policy_path, reward_fn, gold, reward_desc = prepare_models(cfg, ctx, device, reward_fn, progress, say, saved)
     run = build_run(cfg, ctx, device, policy_path, reward_fn, gold, say)
@@ -837,6 +871,8 @@ def _train(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.device, 
         enabled=log, progress=progress, total=cfg.num_updates * run.global_batch,
         resume_metrics_at=saved["metrics_offset"] if saved is not None else None)
     logger.bar.set_description("rlhf")
+    for note in folder.notes if folder is not None else []:  # a dead owner's lock taken over, a lineage branched
+        logger.note(note)
     if saved is not None and (progress or log):  # data parallel: rank 0 says it, once
         logger.bar.update(run.episodes)
         logger.note(f"resumed at update {saved['update']} from {saved['checkpoint']}")
@@ -844,7 +880,7 @@ def _train(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.device, 
         [run_dir], cfg.num_updates, cfg.checkpoint_interval, cfg.keep_checkpoints,
         enabled=log and cfg.save_checkpoint,  # log is False on every rank but 0: one writer
         last_checkpoint=saved["checkpoint"] if saved is not None else None, callbacks=callbacks,
-        stop=AgreedStopSignals(ctx) if ctx.enabled else StopSignals())
+        stop=AgreedStopSignals(ctx) if ctx.enabled else StopSignals(), folders=[folder] if folder is not None else [])
     lifecycle.context.update(agent=run.policy, tokenizer=run.tokenizer, logger=logger, config=cfg,
                              capture=lambda update: capture(run, update, policy_path, reward_desc, start_time))
     final, checkpoint_dir = {}, None
@@ -994,13 +1030,10 @@ def run_evaluation(run: LMRun, update: int) -> tuple[dict[str, float], list[dict
                       held_out=run.eval_prompts)
     run.evaluations.append({"update": update, "episodes": run.episodes, **result})
     run.last_evaluation = (update, result, samples)
-    logger = run.logger
-    if logger.enabled:  # TensorBoard and the trackers (rlkit.trackers)
-        logger.scalars("eval", result, run.episodes)
+    logger = run.logger  # TensorBoard eval/<name>, the trackers (rlkit.trackers) and a "kind": "eval" line
+    logger.evaluation(run.episodes, update, {**result, "samples": samples[:EVAL_LOG_ROWS]})
+    if logger.enabled:
         logger.text("eval/samples", evaluation_table(samples[:8]), run.episodes)
-    # RunLogger.evaluation speaks control's numbers (mean return); the line it writes is this one
-    logger._write({"kind": "eval", "global_step": run.episodes, "iteration": update, **result,
-                   "samples": samples[:EVAL_LOG_ROWS]})
     if not logger.bar.disable:
         gold = f", gold {result['gold']:+.3f}" if "gold" in result else ""
         logger.bar.write(f"rlkit: eval after update {update}: score {result['score']:+.3f}{gold}, "

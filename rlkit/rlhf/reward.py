@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from rlkit.errors import RewardFunctionError
 from rlkit.rlhf.policy import disable_dropout, ensure_pad_token, last_token_index, position_ids_from_mask, torch_dtype
 
 RewardFn = Callable[[list[str], list[str]], Tensor]  # (prompts, responses) -> scores [B]
@@ -263,6 +264,7 @@ def callable_reward(fn: Callable[[str, str], float]) -> RewardFn:
     def reward(prompts: list[str], responses: list[str]) -> Tensor:
         return torch.tensor([float(fn(p, r)) for p, r in zip(prompts, responses)], dtype=torch.float32)
 
+    reward.__qualname__ = getattr(fn, "__qualname__", reward.__qualname__)  # messages name the function itself
     return reward
 
 
@@ -289,17 +291,46 @@ def is_batched(fn: Callable) -> bool:
 
 
 def _as_scores(values, n: int, name: str) -> Tensor:
-    """A reward's output as float32 [n]; None (TRL: 'does not apply to this sample') becomes NaN."""
+    """A reward's output as float32 [n]; None (TRL: 'does not apply to this sample') becomes NaN.
+    Anything else (a wrong count, a value that is not a number) is a RewardFunctionError naming the reward."""
     if isinstance(values, Tensor):
         out = values.detach().float().cpu().reshape(-1)
     else:
         try:
             out = torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32)
         except (TypeError, ValueError):
-            raise ValueError(f"reward {name!r} must return a list of floats (or None), got {type(values).__name__}") from None
+            if isinstance(values, (list, tuple)):
+                shown = next((v for v in values if not _is_number(v)), values)
+                what = f"{_short(shown)} ({type(shown).__name__}) among its values"
+            else:
+                what = f"{_short(values)} ({type(values).__name__})"
+            raise RewardFunctionError(f"reward {name} must return one float (or None) per completion, got "
+                                      f"{what}") from None
     if out.numel() != n:
-        raise ValueError(f"reward {name!r} returned {out.numel()} scores for {n} completions")
+        raise RewardFunctionError(f"reward {name} returned {out.numel()} scores for {n} completions: it must "
+                                  "return one score per completion")
     return out
+
+
+def _is_number(value) -> bool:
+    if value is None:
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def reward_label(name: str, fn: Callable) -> str:
+    """How a message names a reward: its name, and the function's own when that differs ('reward_fn' (my_reward))."""
+    qualname = (getattr(fn, "__qualname__", None) or type(fn).__qualname__).rpartition("<locals>.")[2]
+    return repr(name) if qualname in (name, None) else f"{name!r} ({qualname})"
 
 
 @dataclass
@@ -321,16 +352,27 @@ class RewardComponent:
 
     def __call__(self, texts: list[str], raw: list, columns: dict[str, list], completions: list[str]) -> Tensor:
         n = len(completions)
-        if self.kind == "model":
-            return _as_scores(self.fn(raw, completions), n, self.name)
-        if self.kind == "per_sample":
-            return _as_scores([self.fn(p, c) for p, c in zip(texts, completions)], n, self.name)
-        if self.kind == "text":
-            kwargs = columns if is_batched(self.fn) and _takes_kwargs(self.fn) else {}
-            return _as_scores(self.fn(texts, completions, **kwargs), n, self.name)
-        conversational = bool(raw) and isinstance(raw[0], list)
-        shaped = [[{"role": "assistant", "content": c}] for c in completions] if conversational else list(completions)
-        return _as_scores(self.fn(raw, shaped, **_keyword_columns(self.fn, columns)), n, self.name)
+        label = reward_label(self.name, self.fn)
+        if self.kind == "model":  # rlkit's own reward model: its errors (a device, a file) keep their class
+            return _as_scores(self.fn(raw, completions), n, label)
+        try:  # a user's function: whatever it raises is a RewardFunctionError naming it (exit code 10)
+            if self.kind == "per_sample":
+                values = [self.fn(p, c) for p, c in zip(texts, completions)]
+            elif self.kind == "text":
+                kwargs = columns if is_batched(self.fn) and _takes_kwargs(self.fn) else {}
+                values = self.fn(texts, completions, **kwargs)
+            else:
+                conversational = bool(raw) and isinstance(raw[0], list)
+                shaped = [[{"role": "assistant", "content": c}] for c in completions] if conversational else list(completions)
+                values = self.fn(raw, shaped, **_keyword_columns(self.fn, columns))
+        except RewardFunctionError:
+            raise
+        except Exception as error:
+            text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise RewardFunctionError(f"reward {label} raised {type(error).__name__}{': ' + text if text else ''} "
+                                      f"(scoring {n} completions): fix the function, or rerun with --debug for the "
+                                      "traceback") from error
+        return _as_scores(values, n, label)
 
 
 def _takes_kwargs(fn: Callable) -> bool:
