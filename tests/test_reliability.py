@@ -695,11 +695,12 @@ def words(prompts, completions, **columns):
                                             ("too_few", "returned 1 scores for 8 completions"),
                                             ("words", "must return one float")])
 def test_rlhf_a_failing_reward_function_is_one_line_and_exit_code_10(tiny_lm, tmp_path, capsys, monkeypatch, function, says):
-    (tmp_path / "my_rewards.py").write_text(_REWARDS)
+    (tmp_path / "failing_rewards.py").write_text(_REWARDS)  # its own name: test_rlhf_data has a my_rewards too
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "failing_rewards", raising=False)
     capsys.readouterr()
     args = _rlhf_args(tmp_path, tiny_lm, "bad")
-    args[args.index("--reward") + 1] = f"my_rewards:{function}"
+    args[args.index("--reward") + 1] = f"failing_rewards:{function}"
     assert main(args) == EXIT_CODES["reward"] == 10
     line = _one_line(capsys)
     assert f"reward '{function}'" in line and says in line, line

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import textwrap
 
 import pytest
@@ -62,6 +63,7 @@ def _cfg(tmp_path, policy: str, **overrides) -> RLHFConfig:
 def _write_module(tmp_path, monkeypatch, name: str, source: str) -> None:
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, name, raising=False)  # a module of that name imported by an earlier test
 
 
 # ---------------------------------------------------------------------------------
@@ -501,12 +503,12 @@ def test_example_end_to_end_reward_model_then_ppo_raises_the_proxy_reward(tmp_pa
 
 @pytest.mark.slow
 def test_the_same_through_the_python_api(tmp_path, monkeypatch):
-    """rlkit.rlhf.config / train_reward_model / train / export: what the three CLI commands run, from Python."""
+    """rlkit.rlhf.load_config / train_reward_model / train / export: what the three CLI commands run, from Python."""
     import rlkit.rlhf as rlhf
 
     monkeypatch.chdir(tmp_path)
     paths = example.write_example("demo", log=None)
-    cfg = rlhf.config(paths["recipe"])
+    cfg = rlhf.load_config(paths["recipe"])
     report = rlhf.train_reward_model(cfg, progress=False)
     assert report["heldout_accuracy"] >= 0.9
     assert report["heldout_accuracy"] > report["heldout_accuracy_before_training"] + 0.2

@@ -22,10 +22,10 @@ from typing import Any
 
 from rlkit.rlhf.config import RLHFConfig
 
-__all__ = ["RLHFConfig", "config", "train", "train_reward_model", "export"]
+__all__ = ["RLHFConfig", "load_config", "train", "train_reward_model", "export"]
 
 
-def config(recipe: str = "rlhf-synthetic", **overrides: Any) -> RLHFConfig:
+def load_config(recipe: str = "rlhf-synthetic", **overrides: Any) -> RLHFConfig:
     """An RLHFConfig from a shipped recipe name or a .toml path, with any key overridden (validated like the CLI)."""
     from rlkit.config import config_from_dict, read_recipe
 
