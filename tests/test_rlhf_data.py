@@ -503,7 +503,7 @@ def test_example_end_to_end_reward_model_then_ppo_raises_the_proxy_reward(tmp_pa
 
 @pytest.mark.slow
 def test_the_same_through_the_python_api(tmp_path, monkeypatch):
-    """rlkit.rlhf.load_config / train_reward_model / train / export: what the three CLI commands run, from Python."""
+    """rlkit.rlhf.load_config / train_reward_model / train / export_policy: what the three CLI commands run, from Python."""
     import rlkit.rlhf as rlhf
 
     monkeypatch.chdir(tmp_path)
@@ -514,5 +514,5 @@ def test_the_same_through_the_python_api(tmp_path, monkeypatch):
     assert report["heldout_accuracy"] > report["heldout_accuracy_before_training"] + 0.2
     result = rlhf.train(cfg, run_name="py", progress=False)
     assert result.final["reward/model"] > result.initial["reward/model"] + 1.0
-    rlhf.export(result.run_dir, "demo/export-py", merge=True)
+    rlhf.export_policy(result.run_dir, "demo/export-py", merge=True)
     assert os.path.isfile(os.path.join("demo", "export-py", "config.json"))

@@ -381,3 +381,18 @@ def test_gradient_checkpointing_gives_the_same_update_and_keeps_generation_cache
     assert changed  # the update did move the adapter
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
+
+
+def test_the_python_api_names_survive_every_submodule_import():
+    """A package function named like a submodule (``rlkit.rlhf.export``) is replaced by the module as soon as that
+    submodule is imported (CI: "'module' object is not callable" after a run); every public name stays callable."""
+    import importlib
+    import pkgutil
+    import types
+
+    import rlkit.rlhf as rlhf
+
+    for info in pkgutil.iter_modules(rlhf.__path__):
+        importlib.import_module(f"rlkit.rlhf.{info.name}")
+    for name in rlhf.__all__:
+        assert not isinstance(getattr(rlhf, name), types.ModuleType), f"rlkit.rlhf.{name} is shadowed by a submodule"

@@ -22,7 +22,7 @@ from typing import Any
 
 from rlkit.rlhf.config import RLHFConfig
 
-__all__ = ["RLHFConfig", "load_config", "train", "train_reward_model", "export"]
+__all__ = ["RLHFConfig", "load_config", "train", "train_reward_model", "export_policy"]
 
 
 def load_config(recipe: str = "rlhf-synthetic", **overrides: Any) -> RLHFConfig:
@@ -54,7 +54,7 @@ def train_reward_model(cfg: RLHFConfig, out: str | None = None, progress: bool =
     return {**build_reward_model(cfg, policy_path, out, progress=progress), "path": out}
 
 
-def export(run: str, out: str, merge: bool = False) -> dict:
+def export_policy(run: str, out: str, merge: bool = False) -> dict:
     """What ``rlkit rlhf-export`` runs: a run's policy as a plain transformers folder (``merge``: LoRA merged)."""
     from rlkit.rlhf.export import export_run
 
