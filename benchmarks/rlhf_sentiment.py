@@ -10,7 +10,7 @@ fresh-over-rotten snippet pairs is the proxy; VADER, never trained on, is the go
 2. peak RSS of a process that only loads the policy and samples one batch (the "policy alone"
    reference of the memory target), and of one that only imports the libraries;
 3. one ``rlkit rlhf rlhf-sentiment --seed S`` process per seed and one
-   ``benchmarks/rlhf_sentiment_trl.py --seed S`` per TRL seed, ``--parallel`` at a time in the
+   ``benchmarks/rlhf_trl.py --recipe rlhf-sentiment --trainer rloo --samples-per-prompt 2 --seed S`` per TRL seed, ``--parallel`` at a time in the
    order rlkit S, TRL S, ... so that each pair runs side by side under the same load, all with
    ``--threads`` torch threads;
 4. results.md / results.csv / gold_proxy_vs_sqrtkl.png / samples.md in --out.
@@ -169,8 +169,9 @@ def run_all(args: argparse.Namespace) -> None:
                                          "--torch_threads", str(args.threads), "--artifacts_dir", artifacts, "--run_dir",
                                          os.path.join(work, "runs"), "--run-name", f"rlkit__seed{seed}", "--no-progress"]))
         if seed in args.trl_seeds:
-            jobs.append(("trl", seed, [python, os.path.join(os.path.dirname(__file__), "rlhf_sentiment_trl.py"), "--seed",
-                                       str(seed), "--threads", str(args.threads), "--artifacts-dir", artifacts, "--out",
+            jobs.append(("trl", seed, [python, os.path.join(os.path.dirname(__file__), "rlhf_trl.py"), "--recipe",
+                                       "rlhf-sentiment", "--trainer", "rloo", "--samples-per-prompt", "2", "--seed", str(seed),
+                                       "--threads", str(args.threads), "--artifacts-dir", artifacts, "--out",
                                        os.path.join(work, "runs", f"trl__seed{seed}")]))
     pending = [j for j in jobs if not os.path.isfile(os.path.join(work, "runs", f"{j[0]}__seed{j[1]}", "summary.json"))]
     running: dict[int, tuple] = {}
@@ -256,7 +257,7 @@ def write_report(args: argparse.Namespace, command: str) -> None:
                              i["eos_frac"], "", ""])
             for h in r["history"]:
                 writer.writerow([r["kind"], r["seed"], h.get("update", h.get("iteration")),
-                                 *[h.get(k, max(h.get("kl_k1", 0), 0) ** 0.5 if k == "sqrt_kl" else "") for k in keys]])
+                                 *[h.get(k, max(h.get("kl_k1", h.get("kl", 0)), 0) ** 0.5 if k == "sqrt_kl" else "") for k in keys]])
             fin = r["summary"]["final"]
             writer.writerow([r["kind"], r["seed"], "final_eval", fin["score"], fin["gold"], fin["kl_k1"],
                              max(fin["kl_k1"], 0) ** 0.5, fin["response_length"], fin["eos_frac"], "", ""])
@@ -392,7 +393,7 @@ def plot(runs: list[dict], out: str, window: int = 5) -> None:
     for ax, kind in zip(axes[0], kinds):
         for n, run in enumerate(r for r in runs if r["kind"] == kind):
             h = run["history"]
-            sqrt_kl = [0.0] + smooth([max(x["kl_k1"], 0.0) ** 0.5 for x in h])
+            sqrt_kl = [0.0] + smooth([max(x.get("kl_k1", x.get("kl", 0.0)), 0.0) ** 0.5 for x in h])  # TRL rows: "kl"
             init = run["summary"]["initial"]
             ax.plot(sqrt_kl, [init["gold"]] + smooth([x["gold"] for x in h]), color="tab:orange", alpha=0.8,
                     label="gold (VADER)" if n == 0 else None)

@@ -123,11 +123,16 @@ class ClipReward(gym.RewardWrapper):
 
 
 def make_atari_env(env_id: str, noop_max: int = 30, frame_skip: int = 4, fire_reset: bool = True,
-                   render_mode: str | None = None) -> gym.Env:
-    """One Atari env with the python wrapper stack, innermost first."""
+                   render_mode: str | None = None, game_wrapper=None) -> gym.Env:
+    """One Atari env with the python wrapper stack, innermost first.
+
+    ``game_wrapper(env)`` wraps the raw game before any preprocessing (e.g. RecordVideo with
+    ``render_mode="rgb_array"``: full-colour 210x160 frames, every emulator frame, one file per whole game)."""
     _require_ale()
     env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0, full_action_space=False,
                    max_num_frames_per_episode=MAX_FRAMES_PER_EPISODE, render_mode=render_mode)
+    if game_wrapper is not None:
+        env = game_wrapper(env)
     env = gym.wrappers.RecordEpisodeStatistics(env)  # raw game score, whole games (outside EpisodicLife's view)
     env = gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=frame_skip, screen_size=84,
                                           terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)  # [atari 1, 2, 5]
@@ -190,18 +195,24 @@ class FinalEpisodeInfo(gym.vector.VectorWrapper):
 
 
 def make_atari_vector_env(env_id: str, num_envs: int, backend: str = "ale_vector", noop_max: int = 30,
-                          fire_reset: bool = True, num_threads: int = 0) -> gym.vector.VectorEnv:
+                          fire_reset: bool = True, num_threads: int = 0, render_mode: str | None = None,
+                          game_wrapper=None) -> gym.vector.VectorEnv:
     """``num_envs`` Atari games with the full stack, SAME_STEP autoreset, uint8 [N, 4, 84, 84] observations.
 
-    backend ``ale_vector`` (C++ threads) or ``python`` (gymnasium wrappers, one process).
+    backend ``ale_vector`` (C++ threads) or ``python`` (gymnasium wrappers, one process; the two agree pixel
+    for pixel, tested). ``render_mode`` / ``game_wrapper`` (see make_atari_env) need the python backend,
+    whose games can be rendered: the C++ env hands out only the agent's 84x84 frames.
     """
     if backend not in ATARI_BACKENDS:
         raise ValueError(f"atari_backend must be one of {ATARI_BACKENDS}, got {backend!r}")
     _require_ale()
     if env_id not in gym.registry:
         raise ValueError(f"unknown Atari id {env_id!r}; use e.g. BreakoutNoFrameskip-v4 or PongNoFrameskip-v4")
+    if (render_mode is not None or game_wrapper is not None) and backend != "python":
+        raise ValueError("rendering an Atari game needs atari_backend = 'python' (ale_vector has no rgb frames)")
     if backend == "python":
-        envs = gym.vector.SyncVectorEnv([lambda: make_atari_env(env_id, noop_max, fire_reset=fire_reset) for _ in range(num_envs)],
+        envs = gym.vector.SyncVectorEnv([lambda: make_atari_env(env_id, noop_max, fire_reset=fire_reset, render_mode=render_mode,
+                                                                game_wrapper=game_wrapper) for _ in range(num_envs)],
                                         autoreset_mode=AutoresetMode.SAME_STEP)
         return FinalEpisodeInfo(envs)
     from ale_py.vector_env import AtariVectorEnv

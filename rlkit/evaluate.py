@@ -113,8 +113,8 @@ def make_eval_envs(cfg: PPOConfig, video_dir: str | None = None, episodes: int =
         env_kwargs["render_mode"] = "rgb_array"
         wrappers = [lambda env: RecordVideo(env, video_dir, episode_trigger=lambda i: i < episodes, disable_logger=True)]
     if is_atari_id(env_id):
-        if video_dir is not None:
-            raise CheckpointError("--video is not supported for Atari yet (the frames are the agent's 84x84 input)")
+        if video_dir is not None:  # the python stack (pixel for pixel the C++ one) renders the whole colour game
+            return make_atari_vector_env(env_id, 1, "python", render_mode="rgb_array", game_wrapper=wrappers[0])
         return make_atari_vector_env(env_id, 1, cfg.atari_backend)
     return make_vector_env(env_id, 1, clip_actions=cfg.clip_actions, normalize_obs=cfg.normalize_obs,
                            obs_clip=cfg.obs_clip, env_kwargs=env_kwargs, sub_env_wrappers=wrappers)

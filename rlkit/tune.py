@@ -249,6 +249,23 @@ class TuneSetup:
 # ---------------------------------------------------------------------------------
 
 
+def recipe_params(space: dict[str, Any], values: dict) -> dict[str, Any]:
+    """The recipe's own values of the searched keys, as a trial of the space: a value outside a range is moved to
+    its nearest end (``ent_coef = 0`` -> the range's low), a key whose value is not among its choices is left out
+    (the sampler draws it)."""
+    params = {}
+    for key, spec in space.items():
+        if key not in values or not isinstance(spec, dict):
+            continue
+        value = values[key]
+        if "choices" in spec:
+            if value in spec["choices"]:
+                params[key] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            params[key] = type(spec["low"])(min(max(value, spec["low"]), spec["high"]))
+    return params
+
+
 def counted(trial) -> bool:
     """Finished trials: complete, pruned, or failed for a reason of their own (not a signal or a dead process)."""
     from optuna.trial import TrialState
@@ -284,13 +301,17 @@ def open_study(study_name: str, storage: str | None, sampler_seed: int | None = 
 
 def tune(setup: TuneSetup, trials: int, storage: str | None = None, timeout: float | None = None,
          sampler_seed: int | None = None, pruner=None, best_path: str | None = None, progress: bool = True,
-         startup_trials: int = 5, warmup: float = 0.3, echo=print) -> dict:
+         startup_trials: int = 5, warmup: float = 0.3, start_from_recipe: bool = True, echo=print) -> dict:
     """Run the study until it holds ``trials`` finished trials (or ``timeout`` seconds pass); write the best
-    recipe.  Returns {'study', 'best_path', 'interrupted', 'finished', 'ran'}."""
+    recipe.  ``start_from_recipe``: a new study's first trial is the recipe's own values (Optuna's
+    ``enqueue_trial``), so the best trial scores at least the recipe on the tuning objective and TPE knows a
+    good point from the start.  Returns {'study', 'best_path', 'interrupted', 'finished', 'ran'}."""
     optuna = require_optuna()
     from tqdm.auto import tqdm
 
     study = open_study(setup.study_name, storage, sampler_seed, pruner, startup_trials, warmup)
+    if start_from_recipe and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(recipe_params(setup.space, setup.values), user_attrs={"from_recipe": True})
     if sampler_seed is not None:  # a resumed study must not replay the first process's random draws
         study.sampler = optuna.samplers.TPESampler(n_startup_trials=startup_trials,
                                                    seed=sampler_seed + len(study.get_trials(deepcopy=False)))
@@ -469,6 +490,8 @@ def cmd_tune(argv: list[str]) -> int:
     parser.add_argument("--startup-trials", type=int, default=5, help="random trials before TPE, and (up to 3) "
                         "before the pruner acts (default 5)")
     parser.add_argument("--warmup", type=float, default=0.3, help="share of a trial's first-seed budget before it can be pruned (default 0.3)")
+    parser.add_argument("--no-recipe-trial", action="store_true", help="do not start a new study with the recipe's own "
+                        "values as trial 0")
     parser.add_argument("--sampler-seed", type=int, default=None, help="seed of the TPE sampler (default: random)")
     parser.add_argument("--run-dir", default="tune_runs", help="trial runs go to RUN_DIR/<study>/trial_<n>/seed_<s> (default tune_runs)")
     parser.add_argument("--best", default=None, metavar="FILE.toml", help="where to write the best recipe (default <study-name>-best.toml)")
@@ -488,7 +511,8 @@ def cmd_tune(argv: list[str]) -> int:
         raise ConfigError("--trials, --evals and --eval-episodes must be > 0")
     storage = args.storage or f"sqlite:///{setup.study_name}.db"
     outcome = tune(setup, args.trials, storage, args.timeout, args.sampler_seed, best_path=args.best,
-                   progress=not args.no_progress, startup_trials=args.startup_trials, warmup=args.warmup)
+                   progress=not args.no_progress, startup_trials=args.startup_trials, warmup=args.warmup,
+                   start_from_recipe=not args.no_recipe_trial)
     if outcome["interrupted"] is not None:
         return 128 + outcome["interrupted"]
     return 0

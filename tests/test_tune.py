@@ -132,3 +132,22 @@ def test_search_spaces_and_refusals(tmp_path):
         make_setup("cartpole", [], space_file=str(bad))
     assert main(["tune", "pendulum", "--show-space"]) == 0
     assert toml_value({"low": 1e-05, "log": True}) == "{low = 1e-05, log = true}"
+
+
+def test_a_new_study_starts_from_the_recipe_itself(tmp_path, space):
+    """Trial 0 is the recipe's own values (a range clamps, a value not among the choices is sampled), so the
+    best trial is never worse than the recipe on the tuning objective; --no-recipe-trial leaves it out."""
+    from rlkit.tune import recipe_params
+
+    assert recipe_params({"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "epochs": {"low": 1, "high": 2},
+                          "steps": {"choices": [16, 32]}, "ent": {"low": 1e-8, "high": 1e-2}},
+                         {"lr": 2.5e-4, "epochs": 4, "steps": 128, "ent": 0.0}) == {"lr": 2.5e-4, "epochs": 2, "ent": 1e-8}
+    assert main(_args(tmp_path, space, 1)) == 0
+    first = _study(tmp_path).trials[0]
+    _, recipe, _ = read_recipe("cartpole")
+    assert first.user_attrs["from_recipe"] and first.params["learning_rate"] == recipe["learning_rate"]
+    assert first.params["update_epochs"] == min(2, recipe["update_epochs"])
+    other = tmp_path / "other"
+    other.mkdir()
+    assert main(_args(other, space, 1, "--no-recipe-trial", "--sampler-seed", "0")) == 0
+    assert "from_recipe" not in _study(other).trials[0].user_attrs

@@ -60,3 +60,31 @@ def test_mujoco_picks_a_headless_backend_or_says_what_to_install(monkeypatch):
     assert "MUJOCO_GL" not in prepare_rendering("HalfCheetah-v5") and os.environ["MUJOCO_GL"] == "glfw"
     monkeypatch.setenv("DISPLAY", ":0")
     assert prepare_rendering("HalfCheetah-v5") == {}
+
+
+def test_breakout_video_records_every_frame_of_whole_games(tmp_path, monkeypatch):
+    """Atari evaluation records the colour game (210x160, every emulator frame, one file per game, lost lives
+    included) through the python stack, which plays pixel for pixel like the C++ one the run trained on."""
+    pytest.importorskip("ale_py", reason='Atari needs pip install "rlkit[atari]"')
+    pytest.importorskip("moviepy", reason='video needs pip install "rlkit[video]"')
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    from rlkit.cli import main
+    from rlkit.ppo import PPOConfig, train
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    cfg = PPOConfig(env_id="BreakoutNoFrameskip-v4", network="nature_cnn", normalize_obs=False, normalize_reward=False,
+                    total_timesteps=128, num_envs=2, num_steps=64, num_minibatches=2, update_epochs=1,
+                    run_dir=str(tmp_path))
+    run = train(cfg, run_name="r", progress=False)
+    videos, json_path = tmp_path / "videos", tmp_path / "eval.json"
+    assert main(["eval", run.run_dir, "--episodes", "1", "--video", str(videos), "--json", str(json_path)]) == 0
+    import json
+
+    lengths = json.load(open(json_path))["lengths"]  # whole games, in emulator frames
+    files = sorted(videos.glob("*.mp4"))
+    assert [f.name for f in files] == ["rl-video-episode-0.mp4"]
+    frames, _ = imageio_ffmpeg.count_frames_and_secs(str(files[0]))
+    assert lengths[0] > 100 and lengths[0] <= frames <= lengths[0] + 1, (frames, lengths)
+    reader = imageio_ffmpeg.read_frames(str(files[0]))
+    meta = next(reader)
+    assert tuple(meta["size"]) in ((160, 210), (160, 224))  # width x height (macro-block padded by some encoders)

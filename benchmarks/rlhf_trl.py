@@ -1,33 +1,37 @@
-"""The ``rlhf-sentiment`` task trained with TRL's RLOOTrainer instead of rlkit's PPO, for a side-by-side comparison.
+"""An rlkit RLHF recipe trained with TRL 1.16's RLOOTrainer or GRPOTrainer instead of rlkit, for a side-by-side comparison.
 
-    python benchmarks/rlhf_sentiment_trl.py --seed 1 [--num-updates 40] [--threads 1] [--out DIR]
+    python benchmarks/rlhf_trl.py --recipe rlhf-sentiment --trainer rloo --seed 1 [--samples-per-prompt 2]
+                                  [--num-updates 40] [--threads 1] [--artifacts-dir DIR] [--out DIR]
 
-Everything but the algorithm is rlkit's: the RLHFConfig of the recipe, the policy (SmolLM2-135M-Instruct, same
-tokenizer / pad token, dropout off, LoRA r / alpha of the recipe on "all-linear", dropout 0), the proxy reward model
-with the EOS trick (no "." nor EOS within max_new_tokens scores no_eos_score), plain-text prompts (no chat template),
-sampling (temperature 0.7, top_k 0, top_p 1, max_new_tokens 16), the episode budget (num_updates x batch_size
-= 40 x 16 = 640 completions), Adam (lr, eps 1e-5, no weight decay, constant lr), max_grad_norm, beta = kl_coef, and the
-initial / final evaluation (rlkit.rlhf.ppo_lm.evaluate on an rlkit PolicyWithValue into which TRL's adapter is copied;
-reference = adapter disabled).
+Everything but the algorithm is rlkit's: the RLHFConfig of the recipe, the policy (the same folder, tokenizer and pad
+token, dropout off; with ``lora = true`` the recipe's LoRA r / alpha / target modules, dropout 0, else a full
+fine-tune), the proxy reward with the EOS trick (no stop string nor EOS within max_new_tokens scores no_eos_score),
+plain-text prompts (no chat template), sampling (temperature, top_k 0, top_p 1, max_new_tokens), the episode budget
+(num_updates x batch_size completions), Adam (lr, eps 1e-5, no weight decay, constant lr), max_grad_norm, beta =
+kl_coef, and the initial / final evaluation (rlkit.rlhf.ppo_lm.evaluate on an rlkit policy into which TRL's trained
+weights are copied; reference = the adapter disabled, or the frozen base of a full fine-tune).
 
-RLOO settings (TRL 1.16): num_generations 2 (the minimum for a leave-one-out baseline) x 8 prompts = 16 completions per
-generation round ("update", as rlkit's 16 prompts); per_device_train_batch_size 8, steps_per_generation 2 and
-num_iterations 2: every round is used for 2 passes x 2 optimizer steps of 8 completions, as rlkit's 2 ppo_epochs x 2
-minibatches of 8 (TRL shuffles a round once, rlkit reshuffles every epoch). epsilon = cliprange 0.2 (clipped on the
-sequence ratio), KL as TRL's RLOO does it: beta x the summed k1 (logp - ref_logp) subtracted from the sequence reward,
-like rlkit's per-token k1 in the reward. TRL defaults kept: no advantage normalisation, truncated completions not masked
-(they score no_eos_score, the EOS trick).
+Mapping of one rlkit update onto TRL: a generation round of batch_size completions (batch_size / k prompts x
+num_generations k), used for num_iterations = ppo_epochs passes of steps_per_generation = num_minibatches optimizer
+steps on per_device_train_batch_size = batch_size / num_minibatches completions (TRL shuffles a round once, rlkit
+reshuffles every epoch). epsilon = cliprange.
 
-Stop string: rlkit samples max_new_tokens and truncates after the first token whose text contains "."; here every
-token containing "." is an extra EOS id of the generation config, so TRL stops there and its loss, KL and lengths cover
-exactly rlkit's tokens (same distribution up to the stop). The reward function still runs rlkit's truncate_responses /
-truncate_at_stop_string on TRL's completion ids and counts any disagreement (``stop_mismatch``, expected 0).
+- ``--trainer rloo``: TRL's RLOO: the KL as beta x the summed k1 (logp - ref_logp) subtracted from the sequence reward
+  (as rlkit's per-token k1 in the reward), the leave-one-out baseline, the sequence-level ratio. TRL defaults kept: no
+  advantage normalisation, truncated completions not masked (they score no_eos_score, the EOS trick).
+- ``--trainer grpo``: TRL's GRPO with loss_type "grpo" (each completion's token mean, then the mean over completions:
+  rlkit's grpo) and scale_rewards "group"; its KL is beta x k3 as a loss (TRL's only form; rlkit's recipe puts k1 in
+  the reward). ``--loss-type dr_grpo`` with ``--scale-rewards none`` is TRL's Dr. GRPO.
 
-metrics.jsonl: one line per update (generation round = 4 optimizer steps, logging_steps 4). ``score`` is the mean proxy
-score with the EOS trick (before the KL penalty), ``gold`` VADER on the same completions (logged only), ``kl_k1`` is
-TRL's logged ``kl`` (mean over completion tokens of k1 = old_logp - ref_logp, the policy before the round's updates)
-times the mean completion length, i.e. the per-sequence summed k1 of rlkit's sequence_kl; ``kl_k1_per_token`` is TRL's
-raw value.
+Stop string: rlkit samples max_new_tokens and truncates after the first token whose text contains it; here every such
+token is an extra EOS id of the generation config, so TRL stops there and its loss, KL and lengths cover exactly
+rlkit's tokens. The reward function still runs rlkit's truncate_responses / truncate_at_stop_string on TRL's
+completion ids and counts any disagreement (``stop_mismatch``, expected 0).
+
+metrics.jsonl: one line per update (generation round). ``score`` is the mean proxy score with the EOS trick (before
+any KL penalty), ``gold`` the task's gold reward on the same completions (logged only), ``kl`` TRL's logged KL times
+the mean completion length (per sequence; RLOO: k1 of the policy before the round's updates, GRPO: k3), ``sqrt_kl``
+its square root; ``kl_per_token`` is TRL's raw value.
 """
 
 from __future__ import annotations
@@ -43,12 +47,18 @@ import torch
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="rlhf-sentiment", help="an [rlhf] recipe name or .toml path")
+    p.add_argument("--trainer", choices=["rloo", "grpo"], default="rloo")
+    p.add_argument("--samples-per-prompt", type=int, default=None,
+                   help="num_generations k (default: the recipe's samples_per_prompt, else 2)")
+    p.add_argument("--loss-type", default="grpo", help="GRPOConfig.loss_type (grpo only)")
+    p.add_argument("--scale-rewards", default="group", help="GRPOConfig.scale_rewards (grpo only)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--num-updates", type=int, default=None, help="generation rounds of 16 completions (recipe: 40)")
+    p.add_argument("--num-updates", type=int, default=None, help="generation rounds of batch_size completions")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the rlkit benchmark run used 1)")
-    p.add_argument("--artifacts-dir", default="bench_runs/rlhf_sentiment/artifacts", help="where the proxy RM lives")
-    p.add_argument("--eval-samples", type=int, default=None, help="override eval_samples (recipe: 64), for smoke runs")
-    p.add_argument("--out", default=None, help="default bench_runs/rlhf_sentiment/runs/trl__seed{seed}")
+    p.add_argument("--artifacts-dir", default=None, help="the recipe's artifacts_dir (base policy, proxy RM) unless given")
+    p.add_argument("--eval-samples", type=int, default=None, help="override eval_samples, for smoke runs")
+    p.add_argument("--out", default=None, help="default bench_runs/trl_{trainer}__seed{seed}")
     return p.parse_args()
 
 
@@ -69,7 +79,7 @@ def main() -> None:
         PrinterCallback,
         TrainerCallback,
     )
-    from trl import RLOOConfig, RLOOTrainer
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     from rlkit.config import config_from_dict, read_recipe
     from rlkit.ppo import seed_everything
@@ -89,24 +99,27 @@ def main() -> None:
     )
 
     transformers.utils.logging.set_verbosity_error()
-    overrides = {"seed": args.seed, "artifacts_dir": args.artifacts_dir, "torch_threads": args.threads}
+    overrides = {"seed": args.seed, "torch_threads": args.threads}
+    if args.artifacts_dir is not None:
+        overrides["artifacts_dir"] = args.artifacts_dir
     if args.num_updates is not None:
         overrides["num_updates"] = args.num_updates
     if args.eval_samples is not None:
         overrides["eval_samples"] = args.eval_samples
-    _, values, src = read_recipe("rlhf-sentiment")
+    _, values, src = read_recipe(args.recipe)
     cfg = config_from_dict(RLHFConfig, {**values, **overrides}, src)
-    out = args.out or f"bench_runs/rlhf_sentiment/runs/trl__seed{cfg.seed}"
+    out = args.out or f"bench_runs/trl_{args.trainer}__seed{cfg.seed}"
+    k = args.samples_per_prompt or cfg.samples_per_prompt or 2
     os.makedirs(out, exist_ok=True)
 
     policy_path = resolve_policy_path(cfg)
     reward_fn, gold, reward_desc = make_reward(cfg, policy_path, torch.device("cpu"), progress=False)
     gold_no_eos = task_module(cfg).GOLD_NO_EOS
 
-    # rlkit's policy (fresh LoRA, B = 0): initial evaluation now, final evaluation with TRL's adapter copied in
+    # rlkit's policy (as rlkit starts it): initial evaluation now, final evaluation with TRL's weights copied in
     seed_everything(cfg.seed)
-    policy, tokenizer = load_policy(policy_path, lora=True, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                    lora_target_modules=cfg.lora_target_modules)
+    policy, tokenizer = load_policy(policy_path, lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                    lora_target_modules=cfg.lora_target_modules, value_head=False)
     initial_samples: list[dict] = []
     initial = evaluate(policy, tokenizer, cfg, reward_fn, gold, samples_out=initial_samples)
     print(f"initial: score {initial['score']:+.3f}  gold {initial['gold']:+.3f}  KL {initial['kl_k1']:.3f}", flush=True)
@@ -116,10 +129,12 @@ def main() -> None:
     lm = AutoModelForCausalLM.from_pretrained(policy_path)
     ensure_pad_token(tok, lm)
     disable_dropout(lm)
-    stop_ids = [i for i in range(len(tok)) if cfg.stop_string and cfg.stop_string in tok.decode([i], skip_special_tokens=True)]
+    stop_ids = [i for i in range(len(tok)) if cfg.stop_string and cfg.stop_string in tok.decode([i], skip_special_tokens=True)
+                and i != tok.eos_token_id]
     lm.generation_config.eos_token_id = [tok.eos_token_id, *stop_ids]
     targets = cfg.lora_target_modules if cfg.lora_target_modules == "all-linear" else [m.strip() for m in cfg.lora_target_modules.split(",")]
-    peft_config = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets)
+    peft_config = (LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                              target_modules=targets) if cfg.lora else None)
 
     def proxy_reward(prompts, completions, completion_ids, log_metric=None, **_):
         """rlkit's truncation + EOS trick on TRL's completion ids; the proxy score is the reward, VADER is logged."""
@@ -141,19 +156,26 @@ def main() -> None:
             log_metric("stop_mismatch", float((mask.sum(-1) != lengths).sum() + sum(t != c for t, c in zip(texts, completions))))
         return scores.tolist()
 
-    steps_per_update = 4  # steps_per_generation 2 x num_iterations 2
-    rounds_prompts = 16 // 2  # cfg.batch_size completions per round = 8 prompts x num_generations 2
-    assert cfg.batch_size == 16 and cfg.ppo_epochs == 2 and cfg.num_minibatches == 2, "RLOO settings below assume the recipe"
-    rloo_args = RLOOConfig(
+    if cfg.batch_size % cfg.num_minibatches or cfg.batch_size % k:
+        raise SystemExit(f"batch_size {cfg.batch_size} must divide into num_minibatches {cfg.num_minibatches} and k {k}")
+    steps_per_update = cfg.num_minibatches * cfg.ppo_epochs  # steps_per_generation x num_iterations
+    rounds_prompts = cfg.batch_size // k
+    common = dict(
         output_dir=os.path.join(out, "trl_trainer"), seed=cfg.seed, use_cpu=True, bf16=False, fp16=False,
         report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=steps_per_update,
         gradient_checkpointing=cfg.gradient_checkpointing, disable_dropout=True, dataloader_num_workers=0,
         max_steps=cfg.num_updates * steps_per_update, learning_rate=cfg.learning_rate, lr_scheduler_type="constant",
         warmup_steps=0, optim="adamw_torch", weight_decay=0.0, adam_epsilon=1e-5, max_grad_norm=cfg.max_grad_norm,
-        per_device_train_batch_size=8, gradient_accumulation_steps=1, steps_per_generation=2, num_iterations=2,
-        num_generations=2, shuffle_dataset=False, beta=cfg.kl_coef, epsilon=cfg.cliprange,
+        per_device_train_batch_size=cfg.batch_size // cfg.num_minibatches, gradient_accumulation_steps=1,
+        steps_per_generation=cfg.num_minibatches, num_iterations=cfg.ppo_epochs, num_generations=k,
+        shuffle_dataset=False, beta=cfg.kl_coef, epsilon=cfg.cliprange,
         temperature=cfg.temperature, top_k=0, top_p=1.0, max_completion_length=cfg.max_new_tokens,
     )
+    if args.trainer == "rloo":
+        trainer_args, trainer_class = RLOOConfig(**common), RLOOTrainer
+    else:
+        trainer_args = GRPOConfig(**common, loss_type=args.loss_type, scale_rewards=args.scale_rewards)
+        trainer_class = GRPOTrainer
     dataset = Dataset.from_dict({"prompt": sample_prompts(cfg, cfg.num_updates * rounds_prompts, cfg.seed)})
     metrics_path = os.path.join(out, "metrics.jsonl")
     open(metrics_path, "w").close()
@@ -168,45 +190,44 @@ def main() -> None:
             now, update = time.perf_counter(), state.global_step // steps_per_update
             kl_tok, length = logs.get("kl", 0.0), logs["completions/mean_length"]
             row = {**logs, "update": update, "episodes": update * cfg.batch_size, "score": logs["score"], "gold": logs["gold"],
-                   "kl_k1": kl_tok * length, "sqrt_kl": max(kl_tok * length, 0.0) ** 0.5, "kl_k1_per_token": kl_tok,
+                   "kl": kl_tok * length, "sqrt_kl": max(kl_tok * length, 0.0) ** 0.5, "kl_per_token": kl_tok,
                    "response_length": logs["response_length"], "eos_frac": logs["eos_frac"],
                    "stop_mismatch": logs["stop_mismatch"], "seconds": now - self.last}
             self.last = now
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"update {update:3d}  score {row['score']:+.3f}  gold {row['gold']:+.3f}  KL {row['kl_k1']:.3f}  "
+            print(f"update {update:3d}  score {row['score']:+.3f}  gold {row['gold']:+.3f}  KL {row['kl']:.3f}  "
                   f"len {row['response_length']:.1f}  {row['seconds']:.1f} s", flush=True)
 
-    trainer = RLOOTrainer(model=lm, reward_funcs=proxy_reward, args=rloo_args, train_dataset=dataset,
+    trainer = trainer_class(model=lm, reward_funcs=proxy_reward, args=trainer_args, train_dataset=dataset,
                           processing_class=tok, peft_config=peft_config, callbacks=[MetricsWriter()])
     trainer.remove_callback(PrinterCallback)  # MetricsWriter prints one line per update instead of TRL's log dicts
     assert trainer.eos_token_ids == [tok.eos_token_id, *stop_ids]
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump({"args": vars(args), "rlhf_config": cfg.to_dict(), "policy_resolved": policy_path,
                    "reward_resolved": reward_desc, "stop_token_ids": len(stop_ids), "trl_version": trl.__version__,
-                   "rloo_config": rloo_args.to_dict()}, f, indent=2, default=str)
+                   "trainer": args.trainer, "samples_per_prompt": k,
+                   "trainer_config": trainer_args.to_dict()}, f, indent=2, default=str)
     train_start = time.time()
     trainer.train()
     train_time = time.time() - train_start
-    if not os.listdir(rloo_args.output_dir):  # save_strategy "no": TRL's output_dir stays empty
-        os.rmdir(rloo_args.output_dir)
+    if not os.listdir(trainer_args.output_dir):  # save_strategy "no": TRL's output_dir stays empty
+        os.rmdir(trainer_args.output_dir)
 
-    # TRL's adapter -> rlkit's policy (names match: both are get_peft_model over the same base)
-    trained = {n: p for n, p in trainer.model.named_parameters() if "lora_" in n}
-    target = {n: p for n, p in policy.lm.named_parameters() if "lora_" in n}
-    assert trained and trained.keys() == target.keys(), "LoRA parameter names differ between TRL and rlkit"
+    # TRL's trained weights -> rlkit's policy (names match: the same base, both through get_peft_model under LoRA)
+    trained = {n: p for n, p in trainer.model.named_parameters() if "lora_" in n or not cfg.lora}
+    target = {n: p for n, p in policy.lm.named_parameters() if "lora_" in n or not cfg.lora}
+    assert trained and trained.keys() == target.keys(), "parameter names differ between TRL and rlkit"
     with torch.no_grad():
         for name, param in target.items():
             param.copy_(trained[name].detach().to(param.device, param.dtype))
-    # the copy is functional: rlkit's policy now computes TRL's logits, and differs from the reference (adapter off)
     probe = tokenizer(sample_prompts(cfg, 4, 0, split="test"), return_tensors="pt", padding=True, padding_side="left")
     with torch.no_grad():
         trainer.model.eval()
         trl_logits, rlkit_logits = trainer.model(**probe).logits, policy.lm(**probe).logits
-        with policy.lm.disable_adapter():
-            ref_logits = policy.lm(**probe).logits
-    assert torch.allclose(trl_logits, rlkit_logits, atol=1e-4), "the copied adapter does not reproduce TRL's logits"
-    print(f"copied {len(target)} LoRA tensors: max |logits TRL - rlkit| {(trl_logits - rlkit_logits).abs().max():.1e}, "
+        ref_logits = policy.reference_logits(probe.input_ids, probe.attention_mask)
+    assert torch.allclose(trl_logits, rlkit_logits, atol=1e-4), "the copied weights do not reproduce TRL's logits"
+    print(f"copied {len(target)} tensors: max |logits TRL - rlkit| {(trl_logits - rlkit_logits).abs().max():.1e}, "
           f"max |logits policy - reference| {(rlkit_logits - ref_logits).abs().max():.3f}", flush=True)
     policy.lm.save_pretrained(os.path.join(out, "checkpoint"))  # the trained adapter, for later re-evaluation
     final_samples: list[dict] = []
