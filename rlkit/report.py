@@ -22,7 +22,15 @@ reported and left out), never TensorBoard internals.  Per env:
   percentile-bootstrap band over seeds, saved as ``OUT/<env>.png``.
 
 Files: ``OUT/report.md`` (the markdown table), ``OUT/report.csv`` and one PNG per
-env.  ``metric="score"`` (or ``"gold"``, ...) aggregates a key of the
+env.
+
+``rlkit report NEW --compare OLD`` judges a change across seeds rather than by one run (rliable,
+Agarwal et al. 2021): per env present in both folders, the probability of improvement
+P(NEW > OLD) = the Mann-Whitney U statistic / (n m) (a tie counts 1/2) with a 95% CI from a
+stratified bootstrap (each folder's seeds resampled on their own), both IQMs, and the env's
+score profile (the fraction of seeds scoring above tau, for every tau) of both folders in one
+PNG; over all shared envs, the mean probability of improvement with its stratified-bootstrap CI.
+Written to ``NEW/compare.md`` and ``NEW/compare_<env>.png``.  ``metric="score"`` (or ``"gold"``, ...) aggregates a key of the
 ``"kind": "update"`` records instead, e.g. for RLHF runs, which log no episodes.
 """
 
@@ -73,6 +81,41 @@ def bootstrap_ci(scores, statistic=iqm, reps: int = 50_000, confidence: float = 
     alpha = (1.0 - confidence) / 2.0
     low, high = np.percentile(values, [100 * alpha, 100 * (1.0 - alpha)])
     return float(low), float(high)
+
+
+def probability_of_improvement(x, y) -> float:
+    """P(X > Y) for one task, rliable's: the Mann-Whitney U statistic of x over y divided by n m (ties count 1/2)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.size == 0 or y.size == 0:
+        raise ValueError("probability of improvement of no scores")
+    greater = (x[:, None] > y[None, :]).mean()
+    ties = (x[:, None] == y[None, :]).mean()
+    return float(greater + 0.5 * ties)
+
+
+def improvement_ci(pairs: list[tuple[np.ndarray, np.ndarray]], reps: int = 2000, confidence: float = 0.95,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """(mean over tasks of P(X > Y), CI low, CI high): a stratified bootstrap (rliable's), each task's X seeds and Y
+    seeds resampled with replacement on their own, the statistic recomputed per resample."""
+    point = float(np.mean([probability_of_improvement(x, y) for x, y in pairs]))
+    rng = np.random.default_rng(seed)
+    values = np.zeros(reps)
+    for x, y in pairs:
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        xs = x[rng.integers(0, x.size, size=(reps, x.size))]  # reps x n
+        ys = y[rng.integers(0, y.size, size=(reps, y.size))]  # reps x m
+        values += ((xs[:, :, None] > ys[:, None, :]).mean(axis=(1, 2))
+                   + 0.5 * (xs[:, :, None] == ys[:, None, :]).mean(axis=(1, 2)))
+    values /= len(pairs)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.percentile(values, [100 * alpha, 100 * (1.0 - alpha)])
+    return point, float(low), float(high)
+
+
+def score_profile(scores, taus) -> np.ndarray:
+    """Fraction of the seeds whose score is above each tau (rliable's run-score performance profile, one task)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return (scores[None, :] > np.asarray(taus, dtype=np.float64)[:, None]).mean(axis=1)
 
 
 def binned_curve(steps, values, edges: np.ndarray) -> np.ndarray:
@@ -392,6 +435,66 @@ def write_report(out_dir: str, reference: dict[str, str] | str | None = None, pl
     return results, markdown, files
 
 
+def compare_reports(new_dir: str, old_dir: str, plots: bool = True, reps: int = 2000, confidence: float = 0.95,
+                    **aggregate_kwargs) -> tuple[str, list[str]]:
+    """NEW vs OLD bench folders: per shared env P(NEW > OLD) with its CI, both IQMs and a score-profile PNG; the mean
+    over envs.  Writes NEW/compare.md (and NEW/compare_<env>.png); returns (markdown, files written)."""
+    new, old = aggregate(new_dir, **aggregate_kwargs), aggregate(old_dir, **aggregate_kwargs)
+    shared = [env for env in new if env in old and new[env].runs and old[env].runs]
+    if not shared:
+        raise ConfigError(f"no env has finished runs in both {new_dir!r} and {old_dir!r} "
+                          f"(new: {', '.join(new) or 'none'}; old: {', '.join(old) or 'none'})")
+    lines = [f"# `{os.path.abspath(new_dir)}` (new) against `{os.path.abspath(old_dir)}` (old)", "",
+             "P(new > old): the chance that a random seed of the new folder scores above a random seed of the old one "
+             "(rliable's probability of improvement: Mann-Whitney U / (n m), ties 1/2); 0.5 is no difference. CI: "
+             f"{confidence:.0%} stratified bootstrap over each folder's seeds ({reps} resamples). A CI that holds 0.5 "
+             "is no evidence either way.", "",
+             "| env | seeds (new / old) | IQM new [CI] | IQM old [CI] | P(new > old) [CI] |", "|---|---|---|---|---|"]
+    files = [os.path.join(new_dir, "compare.md")]
+    for env in shared:
+        a, b = new[env], old[env]
+        point, low, high = improvement_ci([(a.scores, b.scores)], reps, confidence)
+        lines.append(f"| `{env}` | {len(a.runs)} / {len(b.runs)} | {_fmt(a.iqm)} [{_fmt(a.iqm_ci[0])}, {_fmt(a.iqm_ci[1])}] | "
+                     f"{_fmt(b.iqm)} [{_fmt(b.iqm_ci[0])}, {_fmt(b.iqm_ci[1])}] | {point:.2f} [{low:.2f}, {high:.2f}] |")
+        if plots:
+            files.append(os.path.join(new_dir, f"compare_{a.folder}.png"))
+            plot_profiles(env, {"new": a.scores, "old": b.scores}, files[-1])
+    if len(shared) > 1:
+        point, low, high = improvement_ci([(new[e].scores, old[e].scores) for e in shared], reps, confidence)
+        lines += ["", f"Over the {len(shared)} shared envs: mean P(new > old) = **{point:.2f}** [{low:.2f}, {high:.2f}]."]
+    only = sorted(set(new) ^ set(old))
+    if only:
+        lines += ["", "In one folder only (not compared): " + ", ".join(f"`{e}`" for e in only)]
+    if plots:
+        lines += ["", "Score profiles: " + ", ".join(f"[{e}](compare_{new[e].folder}.png)" for e in shared)]
+    markdown = "\n".join(lines) + "\n"
+    with open(files[0], "w") as f:
+        f.write(markdown)
+    return markdown, files
+
+
+def plot_profiles(env_id: str, scores: dict[str, np.ndarray], path: str) -> None:
+    """The run-score profile of each folder: fraction of seeds above tau, over tau."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    every = np.concatenate(list(scores.values()))
+    span = max(float(every.max() - every.min()), 1e-9)
+    taus = np.linspace(every.min() - 0.05 * span, every.max() + 0.05 * span, 200)
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, s in scores.items():
+        ax.step(taus, score_profile(s, taus), where="post", label=f"{label} ({len(s)} seeds)")
+    ax.set_title(f"{env_id}: score profile")
+    ax.set_xlabel("score tau")
+    ax.set_ylabel("fraction of seeds with score > tau")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def cmd_report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="rlkit report", description="Aggregate a folder written by rlkit bench (OUT/<env>/seed_<s>/): per env the "
@@ -407,6 +510,8 @@ def cmd_report(argv: list[str]) -> int:
     parser.add_argument("--reps", type=int, default=50_000, help="bootstrap resamples (default: 50000, as rliable)")
     parser.add_argument("--bins", type=int, default=100, help="env-step bins of the learning curves (default: 100)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNGs")
+    parser.add_argument("--compare", default=None, metavar="OLD", help="also judge OUT against another bench folder: per "
+                        "shared env P(OUT > OLD) with a stratified-bootstrap CI and a score-profile PNG (OUT/compare.md)")
     args = parser.parse_args(argv)
     if args.last <= 0 or args.reps <= 0 or args.bins <= 0:
         raise ConfigError("--last, --reps and --bins must be > 0")
@@ -416,5 +521,11 @@ def cmd_report(argv: list[str]) -> int:
     if not results:
         print(f"rlkit report: no OUT/<env>/seed_<s>/ runs under {args.out}")
         return 1
+    if args.compare is not None:
+        compared, compare_files = compare_reports(args.out, args.compare, plots=not args.no_plots,
+                                                  reps=min(args.reps, 2000), last=args.last, metric=args.metric,
+                                                  bins=args.bins)
+        print(compared)
+        files += compare_files
     print("wrote: " + ", ".join(files))
     return 0 if any(r.runs for r in results.values()) else 1

@@ -262,3 +262,33 @@ def test_ray_backend_on_local_ray(recipe, tmp_path, monkeypatch):
     np.testing.assert_allclose(results[PROBE].scores, [1.0])
     again = launch(plan_runs(recipe, [PROBE], [1], ["cpu"], out), backend="ray", progress=False)
     assert [s.name for s in again["skipped"]] == [f"{PROBE}/seed_1"]
+
+
+def test_probability_of_improvement_follows_rliable():
+    from rlkit.report import improvement_ci, probability_of_improvement, score_profile
+
+    assert probability_of_improvement([2.0, 3.0], [1.0, 1.5]) == 1.0
+    assert probability_of_improvement([1.0, 1.5], [2.0, 3.0]) == 0.0
+    # 3 x 2 pairs: 3>1, 3>2, 2>1, 2=2 (1/2), 1=1 (1/2), 1<2  -> (3 + 0.5 + 0.5) / 6
+    assert probability_of_improvement([3.0, 2.0, 1.0], [1.0, 2.0]) == pytest.approx(4 / 6)
+    point, low, high = improvement_ci([([3.0, 2.0, 1.0], [1.0, 2.0])], reps=4000)
+    assert point == pytest.approx(4 / 6) and 0.0 <= low < point < high <= 1.0
+    point, low, high = improvement_ci([([5.0, 6.0], [1.0, 2.0]), ([0.0, 0.0], [1.0, 1.0])])
+    assert (point, low, high) == (0.5, 0.5, 0.5)  # every resample: 1 on the first task, 0 on the second
+    np.testing.assert_allclose(score_profile([1.0, 2.0, 3.0, 4.0], [0.0, 2.0, 4.0]), [1.0, 0.5, 0.0])
+
+
+def test_report_compares_two_bench_folders(tmp_path, capsys):
+    new, old = tmp_path / "new", tmp_path / "old"
+    for seed, score in enumerate([5.0, 6.0, 7.0, 8.0, 9.0], start=1):
+        _fake_run(new, "Fake-v0", seed, [score] * 20)
+        _fake_run(old, "Fake-v0", seed, [score - 2.5] * 20)  # 22 of the 25 pairs won, no ties: P = 0.88
+    _fake_run(new, "Only-v0", 1, [1.0] * 5)
+    assert cmd_report([str(new), "--compare", str(old), "--reps", "2000"]) == 0
+    printed = capsys.readouterr().out
+    line = next(x for x in printed.splitlines() if x.startswith("| `Fake-v0` | 5 / 5 |"))  # the comparison's row
+    assert line.rstrip(" |").split(" | ")[-1].startswith("0.88 [")
+    assert "In one folder only (not compared): `Only-v0`" in printed
+    assert (new / "compare.md").is_file() and (new / "compare_Fake-v0.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError, match="no env has finished runs in both"):
+        cmd_report([str(new), "--compare", str(tmp_path / "new" / "Only-v0")])
