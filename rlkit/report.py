@@ -394,6 +394,41 @@ def write_csv(path: str, results: dict[str, EnvResult], reference: dict[str, str
             writer.writerow(row)
 
 
+def plot_curves(results: list[EnvResult], path: str, reference: dict[str, str] | None = None) -> None:
+    """Every env's curve (mean and 95% band over seeds) in one figure, a panel per env; a reference number, where
+    one is given, as a dashed line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = min(3, len(results))
+    rows = math.ceil(len(results) / cols)
+    fig = Figure(figsize=(4.5 * cols, 3.3 * rows), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, r in enumerate(results):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.plot(r.curve_steps, r.curve_mean, color="tab:blue", linewidth=1.8, label=f"mean of {len(r.runs)} seeds")
+        ax.fill_between(r.curve_steps, r.curve_low, r.curve_high, color="tab:blue", alpha=0.25, linewidth=0)
+        value = _reference_value(reference.get(r.env_id, reference.get(r.folder)) if reference else None)
+        if value is not None:
+            ax.axhline(value, color="tab:red", linestyle="--", linewidth=1, label="reference")
+        ax.set_title(r.env_id, fontsize="medium")
+        ax.set_xlabel("env steps", fontsize="small")
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize="x-small", loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _reference_value(text: str | None) -> float | None:
+    """The leading number of a reference cell ("-73.50 (RL-Zoo)" -> -73.5), or None."""
+    match = re.match(r"\s*(-?[\d.,]+)", text or "")
+    try:
+        return float(match.group(1).replace(",", "")) if match else None
+    except ValueError:
+        return None
+
+
 def plot_curve(result: EnvResult, path: str) -> None:
     """Mean across seeds with the 95% bootstrap band, each seed thin; Agg canvas, no pyplot state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -432,6 +467,9 @@ def write_report(out_dir: str, reference: dict[str, str] | str | None = None, pl
             if r.runs:
                 files.append(os.path.join(out_dir, f"{r.folder}.png"))
                 plot_curve(r, files[-1])
+        if sum(bool(r.runs) for r in results.values()) > 1:
+            files.append(os.path.join(out_dir, "curves.png"))
+            plot_curves([r for r in results.values() if r.runs], files[-1], reference)
     return results, markdown, files
 
 

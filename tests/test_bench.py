@@ -234,6 +234,11 @@ def test_report_files_and_reference(fake_out, capsys):
     assert float(rows["Fake-v0"]["std"]) == pytest.approx(math.sqrt(12.5)) and rows["Fake-v0"]["unfinished"] == "1"
     for name in ("Fake-v0", "Other_Fake-v1"):
         assert (fake_out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (fake_out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # every env in one figure
+    from rlkit.report import _reference_value
+
+    assert _reference_value("3.50 ± 0.50 (paper)") == 3.5 and _reference_value("-1,234.50 (x)") == -1234.5
+    assert _reference_value("") is None and _reference_value(None) is None
 
 
 def test_report_cli_help_and_missing_folder(tmp_path, capsys):
