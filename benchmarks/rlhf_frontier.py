@@ -10,8 +10,9 @@ stretch of the shared machine hits every method of a seed alike:
 
 - ``rlkit:E``: ``rlkit rlhf RECIPE --advantage_estimator E`` (and ``--samples_per_prompt k`` for the group estimators;
   gae samples each prompt once, so every method sees batch_size completions per update); ``rlkit:E+K`` also sets
-  ``--kl_mode K`` (``rlkit:grpo+k3_loss``: GRPO with TRL GRPO's form of the KL);
-- ``trl:rloo`` / ``trl:grpo``: ``benchmarks/rlhf_trl.py``: TRL 1.16's RLOOTrainer / GRPOTrainer on the same model,
+  ``--kl_mode K`` (``rlkit:grpo+k3_loss``: GRPO with the KL as a k3 loss, as TRL's GRPO without its bias
+  correction);
+- ``trl:rloo`` / ``trl:grpo`` (``trl:grpo+k3_loss``: with ``use_bias_correction_kl = False``): ``benchmarks/rlhf_trl.py``: TRL 1.16's RLOOTrainer / GRPOTrainer on the same model,
   prompts, reward (proxy reward model + EOS trick), sampling, learning rate, beta, k, epochs and minibatches and
   episode budget; its trained weights are copied into an rlkit policy for the same final evaluation.
 
@@ -43,10 +44,12 @@ import time
 
 DEFAULT_METHODS = ["rlkit:gae", "rlkit:rloo", "rlkit:grpo", "rlkit:dr_grpo", "trl:rloo", "trl:grpo"]
 LABELS = {"rlkit:gae": "rlkit PPO (GAE, value head)", "rlkit:rloo": "rlkit RLOO", "rlkit:grpo": "rlkit GRPO",
-          "rlkit:dr_grpo": "rlkit Dr. GRPO", "rlkit:grpo+k3_loss": "rlkit GRPO, KL as k3 loss (TRL GRPO's form)",
-          "trl:rloo": "TRL RLOOTrainer", "trl:grpo": "TRL GRPOTrainer"}
+          "rlkit:dr_grpo": "rlkit Dr. GRPO", "rlkit:grpo+k3_loss": "rlkit GRPO, KL as a k3 loss",
+          "trl:rloo": "TRL RLOOTrainer", "trl:grpo": "TRL GRPOTrainer",
+          "trl:grpo+k3_loss": "TRL GRPOTrainer, plain k3 (no bias correction)"}
 COLORS = {"rlkit:gae": "tab:blue", "rlkit:rloo": "tab:orange", "rlkit:grpo": "tab:green", "rlkit:dr_grpo": "tab:red",
-          "rlkit:grpo+k3_loss": "tab:olive", "trl:rloo": "tab:purple", "trl:grpo": "tab:brown"}
+          "rlkit:grpo+k3_loss": "tab:olive", "trl:rloo": "tab:purple", "trl:grpo": "tab:brown",
+          "trl:grpo+k3_loss": "tab:pink"}
 
 
 def run_name(method: str, seed: int) -> str:
@@ -73,6 +76,8 @@ def command_for(method: str, seed: int, args: argparse.Namespace) -> list[str]:
     command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "rlhf_trl.py"), "--recipe",
                args.recipe, "--trainer", algo, "--samples-per-prompt", str(args.samples_per_prompt), "--seed", str(seed),
                "--threads", str(args.threads), "--artifacts-dir", artifacts, "--out", folder]
+    if kl_mode == "k3_loss":  # TRL's GRPO KL without its bias correction: plain k3, as rlkit's k3_loss
+        command += ["--no-bias-correction-kl"]
     if args.num_updates:
         command += ["--num-updates", str(args.num_updates)]
     return command
@@ -146,12 +151,17 @@ def read_run(work_dir: str, method: str, seed: int) -> dict | None:
     return {"method": method, "seed": seed, "k": 1 if method == "rlkit:gae" else None,
             "gold_before": initial["gold"], "gold_after": final["gold"], "gold_gain": final["gold"] - initial["gold"],
             "proxy_before": initial["score"], "proxy_after": final["score"], "kl": kl, "sqrt_kl": max(kl, 0.0) ** 0.5,
-            "gold_gain_per_sqrt_kl": (final["gold"] - initial["gold"]) / max(kl, 1e-9) ** 0.5,
+            "gold_gain_per_sqrt_kl": (final["gold"] - initial["gold"]) / kl ** 0.5 if kl > 0 else float("nan"),
             "eos_frac": final["eos_frac"], "length_after": final["response_length"],
             "s_per_update": statistics.median(seconds), "completion_tokens_per_s": statistics.median(sampled_tokens_per_s),
             "wall_s": measured["wall_s"], "peak_rss_mb": measured["peak_rss_mb"],
-            "curve": [(max(u.get("kl_k1", u.get("kl", 0.0)), 0.0) ** 0.5, u["gold"] - initial["gold"]) for u in updates
-                      if u.get("gold") is not None]}
+            "curve": [(max(kl_of(u), 0.0) ** 0.5, u["gold"] - initial["gold"]) for u in updates
+                      if u.get("gold") is not None and kl_of(u) is not None]}
+
+
+def kl_of(update: dict) -> float | None:
+    """The per-sequence KL an update record logs: rlkit's k1, TRL's "kl" (none for TRL at beta 0)."""
+    return update["kl_k1"] if "kl_k1" in update else update.get("kl")
 
 
 def mean_std(xs: list[float], fmt: str = "+.3f") -> str:
@@ -222,7 +232,7 @@ def write_report(args: argparse.Namespace, command: str) -> None:
         f"{recipe['max_new_tokens']} new tokens, LoRA {'on' if recipe.get('lora') else 'off (full fine-tune)'}; group "
         f"methods sample k = {args.samples_per_prompt} completions per prompt ({recipe['batch_size'] // args.samples_per_prompt} "
         f"prompts per update), PPO one per prompt. KL: rlkit and TRL RLOO put beta x k1 in the reward, TRL GRPO adds "
-        f"beta x k3 as a loss (its only form). {args.threads} torch thread(s) per run, {args.parallel} run(s) at a time.",
+        f"beta x k3 x the importance ratio as a loss (its default use_bias_correction_kl), rlkit:grpo+k3_loss beta x k3. {args.threads} torch thread(s) per run, {args.parallel} run(s) at a time.",
         "",
         "Gold / proxy / KL: the held-out evaluation (rlkit.rlhf.ppo_lm.evaluate, the same prompts and sampling seed for "
         "every run) before and after training; KL is the k1 estimate in nats per sequence. s / update: median over updates "

@@ -20,8 +20,10 @@ reshuffles every epoch). epsilon = cliprange.
   (as rlkit's per-token k1 in the reward), the leave-one-out baseline, the sequence-level ratio. TRL defaults kept: no
   advantage normalisation, truncated completions not masked (they score no_eos_score, the EOS trick).
 - ``--trainer grpo``: TRL's GRPO with loss_type "grpo" (each completion's token mean, then the mean over completions:
-  rlkit's grpo) and scale_rewards "group"; its KL is beta x k3 as a loss (TRL's only form; rlkit's recipe puts k1 in
-  the reward). ``--loss-type dr_grpo`` with ``--scale-rewards none`` is TRL's Dr. GRPO.
+  rlkit's grpo) and scale_rewards "group"; its KL is a loss, beta x k3 x the importance ratio (TRL's default
+  use_bias_correction_kl = True: the gradient of KL(pi || ref); ``--no-bias-correction-kl``: plain k3, rlkit's
+  ``kl_mode = "k3_loss"``), where rlkit's recipe puts k1 in the reward. ``--loss-type dr_grpo`` with
+  ``--scale-rewards none`` is TRL's Dr. GRPO.
 
 Stop string: rlkit samples max_new_tokens and truncates after the first token whose text contains it; here every such
 token is an extra EOS id of the generation config, so TRL stops there and its loss, KL and lengths cover exactly
@@ -30,8 +32,9 @@ completion ids and counts any disagreement (``stop_mismatch``, expected 0).
 
 metrics.jsonl: one line per update (generation round). ``score`` is the mean proxy score with the EOS trick (before
 any KL penalty), ``gold`` the task's gold reward on the same completions (logged only), ``kl`` TRL's logged KL times
-the mean completion length (per sequence; RLOO: k1 of the policy before the round's updates, GRPO: k3), ``sqrt_kl``
-its square root; ``kl_per_token`` is TRL's raw value.
+the mean completion length (per sequence; RLOO: k1 of the policy before the round's updates, GRPO: its KL loss term
+during the round's updates; none at beta 0, where TRL logs none), ``sqrt_kl`` its square root; ``kl_per_token`` is
+TRL's raw value.
 """
 
 from __future__ import annotations
@@ -50,9 +53,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--recipe", default="rlhf-sentiment", help="an [rlhf] recipe name or .toml path")
     p.add_argument("--trainer", choices=["rloo", "grpo"], default="rloo")
     p.add_argument("--samples-per-prompt", type=int, default=None,
-                   help="num_generations k (default: the recipe's samples_per_prompt, else 2)")
+                   help="num_generations k (default: the recipe's samples_per_prompt, else rlkit's default group size)")
     p.add_argument("--loss-type", default="grpo", help="GRPOConfig.loss_type (grpo only)")
     p.add_argument("--scale-rewards", default="group", help="GRPOConfig.scale_rewards (grpo only)")
+    p.add_argument("--no-bias-correction-kl", action="store_true",
+                   help="GRPOConfig.use_bias_correction_kl = False: plain k3 (grpo only)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--num-updates", type=int, default=None, help="generation rounds of batch_size completions")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the rlkit benchmark run used 1)")
@@ -83,7 +88,7 @@ def main() -> None:
 
     from rlkit.config import config_from_dict, read_recipe
     from rlkit.ppo import seed_everything
-    from rlkit.rlhf.config import RLHFConfig
+    from rlkit.rlhf.config import DEFAULT_GROUP_SIZE, RLHFConfig
     from rlkit.rlhf.policy import disable_dropout, ensure_pad_token, load_policy
     from rlkit.rlhf.ppo_lm import (
         evaluate,
@@ -109,7 +114,7 @@ def main() -> None:
     _, values, src = read_recipe(args.recipe)
     cfg = config_from_dict(RLHFConfig, {**values, **overrides}, src)
     out = args.out or f"bench_runs/trl_{args.trainer}__seed{cfg.seed}"
-    k = args.samples_per_prompt or cfg.samples_per_prompt or 2
+    k = args.samples_per_prompt or (cfg.group_size if cfg.advantage_estimator != "gae" else DEFAULT_GROUP_SIZE)
     os.makedirs(out, exist_ok=True)
 
     policy_path = resolve_policy_path(cfg)
@@ -174,7 +179,8 @@ def main() -> None:
     if args.trainer == "rloo":
         trainer_args, trainer_class = RLOOConfig(**common), RLOOTrainer
     else:
-        trainer_args = GRPOConfig(**common, loss_type=args.loss_type, scale_rewards=args.scale_rewards)
+        trainer_args = GRPOConfig(**common, loss_type=args.loss_type, scale_rewards=args.scale_rewards,
+                                  use_bias_correction_kl=not args.no_bias_correction_kl)
         trainer_class = GRPOTrainer
     dataset = Dataset.from_dict({"prompt": sample_prompts(cfg, cfg.num_updates * rounds_prompts, cfg.seed)})
     metrics_path = os.path.join(out, "metrics.jsonl")
@@ -188,15 +194,16 @@ def main() -> None:
             if not logs or "reward" not in logs:
                 return
             now, update = time.perf_counter(), state.global_step // steps_per_update
-            kl_tok, length = logs.get("kl", 0.0), logs["completions/mean_length"]
+            kl_tok, length = logs.get("kl"), logs["completions/mean_length"]  # no "kl" at beta 0: TRL skips it
+            kl = None if kl_tok is None else kl_tok * length
             row = {**logs, "update": update, "episodes": update * cfg.batch_size, "score": logs["score"], "gold": logs["gold"],
-                   "kl": kl_tok * length, "sqrt_kl": max(kl_tok * length, 0.0) ** 0.5, "kl_per_token": kl_tok,
+                   "kl": kl, "sqrt_kl": None if kl is None else max(kl, 0.0) ** 0.5, "kl_per_token": kl_tok,
                    "response_length": logs["response_length"], "eos_frac": logs["eos_frac"],
                    "stop_mismatch": logs["stop_mismatch"], "seconds": now - self.last}
             self.last = now
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"update {update:3d}  score {row['score']:+.3f}  gold {row['gold']:+.3f}  KL {row['kl']:.3f}  "
+            print(f"update {update:3d}  score {row['score']:+.3f}  gold {row['gold']:+.3f}  KL {row['kl'] if row['kl'] is None else round(row['kl'], 3)}  "
                   f"len {row['response_length']:.1f}  {row['seconds']:.1f} s", flush=True)
 
     trainer = trainer_class(model=lm, reward_funcs=proxy_reward, args=trainer_args, train_dataset=dataset,

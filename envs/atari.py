@@ -126,16 +126,18 @@ def make_atari_env(env_id: str, noop_max: int = 30, frame_skip: int = 4, fire_re
                    render_mode: str | None = None, game_wrapper=None) -> gym.Env:
     """One Atari env with the python wrapper stack, innermost first.
 
-    ``game_wrapper(env)`` wraps the raw game before any preprocessing (e.g. RecordVideo with
-    ``render_mode="rgb_array"``: full-colour 210x160 frames, every emulator frame, one file per whole game)."""
+    ``game_wrapper(env)`` wraps the preprocessed game below EpisodicLife, so it sees whole games: with
+    RecordVideo and ``render_mode="rgb_array"``, one file per game of full-colour 210x160 frames (the
+    emulator's render), one per agent step, at 60 / frame_skip fps (every frame_skip-th emulator frame:
+    a 100k-frame game holds 25k frames in memory until it is written, not 100k)."""
     _require_ale()
     env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0, full_action_space=False,
                    max_num_frames_per_episode=MAX_FRAMES_PER_EPISODE, render_mode=render_mode)
-    if game_wrapper is not None:
-        env = game_wrapper(env)
     env = gym.wrappers.RecordEpisodeStatistics(env)  # raw game score, whole games (outside EpisodicLife's view)
     env = gym.wrappers.AtariPreprocessing(env, noop_max=noop_max, frame_skip=frame_skip, screen_size=84,
                                           terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)  # [atari 1, 2, 5]
+    if game_wrapper is not None:
+        env = game_wrapper(env)
     env = EpisodicLife(env)
     if fire_reset and "FIRE" in env.unwrapped.get_action_meanings():
         env = FireReset(env)

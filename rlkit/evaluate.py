@@ -111,7 +111,9 @@ def make_eval_envs(cfg: PPOConfig, video_dir: str | None = None, episodes: int =
 
         prepare_rendering(env_id)  # no display: SDL's dummy driver, MuJoCo's EGL / OSMesa, or one line saying what is missing
         env_kwargs["render_mode"] = "rgb_array"
-        wrappers = [lambda env: RecordVideo(env, video_dir, episode_trigger=lambda i: i < episodes, disable_logger=True)]
+        fps = 60 // 4 if is_atari_id(env_id) else None  # Atari: one frame per agent step, every 4th of the 60 Hz game
+        wrappers = [lambda env: RecordVideo(env, video_dir, episode_trigger=lambda i: i < episodes, fps=fps,
+                                            disable_logger=True)]
     if is_atari_id(env_id):
         if video_dir is not None:  # the python stack (pixel for pixel the C++ one) renders the whole colour game
             return make_atari_vector_env(env_id, 1, "python", render_mode="rgb_array", game_wrapper=wrappers[0])

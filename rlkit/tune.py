@@ -131,7 +131,7 @@ def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
             params[key] = spec  # fixed
         elif "choices" in spec:
             params[key] = trial.suggest_categorical(key, spec["choices"])
-        elif isinstance(spec["low"], int) and isinstance(spec["high"], int) and not isinstance(spec["low"], bool):
+        elif _is_int_range(spec):
             params[key] = trial.suggest_int(key, spec["low"], spec["high"], log=bool(spec.get("log", False)))
         else:
             params[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)))
@@ -262,8 +262,14 @@ def recipe_params(space: dict[str, Any], values: dict) -> dict[str, Any]:
             if value in spec["choices"]:
                 params[key] = value
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            params[key] = type(spec["low"])(min(max(value, spec["low"]), spec["high"]))
+            clamped = min(max(value, spec["low"]), spec["high"])
+            params[key] = round(clamped) if _is_int_range(spec) else float(clamped)  # as suggest() draws the key
     return params
+
+
+def _is_int_range(spec: dict) -> bool:
+    """A {low, high} range searched with suggest_int: both ends ints (not bools)."""
+    return all(isinstance(spec[end], int) and not isinstance(spec[end], bool) for end in ("low", "high"))
 
 
 def counted(trial) -> bool:
@@ -311,7 +317,9 @@ def tune(setup: TuneSetup, trials: int, storage: str | None = None, timeout: flo
 
     study = open_study(setup.study_name, storage, sampler_seed, pruner, startup_trials, warmup)
     if start_from_recipe and not study.get_trials(deepcopy=False):
-        study.enqueue_trial(recipe_params(setup.space, setup.values), user_attrs={"from_recipe": True})
+        # skip_if_exists: processes starting the same new study together enqueue it once
+        study.enqueue_trial(recipe_params(setup.space, setup.values), user_attrs={"from_recipe": True},
+                            skip_if_exists=True)
     if sampler_seed is not None:  # a resumed study must not replay the first process's random draws
         study.sampler = optuna.samplers.TPESampler(n_startup_trials=startup_trials,
                                                    seed=sampler_seed + len(study.get_trials(deepcopy=False)))

@@ -142,6 +142,9 @@ def test_a_new_study_starts_from_the_recipe_itself(tmp_path, space):
     assert recipe_params({"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "epochs": {"low": 1, "high": 2},
                           "steps": {"choices": [16, 32]}, "ent": {"low": 1e-8, "high": 1e-2}},
                          {"lr": 2.5e-4, "epochs": 4, "steps": 128, "ent": 0.0}) == {"lr": 2.5e-4, "epochs": 2, "ent": 1e-8}
+    # a range with an int low but a float high is searched as floats: the recipe's 0.01 stays 0.01, not int(0.01)
+    assert recipe_params({"ent": {"low": 0, "high": 0.05}, "n": {"low": 1, "high": 9}}, {"ent": 0.01, "n": 3.6}) == \
+        {"ent": 0.01, "n": 4}
     assert main(_args(tmp_path, space, 1)) == 0
     first = _study(tmp_path).trials[0]
     _, recipe, _ = read_recipe("cartpole")
