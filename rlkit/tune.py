@@ -23,7 +23,13 @@ Search spaces (``rlkit tune RECIPE --show-space`` prints the one a recipe gets, 
 values.  ``--space FILE.toml`` merges a ``[space]`` table over it: a key given as a table
 (``{low, high, log}`` or ``{choices = [...]}``) is searched, a key given as a plain value is fixed.
 A sampled ``num_minibatches`` that does not divide ``num_envs * num_steps`` becomes the nearest divisor.
-RLHF recipes are not tuned by this command yet (it refuses them).
+
+RLHF recipes (``[rlhf]``) are tuned the same way, with :func:`rlhf_space` (learning rate within 10x of the
+recipe's, ``kl_coef``, ``cliprange``, ``ppo_epochs``, ``num_minibatches``) and the held-out evaluation
+(``eval_samples`` prompts, every ``num_updates / evals`` updates) as the pruner's reports. The objective is
+the gold reward where the task has a gold judge (else the proxy score; ``--objective`` picks), and with
+``--kl-budget K`` the best value among the run's evaluations whose KL(pi || ref) is at most K nats per
+sequence (the start, at KL 0, always is): the gold a setting reaches within that KL.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ from rlkit.runtime import Callback
 
 INSTALL = 'pip install "rlkit[tune]"'
 
-CONFIG_TABLES = {"ppo": ("rlkit.ppo", "PPOConfig"), "ppo_lstm": ("rlkit.ppo_lstm", "RecurrentPPOConfig")}
+CONFIG_TABLES = {"ppo": ("rlkit.ppo", "PPOConfig"), "ppo_lstm": ("rlkit.ppo_lstm", "RecurrentPPOConfig"),
+                 "rlhf": ("rlkit.rlhf.ppo_lm", "RLHFConfig")}
 """The recipe tables this command tunes -> (module with train(), config class)."""
 
 COMMON_SPACE: dict[str, dict] = {
@@ -83,8 +90,21 @@ def require_optuna():
 # ---------------------------------------------------------------------------------
 
 
-def default_space(recipe: str, values: dict) -> dict[str, Any]:
+def rlhf_space(values: dict) -> dict[str, Any]:
+    """The search space of an RLHF recipe: learning rate within 10x of the recipe's (log), beta, the clip range,
+    the epochs and minibatches of each update."""
+    lr = float(values.get("learning_rate", 1e-5))
+    return {"learning_rate": {"low": lr / 10, "high": lr * 10, "log": True},
+            "kl_coef": {"low": 0.01, "high": 0.3, "log": True},
+            "cliprange": {"choices": [0.1, 0.2, 0.3]},
+            "ppo_epochs": {"choices": [1, 2, 4]},
+            "num_minibatches": {"choices": [1, 2, 4]}}
+
+
+def default_space(recipe: str, values: dict, table: str = "ppo") -> dict[str, Any]:
     """The documented search space of a recipe (see the module docstring)."""
+    if table == "rlhf":
+        return rlhf_space(values)
     name = os.path.splitext(os.path.basename(recipe))[0]
     space: dict[str, Any] = dict(COMMON_SPACE)
     if name in RECIPE_SPACES:
@@ -155,19 +175,46 @@ class PruneOnEval(Callback):
     trials with other batch sizes are compared at the same point of their budget.
     """
 
-    def __init__(self, trial, seed_index: int, total_steps: int):
-        self.trial, self.seed_index, self.total_steps = trial, seed_index, total_steps
+    def __init__(self, trial, seed_index: int, total_steps: int, rlhf: RLHFObjective | None = None):
+        self.trial, self.seed_index, self.total_steps, self.rlhf = trial, seed_index, total_steps, rlhf
         self.pruned = False
+        self.evaluations: list[dict] = []
 
     def on_eval(self, run, iteration: int, result: dict) -> None:
-        done = run.context["cursor"].global_step / self.total_steps
+        if self.rlhf is None:
+            done, value = run.context["cursor"].global_step / self.total_steps, float(result["mean"])
+        else:  # RLHF: the budget is in updates; the value is the objective over the evaluations so far
+            self.evaluations.append(result)
+            done, value = iteration / self.total_steps, self.rlhf.value(self.evaluations)
         step = 100 * self.seed_index + min(100, round(100 * done))
-        self.trial.report(float(result["mean"]), step)
+        self.trial.report(value, step)
         if self.trial.should_prune():
             self.pruned = True
 
     def on_update(self, run, iteration: int, stats: dict) -> bool:
         return not self.pruned
+
+
+@dataclasses.dataclass
+class RLHFObjective:
+    """What an RLHF trial scores: ``metric`` ('gold', or 'score' = the proxy reward; 'auto': gold where the
+    evaluations have it) of the final evaluation, or with ``kl_budget`` the best one among the evaluations
+    whose k1 KL(pi || ref) per sequence is at most the budget."""
+
+    metric: str = "auto"
+    kl_budget: float | None = None
+
+    def value(self, evaluations: list[dict]) -> float:
+        if not evaluations:
+            raise ValueError("an RLHF trial has no evaluation")
+        metric = self.metric if self.metric != "auto" else ("gold" if "gold" in evaluations[-1] else "score")
+        if metric not in evaluations[-1]:
+            raise ConfigError(f"--objective {metric}: the evaluations have no {metric!r} (this task has no gold "
+                              f"judge; use --objective score)")
+        if self.kl_budget is None:
+            return float(evaluations[-1][metric])
+        within = [e[metric] for e in evaluations if e.get("kl_k1", 0.0) <= self.kl_budget]
+        return float(max(within)) if within else -math.inf
 
 
 class TuneInterrupted(Exception):
@@ -188,6 +235,8 @@ class TuneSetup:
     eval_episodes: int = 5
     run_dir: str = "tune_runs"
     study_name: str = ""
+    rlhf: RLHFObjective | None = None
+    """set for [rlhf] recipes: what a trial scores"""
 
     @property
     def config_class(self):
@@ -202,13 +251,21 @@ class TuneSetup:
     def config(self, params: dict, seed: int, trial_number: int):
         """The validated config of one seed of one trial (the tuning's own evaluation settings on top)."""
         values = {**self.values, **params}
+        run_dir = os.path.join(self.run_dir, self.study_name, f"trial_{trial_number:03d}")
+        source = f"rlkit tune {self.recipe}, trial {trial_number}"
+        if self.table == "rlhf":
+            if "num_minibatches" in values:
+                values["num_minibatches"] = nearest_divisor(int(values.get("batch_size", 64)), int(values["num_minibatches"]))
+            values.update(seed=seed, run_dir=run_dir, checkpoint_interval=0)
+            cfg = config_from_dict(self.config_class, values, source=source)
+            cfg.eval_interval = max(1, cfg.num_updates // self.evals)
+            return cfg.validate(), values
         envs, steps = int(values.get("num_envs", 1)), int(values.get("num_steps", 2048))
         if "num_minibatches" in values:
             values["num_minibatches"] = nearest_divisor(envs * steps, int(values["num_minibatches"]))
-        values.update(seed=seed, run_dir=os.path.join(self.run_dir, self.study_name, f"trial_{trial_number:03d}"),
-                      exp_name=f"{self.study_name}-t{trial_number}", eval_interval=1, eval_episodes=self.eval_episodes,
-                      eval_deterministic=True, checkpoint_interval=0, stop_at_return=None)
-        source = f"rlkit tune {self.recipe}, trial {trial_number}"
+        values.update(seed=seed, run_dir=run_dir, exp_name=f"{self.study_name}-t{trial_number}", eval_interval=1,
+                      eval_episodes=self.eval_episodes, eval_deterministic=True, checkpoint_interval=0,
+                      stop_at_return=None)
         cfg = config_from_dict(self.config_class, values, source=source)
         cfg.eval_interval = max(1, cfg.num_iterations // self.evals)
         return cfg.validate(), values
@@ -227,7 +284,8 @@ class TuneSetup:
                 raise optuna.TrialPruned(f"invalid config: {error}") from None
             if index == 0:
                 trial.set_user_attr("config", {k: v for k, v in values.items() if k in params or k == "num_minibatches"})
-            prune = PruneOnEval(trial, index, cfg.num_iterations * cfg.batch_size)
+            budget = cfg.num_updates if self.rlhf is not None else cfg.num_iterations * cfg.batch_size
+            prune = PruneOnEval(trial, index, budget, self.rlhf)
             try:
                 result = self.train(cfg, run_name=f"seed_{seed}", progress=False, callbacks=[prune])
             except NonFiniteError as error:
@@ -239,7 +297,8 @@ class TuneSetup:
             if prune.pruned:
                 trial.set_user_attr("pruned_at_seed", seed)
                 raise optuna.TrialPruned()
-            scores.append(result.evaluations[-1]["mean_return"])
+            scores.append(self.rlhf.value(result.evaluations) if self.rlhf is not None
+                          else result.evaluations[-1]["mean_return"])
             trial.set_user_attr("seed_returns", scores)
         return float(sum(scores) / len(scores))
 
@@ -366,7 +425,7 @@ def tune(setup: TuneSetup, trials: int, storage: str | None = None, timeout: flo
     if interrupted is not None:
         echo(f"stopped by signal {interrupted}: re-run the same command to continue the study")
     if wrote:
-        echo(f"best recipe: {os.path.abspath(best_path)}\n  rlkit train {best_path}")
+        echo(f"best recipe: {os.path.abspath(best_path)}\n  rlkit {'rlhf' if setup.table == 'rlhf' else 'train'} {best_path}")
     return {"study": study, "best_path": best_path if wrote else None, "interrupted": interrupted,
             "finished": len(finished), "ran": ran}
 
@@ -440,15 +499,25 @@ def best_recipe_text(study, setup: TuneSetup, storage: str | None) -> str | None
     values = {**setup.values, **best.params, **best.user_attrs.get("config", {})}
     order = [f.name for f in dataclasses.fields(setup.config_class) if f.init]
     lines = [f"# Best trial of the rlkit tune study {setup.study_name!r} ({storage or 'in memory'}): trial {best.number},",
-             f"# mean final evaluation return {best.value:.2f} over seeds {setup.seeds} "
-             f"({setup.eval_episodes} deterministic episodes each).",
+             f"# {objective_text(setup)} {best.value:.2f} over seeds {setup.seeds}.",
              f"# Tuned from {setup.recipe}; searched: {', '.join(best.params)}.",
-             "# Re-train: rlkit train <this file> --seed S", "", f"[{setup.table}]"]
+             f"# Re-train: rlkit {'rlhf' if setup.table == 'rlhf' else 'train'} <this file> --seed S", "",
+             f"[{setup.table}]"]
     for key in order:
         if key in values and values[key] is not None:
             mark = "  # tuned" if key in best.params else ""
             lines.append(f"{key} = {toml_value(values[key])}{mark}")
     return "\n".join(lines) + "\n"
+
+
+def objective_text(setup: TuneSetup) -> str:
+    """What a trial's value is, in words."""
+    if setup.rlhf is None:
+        return f"mean final evaluation return ({setup.eval_episodes} deterministic episodes)"
+    metric = setup.rlhf.metric if setup.rlhf.metric != "auto" else "gold (else proxy score)"
+    if setup.rlhf.kl_budget is None:
+        return f"mean final held-out {metric}"
+    return f"mean best held-out {metric} within KL <= {setup.rlhf.kl_budget:g} nats / sequence"
 
 
 def write_best_recipe(study, setup: TuneSetup, path: str, storage: str | None) -> bool:
@@ -481,10 +550,12 @@ def cmd_tune(argv: list[str]) -> int:
         description="Hyperparameter search with Optuna (TPE sampler, median pruner fed by the periodic evaluation). "
         "Each trial trains RECIPE on every --seeds and scores the mean final evaluation return. The study is kept "
         "in --storage: re-running the command continues it, and several processes running it share it. The best "
-        "trial is written as a recipe that `rlkit train` runs. Recipe overrides go after --, e.g.\n"
+        "trial is written as a recipe that `rlkit train` runs. An [rlhf] recipe scores the held-out gold reward "
+        "(--objective), within --kl-budget if given, and its best recipe runs with `rlkit rlhf`. Recipe overrides "
+        "go after --, e.g.\n"
         "  rlkit tune pendulum --trials 12 --storage sqlite:///t.db -- --total_timesteps 100000\n"
         "--show-space prints the default search space of RECIPE (edit it and pass it back with --space).")
-    parser.add_argument("recipe", help="a [ppo] / [ppo_lstm] recipe name or .toml path")
+    parser.add_argument("recipe", help="a [ppo] / [ppo_lstm] / [rlhf] recipe name or .toml path")
     parser.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20); "
                         "a re-run only runs the missing ones")
     parser.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///<study-name>.db)")
@@ -494,7 +565,12 @@ def cmd_tune(argv: list[str]) -> int:
     parser.add_argument("--space", default=None, metavar="FILE.toml", help="[space] table merged over the default space")
     parser.add_argument("--show-space", action="store_true", help="print the search space as TOML and exit")
     parser.add_argument("--evals", type=int, default=10, help="periodic evaluations per run (the pruner's reports; default 10)")
-    parser.add_argument("--eval-episodes", type=int, default=5, help="episodes per evaluation (default 5)")
+    parser.add_argument("--eval-episodes", type=int, default=None, help="episodes per evaluation (default 5; RLHF "
+                        "evaluations use the recipe's eval_samples prompts: set it with -- --eval_samples N)")
+    parser.add_argument("--objective", choices=["auto", "gold", "score"], default="auto", help="RLHF: what a trial "
+                        "scores, the gold reward or the proxy score (default auto: gold where the task has it)")
+    parser.add_argument("--kl-budget", type=float, default=None, metavar="NATS", help="RLHF: score the best "
+                        "evaluation whose KL(pi || ref) per sequence is at most NATS (default: the final evaluation)")
     parser.add_argument("--startup-trials", type=int, default=5, help="random trials before TPE, and (up to 3) "
                         "before the pruner acts (default 5)")
     parser.add_argument("--warmup", type=float, default=0.3, help="share of a trial's first-seed budget before it can be pruned (default 0.3)")
@@ -511,11 +587,11 @@ def cmd_tune(argv: list[str]) -> int:
         overrides = []
     args = parser.parse_args(argv)
     setup = make_setup(args.recipe, overrides, args.seeds, args.space, args.evals, args.eval_episodes, args.run_dir,
-                       args.study_name)
+                       args.study_name, objective=args.objective, kl_budget=args.kl_budget)
     if args.show_space:
         print(space_toml(setup.space), end="")
         return 0
-    if args.trials <= 0 or args.evals <= 0 or args.eval_episodes <= 0:
+    if args.trials <= 0 or args.evals <= 0 or setup.eval_episodes <= 0:
         raise ConfigError("--trials, --evals and --eval-episodes must be > 0")
     storage = args.storage or f"sqlite:///{setup.study_name}.db"
     outcome = tune(setup, args.trials, storage, args.timeout, args.sampler_seed, best_path=args.best,
@@ -527,16 +603,28 @@ def cmd_tune(argv: list[str]) -> int:
 
 
 def make_setup(recipe: str, overrides: list[str], seeds: list[int] | None = None, space_file: str | None = None,
-               evals: int = 10, eval_episodes: int = 5, run_dir: str = "tune_runs", study_name: str | None = None) -> TuneSetup:
+               evals: int = 10, eval_episodes: int | None = None, run_dir: str = "tune_runs",
+               study_name: str | None = None, objective: str = "auto", kl_budget: float | None = None) -> TuneSetup:
     """Recipe + overrides (``--key value`` tokens) + search space -> what the objective needs."""
     import argparse
 
     table, values, source = read_recipe(recipe)
-    if table == "rlhf":
-        raise ConfigError(f"{source} is an RLHF recipe: rlkit tune searches [ppo] and [ppo_lstm] recipes only (for now)")
     if table not in CONFIG_TABLES:
-        raise ConfigError(f"{source}: rlkit tune takes [ppo] or [ppo_lstm] recipes, not [{table}]")
-    setup = TuneSetup(recipe, table, dict(values), {}, [], evals, eval_episodes, run_dir)
+        raise ConfigError(f"{source}: rlkit tune takes [ppo], [ppo_lstm] or [rlhf] recipes, not [{table}]")
+    if table == "rlhf":
+        if eval_episodes is not None:
+            raise ConfigError("--eval-episodes is for control recipes; an RLHF evaluation scores the recipe's "
+                              "eval_samples prompts (set it with -- --eval_samples N)")
+        if kl_budget is not None and kl_budget < 0:
+            raise ConfigError(f"--kl-budget must be >= 0 nats, got {kl_budget}")
+        rlhf = RLHFObjective(objective, kl_budget)
+    else:
+        if objective != "auto" or kl_budget is not None:
+            raise ConfigError("--objective and --kl-budget are for RLHF recipes; a control trial scores its final "
+                              "evaluation return")
+        rlhf = None
+    setup = TuneSetup(recipe, table, dict(values), {}, [], evals, 5 if eval_episodes is None else eval_episodes,
+                      run_dir, rlhf=rlhf)
     cls = setup.config_class
     parser = argparse.ArgumentParser(prog=f"rlkit tune {recipe} --")
     add_config_arguments(parser, cls, values)
@@ -546,7 +634,7 @@ def make_setup(recipe: str, overrides: list[str], seeds: list[int] | None = None
             raise ConfigError(f"--{key} is set by rlkit tune per trial; use its own options (--seeds, --run-dir, --evals, --eval-episodes)")
     merged = {**values, **extra}
     config_from_dict(cls, merged, source=f"{source} + command line")  # every key checked before a trial starts
-    space = default_space(recipe, merged)
+    space = default_space(recipe, merged, table)
     if space_file:
         space.update(read_space(space_file))
     check_space(space, cls, space_file or "search space")

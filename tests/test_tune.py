@@ -122,8 +122,9 @@ def test_search_spaces_and_refusals(tmp_path):
         assert all(16 * steps % m == 0 for m in space["num_minibatches"]["choices"])
     assert "hidden_size" not in default_space("atari", {})
     assert default_space("my.toml", {"num_steps": 64, "num_minibatches": 4})["num_steps"] == {"choices": [32, 64, 128]}
-    with pytest.raises(ConfigError, match="RLHF recipe"):
-        make_setup("rlhf-synthetic", [])
+    rlhf = make_setup("rlhf-synthetic", [])  # [rlhf] recipes get the RLHF space, around the recipe's learning rate
+    assert rlhf.table == "rlhf" and rlhf.rlhf is not None
+    assert rlhf.space["learning_rate"] == {"low": 1e-5, "high": 1e-3, "log": True} and "kl_coef" in rlhf.space
     with pytest.raises(ConfigError, match="--seed is set by rlkit tune"):
         make_setup("cartpole", ["--seed", "3"])
     bad = tmp_path / "bad.toml"
@@ -154,3 +155,46 @@ def test_a_new_study_starts_from_the_recipe_itself(tmp_path, space):
     other.mkdir()
     assert main(_args(other, space, 1, "--no-recipe-trial", "--sampler-seed", "0")) == 0
     assert "from_recipe" not in _study(other).trials[0].user_attrs
+
+
+def test_an_rlhf_recipe_is_tuned_for_gold_within_a_kl_budget(tmp_path, capsys):
+    """[rlhf] recipes: the held-out evaluations feed the pruner; the objective is the best gold among the
+    evaluations within --kl-budget; the best trial is a recipe that `rlkit rlhf` runs."""
+    import torch
+    from rlkit.envs import text_task
+
+    from rlkit.tune import RLHFObjective
+
+    torch.manual_seed(0)
+    base = text_task.pretrain_base_model(str(tmp_path / "base"), seed=0, steps=30, batch_size=32, log=None)
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(f'[rlhf]\npolicy = "{base}"\nreward = "gold"\nbatch_size = 8\nnum_minibatches = 2\nppo_epochs = 1\n'
+                      f'num_updates = 4\nmax_new_tokens = 6\neval_samples = 8\nlearning_rate = 1e-3\ndevice = "cpu"\n'
+                      f'artifacts_dir = "{tmp_path / "artifacts"}"\n')
+    space = tmp_path / "space.toml"
+    space.write_text("[space]\nlearning_rate = {low = 1e-4, high = 3e-3, log = true}\nppo_epochs = 1\n")
+    args = ["tune", str(recipe), "--trials", "2", "--evals", "2", "--kl-budget", "50", "--space", str(space),
+            "--storage", f"sqlite:///{tmp_path}/study.db", "--run-dir", str(tmp_path / "runs"),
+            "--best", str(tmp_path / "best.toml"), "--no-progress", "--sampler-seed", "0"]
+    assert main(args) == 0
+    study = optuna.load_study(study_name="tiny-tune", storage=f"sqlite:///{tmp_path}/study.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert study.trials[0].user_attrs["from_recipe"] and study.trials[0].params["learning_rate"] == 1e-3
+    # the value is the best held-out gold within the budget, read back from the trial's run folder
+    run = tmp_path / "runs" / "tiny-tune" / "trial_000" / "seed_1"
+    evals = [json.loads(line) for line in open(run / "metrics.jsonl") if '"kind": "eval"' in line]
+    assert len(evals) >= 2 and study.trials[0].value == pytest.approx(max(e["gold"] for e in evals if e["kl_k1"] <= 50))
+    table, values, _ = read_recipe(str(tmp_path / "best.toml"))
+    assert table == "rlhf" and values["policy"] == base and "rlkit rlhf <this file>" in (tmp_path / "best.toml").read_text()
+    assert "within KL <= 50 nats" in (tmp_path / "best.toml").read_text()
+    assert f"rlkit rlhf {tmp_path / 'best.toml'}" in capsys.readouterr().out
+    # the objective's rule, and refusals
+    evaluations = [{"gold": 0.1, "kl_k1": 0.0}, {"gold": 0.9, "kl_k1": 7.0}, {"gold": 0.5, "kl_k1": 3.0}]
+    assert RLHFObjective("gold", 5.0).value(evaluations) == 0.5 and RLHFObjective().value(evaluations) == 0.5
+    assert RLHFObjective("gold", None).value(evaluations[:2]) == 0.9
+    with pytest.raises(ConfigError, match="no 'gold'"):
+        RLHFObjective("gold").value([{"score": 1.0, "kl_k1": 0.0}])
+    with pytest.raises(ConfigError, match="--eval-episodes is for control recipes"):
+        make_setup(str(recipe), [], eval_episodes=3)
+    with pytest.raises(ConfigError, match="are for RLHF recipes"):
+        make_setup("cartpole", [], kl_budget=3.0)
