@@ -419,7 +419,7 @@ def tune(setup: TuneSetup, trials: int, storage: str | None = None, timeout: flo
     finished = [t for t in study.get_trials(deepcopy=False) if counted(t)]
     best_path = best_path or f"{setup.study_name}-best.toml"
     wrote = write_best_recipe(study, setup, best_path, storage)
-    echo(summary_table(study))
+    echo(summary_table(study, value=objective_text(setup) + ", mean over seeds"))
     echo(f"\n{len(finished)} of {trials} trials finished ({ran} run now, {time.time() - start:.0f} s); "
          f"study {setup.study_name!r} in {storage or 'memory'}")
     if interrupted is not None:
@@ -436,7 +436,7 @@ def _non_finite():
     return NonFiniteError
 
 
-def summary_table(study, top: int = 5) -> str:
+def summary_table(study, top: int = 5, value: str = "mean final eval return over seeds") -> str:
     """The ``top`` complete trials by value, then how many were pruned / failed."""
     from optuna.trial import TrialState
 
@@ -453,7 +453,7 @@ def summary_table(study, top: int = 5) -> str:
     states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     lines.append(f"({states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
                  f"{states[TrialState.FAIL]} failed; top {len(complete)} shown)")
-    return "\n".join(["", f"top trials of {study.study_name!r} (mean final eval return over seeds):", *lines])
+    return "\n".join(["", f"top trials of {study.study_name!r} ({value}):", *lines])
 
 
 def _short(value: Any) -> str:
