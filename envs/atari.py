@@ -40,6 +40,8 @@ from gymnasium.vector import AutoresetMode
 
 ATARI_BACKENDS = ("ale_vector", "python")
 MAX_FRAMES_PER_EPISODE = 108_000  # 30 minutes of play at 60 Hz (Machado et al. 2018)
+FRAME_SKIP = 4  # [atari 2]: the agent acts on every 4th frame
+VIDEO_FPS = 60 // FRAME_SKIP  # a recorded frame per agent step plays in real time
 
 
 def _require_ale():
@@ -122,7 +124,7 @@ class ClipReward(gym.RewardWrapper):
         return float(np.sign(reward))
 
 
-def make_atari_env(env_id: str, noop_max: int = 30, frame_skip: int = 4, fire_reset: bool = True,
+def make_atari_env(env_id: str, noop_max: int = 30, frame_skip: int = FRAME_SKIP, fire_reset: bool = True,
                    render_mode: str | None = None, game_wrapper=None) -> gym.Env:
     """One Atari env with the python wrapper stack, innermost first.
 
@@ -221,7 +223,7 @@ def make_atari_vector_env(env_id: str, num_envs: int, backend: str = "ale_vector
 
     envs = AtariVectorEnv(rom_name(env_id), num_envs, num_threads=num_threads, autoreset_mode="SameStep",
                           max_num_frames_per_episode=MAX_FRAMES_PER_EPISODE, repeat_action_probability=0.0,
-                          frameskip=4, maxpool=True, noop_max=noop_max, grayscale=True, stack_num=4,
+                          frameskip=FRAME_SKIP, maxpool=True, noop_max=noop_max, grayscale=True, stack_num=4,
                           img_height=84, img_width=84, episodic_life=False, life_loss_info=True,
                           reward_clipping=False, use_fire_reset=fire_reset)
     return AtariEpisodes(envs)

@@ -36,6 +36,7 @@ from rlkit.envs import (
     normalizes_observations,
     set_normalizer_updates,
 )
+from rlkit.envs.atari import VIDEO_FPS
 from rlkit.envs.observations import ObservationLayout, is_image_space
 from rlkit.envs.sources import resolve_env_id
 from rlkit.fast import flatten_parameters
@@ -111,7 +112,7 @@ def make_eval_envs(cfg: PPOConfig, video_dir: str | None = None, episodes: int =
 
         prepare_rendering(env_id)  # no display: SDL's dummy driver, MuJoCo's EGL / OSMesa, or one line saying what is missing
         env_kwargs["render_mode"] = "rgb_array"
-        fps = 60 // 4 if is_atari_id(env_id) else None  # Atari: one frame per agent step, every 4th of the 60 Hz game
+        fps = VIDEO_FPS if is_atari_id(env_id) else None  # Atari: one frame per agent step
         wrappers = [lambda env: RecordVideo(env, video_dir, episode_trigger=lambda i: i < episodes, fps=fps,
                                             disable_logger=True)]
     if is_atari_id(env_id):

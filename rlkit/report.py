@@ -83,14 +83,19 @@ def bootstrap_ci(scores, statistic=iqm, reps: int = 50_000, confidence: float = 
     return float(low), float(high)
 
 
+def _wins(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """P(X > Y) (ties 1/2) over the last axis of x [..., n] against y [..., m]; leading axes are resamples."""
+    greater = (x[..., :, None] > y[..., None, :]).mean(axis=(-2, -1))
+    ties = (x[..., :, None] == y[..., None, :]).mean(axis=(-2, -1))
+    return greater + 0.5 * ties
+
+
 def probability_of_improvement(x, y) -> float:
     """P(X > Y) for one task, rliable's: the Mann-Whitney U statistic of x over y divided by n m (ties count 1/2)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.size == 0 or y.size == 0:
         raise ValueError("probability of improvement of no scores")
-    greater = (x[:, None] > y[None, :]).mean()
-    ties = (x[:, None] == y[None, :]).mean()
-    return float(greater + 0.5 * ties)
+    return float(_wins(x, y))
 
 
 def improvement_ci(pairs: list[tuple[np.ndarray, np.ndarray]], reps: int = 2000, confidence: float = 0.95,
@@ -102,10 +107,7 @@ def improvement_ci(pairs: list[tuple[np.ndarray, np.ndarray]], reps: int = 2000,
     values = np.zeros(reps)
     for x, y in pairs:
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-        xs = x[rng.integers(0, x.size, size=(reps, x.size))]  # reps x n
-        ys = y[rng.integers(0, y.size, size=(reps, y.size))]  # reps x m
-        values += ((xs[:, :, None] > ys[:, None, :]).mean(axis=(1, 2))
-                   + 0.5 * (xs[:, :, None] == ys[:, None, :]).mean(axis=(1, 2)))
+        values += _wins(x[rng.integers(0, x.size, size=(reps, x.size))], y[rng.integers(0, y.size, size=(reps, y.size))])
     values /= len(pairs)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.percentile(values, [100 * alpha, 100 * (1.0 - alpha)])
