@@ -64,6 +64,7 @@ class RecurrentPPOConfig(PPOConfig):
                [problem for bad, problem in (
                    (not self.shared_network, "shared_network = false (the encoder and LSTM are shared by both heads)"),
                    (self.torch_compile, "torch_compile = true"),
+                   (self.update_backend == "fused", "update_backend = 'fused' (the LSTM's gradient is autograd's)"),
                    (self.network not in ("auto", "mlp"), f"network = {self.network!r} (its encoder is one tanh layer)"),
                ) if bad], "remove these keys or use the feed-forward [ppo] table")
         if self.lstm_hidden_size <= 0:

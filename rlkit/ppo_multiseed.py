@@ -38,7 +38,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from rlkit.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_checkpoint
 from rlkit.envs import normalizer_state
-from rlkit.fast import NumpyStaging, stacked_mlp_forward
+from rlkit.fast import EpochRows, FusedMLPLoss, NumpyStaging, stacked_mlp_forward
 from rlkit.logger import RunLogger
 from rlkit.networks import resolve_network
 from rlkit.ppo import (
@@ -64,6 +64,7 @@ from rlkit.ppo import (
     refuse,
     resolve_device,
     restore_training_state,
+    use_fused_update,
 )
 from rlkit.runtime import Callback, Lifecycle, check_finite, default_run_name, linear_lr, open_run_folder
 
@@ -192,8 +193,15 @@ class BatchedSeedLearner(Learner):
 
         self.batched_loss = vmap(seed_loss)
         self.unmasked_loss = vmap(seed_loss, in_dims=(0, 0, 0, 0, None, 0, 0, 0, 0))
+        # update_backend: all seeds' gradients by hand, as one chain of batched matmuls (rlkit.fast.FusedMLPLoss)
+        self.fused = FusedMLPLoss(template, params, cfg) if use_fused_update(cfg, template) else None
+        self.rows = EpochRows()
+        self.backend = "fused" if self.fused else "autograd"
 
-    def minibatches(self, batch: Batch) -> list[tuple[Tensor, Tensor]]:
+    def minibatches(self, batch: Batch) -> list:
+        return self.index_minibatches(batch) if self.fused is None else self.fused_minibatches(batch)
+
+    def index_minibatches(self, batch: Batch) -> list[tuple[Tensor, Tensor]]:
         size = batch.log_probs.shape[1]
         order = torch.stack([torch.randperm(size, generator=g) for g in self.generators]).to(self.seed_index.device)
         return [(self.seed_index, order[:, s : s + self.cfg.minibatch_size]) for s in range(0, size, self.cfg.minibatch_size)]
@@ -207,6 +215,18 @@ class BatchedSeedLearner(Learner):
         # seeds share no parameters: the sum's gradient is each seed's own
         return losses.sum(), pg_loss, v_loss, entropy, {"approx_kl": approx_kl, "clipfrac": clipfrac,
                                                           "max_ratio_error": ratio_error}
+
+    def fused_minibatches(self, batch: Batch) -> list[tuple[int, int]]:
+        """The same minibatches, gathered once per epoch; each is then a slice of rows (rlkit.fast.EpochRows)."""
+        chunks = self.index_minibatches(batch)
+        self.rows.gather(batch, torch.cat([order for _, order in chunks], 1), self.seed_index)
+        size = chunks[0][1].shape[1]
+        return [(i * size, (i + 1) * size) for i in range(len(chunks))]
+
+    def loss_and_gradients(self, batch: Batch, mb):
+        if self.fused is None:
+            return super().loss_and_gradients(batch, mb)
+        return self.fused(*self.rows.minibatch(*mb, batch.action_masks))
 
     def clip_gradients(self, max_norm: float) -> Tensor:
         return clip_per_seed(self.params, max_norm)  # [core 11], per seed
@@ -368,7 +388,8 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
         last = lifecycle.last_checkpoint
         results.append(TrainResult(loggers[i].run_dir, episodes[i].returns, episodes[i].lengths, episodes[i].steps,
                                    per_seed_stats[i], cursor.global_step, wall_time, agent, normalizers[i],
-                                   lifecycle.interrupted, last and os.path.join(run_dirs[i], "checkpoints", os.path.basename(last))))
+                                   lifecycle.interrupted, last and os.path.join(run_dirs[i], "checkpoints", os.path.basename(last)),
+                                   update_backend=learner.backend))
         if lifecycle.interrupted is None:
             loggers[i].summary({**results[-1].summary(c), "batched_seeds": seeds})
     for folder in folders:

@@ -43,6 +43,38 @@ def test_a_sign_flipped_policy_gradient_is_caught_by_the_action_probe(monkeypatc
     assert not run_probe("ActionDependentReward", False).passed
 
 
+@pytest.mark.parametrize("continuous", [False, True])
+def test_a_sign_flipped_fused_gradient_is_caught_by_the_action_probe(monkeypatch, continuous):
+    # The default update is the fused one (update_backend auto): the probes must catch a fault in it too.
+    import rlkit.fast
+
+    real = rlkit.fast.FusedMLPLoss._loss_and_gradients
+
+    def flipped(self, obs, actions, action_mask, old_log_prob, advantages, *rest):
+        return real(self, obs, actions, action_mask, old_log_prob, -advantages, *rest)
+
+    assert run_probe("ActionDependentReward", continuous).passed
+    monkeypatch.setattr(rlkit.fast.FusedMLPLoss, "_loss_and_gradients", flipped)
+    assert not run_probe("ActionDependentReward", continuous).passed
+
+
+def test_a_replaced_loss_function_is_what_trains_not_the_fused_update():
+    from rlkit.ppo import PPOConfig, make_agent, use_fused_update
+
+    import gymnasium as gym
+
+    agent = make_agent(PPOConfig(), gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2))
+    assert use_fused_update(PPOConfig(), agent)
+    real = rlkit.ppo.clipped_value_loss
+    try:
+        rlkit.ppo.clipped_value_loss = lambda *a, **k: real(*a, **k)
+        assert not use_fused_update(PPOConfig(), agent)
+        with pytest.raises(ValueError, match="replaced rlkit.ppo.clipped_value_loss"):
+            use_fused_update(PPOConfig(update_backend="fused"), agent)
+    finally:
+        rlkit.ppo.clipped_value_loss = real
+
+
 def test_unknown_probe_name_is_refused():
     with pytest.raises(ValueError, match="unknown probe"):
         run_probe_suite(only=["NoSuchProbe"])

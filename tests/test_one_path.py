@@ -64,6 +64,8 @@ def honoured(setting: str, result, tmp_path) -> bool:
         "checkpoint_interval": lambda: len(list_checkpoints(result.run_dir)) == 3,
         "normalize_obs": lambda: "obs.mean" in result.normalizer,
         "update_epochs": lambda: result.last_update["epochs"] == 3,
+        "fused_update": lambda: result.update_backend == "fused",
+        "autograd_update": lambda: result.update_backend == "autograd",
     }[setting]()
 
 
@@ -78,18 +80,21 @@ SETTINGS = {
     "update_epochs": dict(update_epochs=3),
     "torch_compile": dict(torch_compile=True),
     "nature_cnn": dict(network="nature_cnn"),
+    "fused_update": dict(update_backend="fused"),
+    "autograd_update": dict(update_backend="autograd"),
 }
 # works: the setting is honoured (checked); refused: a ValueError naming the key and the variant.
 # "elsewhere": works, and is checked by a test of its own (compiling or an image env is slow here).
 EXPECTED = {
     "ppo": {"torch_compile": "elsewhere", "nature_cnn": "elsewhere"},
-    "ppo_lstm": {"separate_networks": "refused", "torch_compile": "refused", "nature_cnn": "refused"},
+    "ppo_lstm": {"separate_networks": "refused", "torch_compile": "refused", "nature_cnn": "refused",
+                 "fused_update": "refused"},
     "batched": {"target_kl": "refused", "multidiscrete": "refused", "torch_compile": "refused", "nature_cnn": "refused"},
 }
 ELSEWHERE = {("ppo", "torch_compile"): "test_ppo_agent.py::test_torch_compile_gives_the_same_update_up_to_float_rounding",
              ("ppo", "nature_cnn"): "test_atari.py (Nature CNN agent on Atari frames)"}
 KEY = {"action_masks": "mask", "multidiscrete": "MultiDiscrete", "separate_networks": "shared_network",
-       "nature_cnn": "network"}
+       "nature_cnn": "network", "fused_update": "update_backend"}
 VARIANT_NAME = {"ppo_lstm": "recurrent", "batched": "batched"}
 
 
