@@ -84,15 +84,16 @@ def run_sb3(env_id: str, steps: int, threads: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def run_raw(env_id: str, steps: int, threads: int) -> float:
+def run_raw(env_id: str, steps: int, threads: int, num_envs: int = 1) -> float:
+    """rlkit's vector env and wrappers alone (``steps`` counts every env's steps)."""
     from rlkit.envs import make_vector_env
 
-    envs = make_vector_env(env_id, 1, normalize_obs=True, normalize_reward=True)
+    envs = make_vector_env(env_id, num_envs, normalize_obs=True, normalize_reward=True)
     envs.reset(seed=1)
     envs.action_space.seed(1)
     actions = [envs.action_space.sample() for _ in range(1000)]  # drawn beforehand: the floor is the env's cost
     start = time.perf_counter()
-    for i in range(steps):
+    for i in range(steps // num_envs):
         envs.step(actions[i % 1000])
     return steps / (time.perf_counter() - start)
 
