@@ -3,7 +3,8 @@
 Published PPO scores such as RL-Zoo's are deterministic evaluations of trained agents, while
 `rlkit report`'s score is the stochastic policy's training return; this puts the comparable
 number beside it.  Each seed's final agent runs `rlkit eval --deterministic` (its saved
-observation-normaliser statistics frozen); writes OUT/deterministic_eval.csv (one row per seed)
+observation-normaliser statistics frozen); writes OUT/deterministic_eval.csv (one row per seed; rows of
+envs not evaluated this time are kept)
 and prints, per env, the mean and std over seeds.
 
     python benchmarks/deterministic_eval.py bench_runs/mujoco5 --episodes 10
@@ -48,12 +49,17 @@ def main() -> None:
                      "std": statistics.pstdev(returns)})
         print(f"[{i}/{len(runs)}] {env_id} seed {seed}: {rows[-1]['mean']:.1f} ± {rows[-1]['std']:.1f}", flush=True)
     path = os.path.join(args.out, "deterministic_eval.csv")
+    if os.path.isfile(path):  # keep the rows of envs not evaluated this time
+        evaluated = {r["env_id"] for r in rows}
+        with open(path) as f:
+            kept = [r for r in csv.DictReader(f) if r["env_id"] not in evaluated]
+        rows = sorted(kept + rows, key=lambda r: (r["env_id"], int(r["seed"])))
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     for env_id in sorted({r["env_id"] for r in rows}):
-        means = [r["mean"] for r in rows if r["env_id"] == env_id]
+        means = [float(r["mean"]) for r in rows if r["env_id"] == env_id]
         print(f"{env_id}: {statistics.mean(means):.1f} ± {statistics.pstdev(means):.1f} over {len(means)} seeds")
     print(f"wrote {path}")
 
