@@ -300,8 +300,10 @@ class EpochRows:
     def __init__(self):
         self.packed, self.source, self.rows, self.order = None, None, None, None
 
-    def gather(self, batch, order: Tensor, seed_index: Tensor | None = None) -> None:
-        """``order``: this epoch's sample permutation ([N], or [seeds, N] with ``seed_index`` [seeds, 1])."""
+    def gather(self, batch, chunks: list[Tensor], seed_index: Tensor | None = None) -> list[tuple[int, int]]:
+        """``chunks``: this epoch's minibatches as sample indices ([n] each, or [seeds, n] with ``seed_index``
+        [seeds, 1]); gathers them in order and returns each minibatch's (start, stop) rows."""
+        order = torch.cat(chunks, -1)
         if self.source is not batch:
             columns = [batch.obs, batch.actions if batch.actions.dim() > batch.log_probs.dim() else batch.actions.unsqueeze(-1),
                        *(t.unsqueeze(-1) for t in (batch.log_probs, batch.advantages, batch.returns, batch.values))]
@@ -311,6 +313,8 @@ class EpochRows:
             self.source = batch
         self.rows = self.packed[order] if seed_index is None else self.packed[seed_index, order]
         self.order, self.seed_index = order, seed_index
+        stops = torch.tensor([c.shape[-1] for c in chunks]).cumsum(0).tolist()
+        return list(zip([0, *stops[:-1]], stops))
 
     def minibatch(self, start: int, stop: int, action_masks: Tensor | None):
         """(obs, actions, masks, old log-probs, advantages, returns, old values) of rows start:stop."""

@@ -900,9 +900,7 @@ class FusedLearner(Learner):
 
     def minibatches(self, batch: Batch) -> list[tuple[int, int]]:
         """The plain learner's minibatches, gathered once per epoch; each minibatch is then a slice of rows."""
-        chunks = super().minibatches(batch)
-        self.rows.gather(batch, torch.cat(chunks))
-        return [(i * len(chunks[0]), (i + 1) * len(chunks[0])) for i in range(len(chunks))]
+        return self.rows.gather(batch, super().minibatches(batch))
 
     def loss_and_gradients(self, batch: Batch, mb: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         return self.fused(*self.rows.minibatch(*mb, batch.action_masks))

@@ -218,10 +218,7 @@ class BatchedSeedLearner(Learner):
 
     def fused_minibatches(self, batch: Batch) -> list[tuple[int, int]]:
         """The same minibatches, gathered once per epoch; each is then a slice of rows (rlkit.fast.EpochRows)."""
-        chunks = self.index_minibatches(batch)
-        self.rows.gather(batch, torch.cat([order for _, order in chunks], 1), self.seed_index)
-        size = chunks[0][1].shape[1]
-        return [(i * size, (i + 1) * size) for i in range(len(chunks))]
+        return self.rows.gather(batch, [order for _, order in self.index_minibatches(batch)], self.seed_index)
 
     def loss_and_gradients(self, batch: Batch, mb):
         if self.fused is None:
