@@ -109,13 +109,14 @@ def async_worker_ignoring_sigint(index, env_fn, pipe, parent_pipe, shared_memory
 
 def clip_actions_to_bounds(envs: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
     """Clip each batch of Box actions to the bounds; the agent may then sample anywhere (the action
-    space becomes +-inf, as with gymnasium's ClipAction).  One np.clip over the batch: gymnasium's
-    vector ClipAction clips env by env and stacks the results again, ~10 µs more per step."""
+    space becomes +-inf, as with gymnasium's ClipAction).  One clip over the batch: gymnasium's
+    vector ClipAction clips env by env and stacks the results again, ~10 µs more per step; and
+    np.minimum(np.maximum()) is np.clip's definition without its ~1.5 µs of Python dispatch."""
     single = envs.single_action_space
     low, high = single.low, single.high
     unbounded = gym.spaces.Box(-np.inf, np.inf, shape=single.shape, dtype=single.dtype)
     return gym.wrappers.vector.TransformAction(
-        envs, lambda actions: np.clip(actions, low, high),
+        envs, lambda actions: np.minimum(np.maximum(actions, low), high),
         action_space=gym.vector.utils.batch_space(unbounded, envs.num_envs), single_action_space=unbounded,
     )
 

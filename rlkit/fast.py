@@ -10,6 +10,8 @@ benchmark justifies it; each has a plain equivalent that a test holds it against
   benchmarks/sps_vs_sb3.py).
 - :func:`stacked_mlp_forward`: the batched-seed rollout's forward as one batched matmul per layer
   instead of vmap (benchmarks/multiseed.py).
+- :class:`FusedPolicyStep`: the MLP agent's rollout step with actor and critic stacked
+  (config ``update_backend``; benchmarks/policy_step.py).
 - :class:`NumpyStaging`: the rollout's rewards and dones written into numpy per step and moved
   to torch once per rollout (benchmarks/sps_vs_revision.py).
 """
@@ -104,6 +106,87 @@ def stacked_mlp_forward(template: nn.Module, params: dict[str, Tensor], obs: Ten
         hidden = run("torso", template.torso, obs)
         return linear("actor_head", hidden), linear("critic_head", hidden).squeeze(-1)
     return run("actor", template.actor, obs), run("critic", template.critic, obs).squeeze(-1)
+
+
+class FusedPolicyStep:
+    """rlkit.ppo.Agent's rollout step (sample an action, score it, value the state) in ~half the ops.
+
+    Why: at one env a policy step is ~25 small ops, each a dispatch costing more than its math; with
+    the actor's and critic's layers stacked side by side each layer pair is one batched matmul, and
+    the log-prob of a Normal sample is read off its noise (benchmarks/policy_step.py).  The draws
+    from torch's generator are the plain step's (``randn_like`` of the mean, ``multinomial`` of the
+    probabilities), so a seed samples the same noise; actions, log-probs and values agree with
+    ``agent.get_action_and_value`` to float32 rounding (tests/test_fused_update.py).
+
+    ``params``: the agent's parameters (default), or all seeds' stacked along a leading dimension
+    (batched seeds: :meth:`forward` and :meth:`normal_sample` then work on [seeds, envs, ...]).  The
+    stacked weights are copies: :meth:`refresh` re-reads them after every update (RolloutPolicy.begin).
+    """
+
+    def __init__(self, agent: nn.Module, params: dict[str, Tensor] | None = None):
+        self.agent, self.seeds = agent, params is not None
+        self.params = params if params is not None else dict(agent.named_parameters())
+        self.refresh()
+
+    def refresh(self) -> None:
+        agent = self.agent
+        with torch.no_grad():
+            p = {k: v.detach() if self.seeds else v.detach().unsqueeze(0) for k, v in self.params.items()}  # [n, ...]
+            weight_t = lambda name: p[f"{name}.weight"].transpose(1, 2)  # noqa: E731  [n, in, out]
+            bias_row = lambda name: p[f"{name}.bias"].unsqueeze(1)  # noqa: E731  [n, 1, out]
+            if agent.shared:  # one torso; the two heads as one [A + 1]-wide layer
+                self.layers = [(weight_t(f"torso.{i}").contiguous(), bias_row(f"torso.{i}"))
+                               for i in _linear_indices(agent.torso)]
+                self.head = (torch.cat([weight_t("actor_head"), weight_t("critic_head")], 2).contiguous(),
+                             torch.cat([bias_row("actor_head"), bias_row("critic_head")], 2))
+            else:  # actor and critic side by side, [2n, in, out] per layer; the critic's 1-wide head padded to A
+                actor = [f"actor.{i}" for i in _linear_indices(agent.actor)]
+                critic = [f"critic.{i}" for i in _linear_indices(agent.critic)]
+                self.layers = [(torch.cat([weight_t(a), weight_t(c)]).contiguous(), torch.cat([bias_row(a), bias_row(c)]))
+                               for a, c in zip(actor[:-1], critic[:-1])]
+                a, c = weight_t(actor[-1]), weight_t(critic[-1])
+                weight = torch.cat([a, torch.zeros_like(a)])
+                weight[len(a):, :, :1] = c
+                a_bias = bias_row(actor[-1])
+                bias = torch.cat([a_bias, torch.zeros_like(a_bias)])
+                bias[len(a):, :, :1] = bias_row(critic[-1])
+                self.head = (weight, bias)
+            if agent.continuous:
+                log_std = p["actor_logstd"]  # [n, 1, A]
+                self.std = log_std.exp()
+                # log N(a; mean, std) = -0.5 z^2 - log std - 0.5 log(2 pi), z the noise, summed over dims
+                self.log_prob_offset = -(log_std + _HALF_LOG_2PI).sum(-1)  # [n, 1]
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """obs [n, E, obs_dim] -> (policy out [n, E, A], value [n, E])."""
+        if self.agent.shared:
+            x = obs
+            for weight, bias in self.layers:
+                x = torch.tanh(torch.baddbmm(bias, x, weight))
+            out = torch.baddbmm(self.head[1], x, self.head[0])
+            return out[..., :-1], out[..., -1]
+        n = obs.shape[0]
+        x = obs.expand(2, *obs.shape).reshape(2 * n, *obs.shape[1:])  # a view for one seed
+        for weight, bias in self.layers:
+            x = torch.tanh(torch.baddbmm(bias, x, weight))
+        out = torch.baddbmm(self.head[1], x, self.head[0])
+        return out[:n], out[n:, :, 0]
+
+    def normal_sample(self, policy_out: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """(action, log-prob) of mean + std * noise, all [n, E, ...]."""
+        action = policy_out + self.std * noise
+        return action, torch.sub(self.log_prob_offset, (noise * noise).sum(-1), alpha=0.5)
+
+    def __call__(self, obs: Tensor, action_mask: Tensor | None = None) -> tuple[Tensor, Tensor, None, Tensor]:
+        """(action, log-prob, None, value), as ``agent.get_action_and_value(obs)`` returns them (no entropy)."""
+        from rlkit.ppo import categorical_sample_and_score
+
+        policy_out, value = self.forward(obs.unsqueeze(0))
+        if not self.agent.continuous:
+            action, log_prob, _ = categorical_sample_and_score(policy_out[0], None, None, False, action_mask)
+            return action, log_prob, None, value[0]
+        action, log_prob = self.normal_sample(policy_out, torch.randn(policy_out.shape[1:], device=obs.device))
+        return action[0], log_prob[0], None, value[0]
 
 
 class NumpyStaging:

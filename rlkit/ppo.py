@@ -56,6 +56,7 @@ from rlkit.envs.sources import resolve_env_id
 from rlkit.fast import (
     EpochRows,
     FusedMLPLoss,
+    FusedPolicyStep,
     NumpyStaging,
     compiled,
     compiled_policy_step,
@@ -720,6 +721,17 @@ class RolloutPolicy:
         """Restore :meth:`state_tensors`; None: the envs were reset, start fresh."""
 
 
+class FusedRolloutPolicy(RolloutPolicy):
+    """The feed-forward policy acting through rlkit.fast.FusedPolicyStep (``update_backend`` auto / fused):
+    the same samples to float32 rounding, in about half the ops per env step."""
+
+    def __init__(self, agent: ActorCriticBase):
+        super().__init__(agent, FusedPolicyStep(agent))
+
+    def begin(self) -> None:
+        self.step.refresh()  # the weights the last update left
+
+
 @dataclass
 class EnvCursor:
     """Where the vector envs stand between rollouts: the next observation and action mask, the step count."""
@@ -984,7 +996,9 @@ class FeedForward:
         return type(agent) is Agent
 
     def rollout_policy(self, agent: ActorCriticBase, cfg: PPOConfig, num_envs: int) -> RolloutPolicy:
-        return RolloutPolicy(agent, compiled_policy_step(agent) if cfg.torch_compile else None)
+        if cfg.torch_compile:
+            return RolloutPolicy(agent, compiled_policy_step(agent))
+        return FusedRolloutPolicy(agent) if use_fused_update(cfg, agent) else RolloutPolicy(agent)
 
     def learner(self, agent: ActorCriticBase, optimizer, cfg: PPOConfig, generator: torch.Generator,
                 policy: RolloutPolicy) -> Learner:

@@ -38,7 +38,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from rlkit.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_checkpoint
 from rlkit.envs import normalizer_state
-from rlkit.fast import EpochRows, FusedMLPLoss, NumpyStaging, stacked_mlp_forward
+from rlkit.fast import EpochRows, FusedMLPLoss, FusedPolicyStep, NumpyStaging, stacked_mlp_forward
 from rlkit.logger import RunLogger
 from rlkit.networks import resolve_network
 from rlkit.ppo import (
@@ -137,21 +137,35 @@ class SeedStackedEnvs:
 class BatchedSeedPolicy(RolloutPolicy):
     """Acts for all seeds at once: one stacked forward, then each seed samples from its own generator."""
 
-    def __init__(self, template, params: dict, buffers: dict, generators: list[torch.Generator], per_seed: int):
+    def __init__(self, template, params: dict, buffers: dict, generators: list[torch.Generator], per_seed: int,
+                 fused: bool = False):
         self.template, self.params, self.buffers, self.generators, self.per_seed = template, params, buffers, generators, per_seed
         self.n = len(generators)
+        # update_backend auto / fused: all seeds' actors and critics as one chain of batched matmuls
+        self.fused = FusedPolicyStep(template, params) if fused else None
+
+    def begin(self) -> None:
+        if self.fused is not None:
+            self.fused.refresh()  # the weights the last update left
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """(policy out [n, E, A], value [n, E]) of observations [n, E, obs_dim]."""
+        return stacked_mlp_forward(self.template, self.params, obs) if self.fused is None else self.fused.forward(obs)
 
     def seed_view(self, x: Tensor) -> Tensor:  # [n * E, ...] -> [n, E, ...]
         return x.reshape(self.n, self.per_seed, *x.shape[1:])
 
     def act(self, obs: Tensor, action_mask: Tensor | None, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        policy_out, value = stacked_mlp_forward(self.template, self.params, self.seed_view(obs))
+        policy_out, value = self.forward(self.seed_view(obs))
         mask = None if action_mask is None else self.seed_view(action_mask)
         if self.template.continuous:
             # the draw rlkit.ppo.train makes from torch's global generator, here from the seed's own
             noise = torch.stack([torch.randn(policy_out.shape[1:], generator=g, device=obs.device) for g in self.generators])
-            action = policy_out if deterministic else policy_out + self.params["actor_logstd"].exp() * noise
-            _, log_prob, _ = normal_sample_and_score(policy_out, self.params["actor_logstd"], action)
+            if self.fused is not None and not deterministic:
+                action, log_prob = self.fused.normal_sample(policy_out, noise)
+            else:
+                action = policy_out if deterministic else policy_out + self.params["actor_logstd"].exp() * noise
+                _, log_prob, _ = normal_sample_and_score(policy_out, self.params["actor_logstd"], action)
         else:
             logits = policy_out if mask is None else policy_out.masked_fill(~mask, torch.finfo(policy_out.dtype).min)
             probs = torch.log_softmax(logits, dim=-1).exp()
@@ -170,7 +184,7 @@ class BatchedSeedPolicy(RolloutPolicy):
         return values
 
     def bootstrap_value(self, obs: Tensor) -> Tensor:
-        return stacked_mlp_forward(self.template, self.params, self.seed_view(obs))[1].reshape(-1)
+        return self.forward(self.seed_view(obs))[1].reshape(-1)
 
 
 class BatchedSeedLearner(Learner):
@@ -318,7 +332,7 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
                        dtype=torch.bool, device=device) if masked else None, cursors[0].global_step)
     rollout = Rollout.allocate(cfg.num_steps, envs.num_envs, envs.single_observation_space.shape, template, device, masked)
     staging = NumpyStaging(cfg.num_steps, envs.num_envs)
-    policy = BatchedSeedPolicy(template, params, buffers, sample_generators, cfg.num_envs)
+    policy = BatchedSeedPolicy(template, params, buffers, sample_generators, cfg.num_envs, use_fused_update(cfg, template))
     learner = BatchedSeedLearner(template, params, buffers, optimizer, cfg, shuffle_generators)
 
     loggers = [RunLogger(d, {**c.to_dict(), "batched_seeds": seeds}, enabled=log, progress=progress and i == 0,

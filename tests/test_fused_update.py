@@ -1,6 +1,7 @@
 """The fused update (rlkit.fast.FusedMLPLoss, config update_backend) is the autograd update to float32
 rounding: the same losses, statistics and gradients on every agent shape it takes, one seed or stacked
-seeds, and the same training; it is refused by name where it cannot apply."""
+seeds, and the same training; it is refused by name where it cannot apply.  The fused rollout step
+(rlkit.fast.FusedPolicyStep) draws the same samples as agent.get_action_and_value."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import pytest
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from rlkit.fast import FusedMLPLoss, fused_update_support
+from rlkit.fast import FusedMLPLoss, FusedPolicyStep, fused_update_support
 from rlkit.ppo import (
     Batch,
+    FeedForward,
     FusedLearner,
+    FusedRolloutPolicy,
     Learner,
     PPOConfig,
     categorical_sample_and_score,
@@ -176,3 +179,103 @@ def test_fused_is_refused_by_name_where_it_cannot_apply():
         train(cfg, log=False, progress=False)
     with pytest.raises(ValueError, match="update_backend must be one of"):
         PPOConfig(update_backend="fast").validate()
+
+
+POLICY_STEP_TOL = 1e-5
+"""Stated tolerance of the fused policy step: actions, log-probs and values within 1e-5 (absolute and relative) of
+agent.get_action_and_value's with the same generator state (seen: <= 1.2e-6 with perturbed weights); Discrete
+actions identical.  The actor's and critic's matmuls are stacked (another summation order) and a Normal sample's
+log-prob is read off its noise."""
+
+
+@pytest.mark.parametrize("kind", ["box", "box1", "discrete", "masked"])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("envs", [1, 8])
+def test_fused_policy_step_draws_the_plain_steps_samples(kind, shared, envs):
+    action_space = {"box": gym.spaces.Box(-1.0, 1.0, (3,)), "box1": gym.spaces.Box(-2.0, 2.0, (1,))}.get(
+        kind, gym.spaces.Discrete(4))
+    torch.manual_seed(0)
+    agent = make_agent(PPOConfig(shared_network=shared, hidden_size=32).validate(), spaces("box")[0], action_space)
+    with torch.no_grad():  # off the initialisation (0.01-gain heads), so every layer matters
+        for p in agent.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    step = FusedPolicyStep(agent)
+    obs = torch.randn(envs, OBS)
+    mask = None
+    if kind == "masked":
+        mask = torch.rand(envs, 4) > 0.5
+        mask[:, 1] = True
+    for repeat in range(3):
+        with torch.inference_mode():
+            torch.manual_seed(repeat)
+            action, log_prob, _, value = agent.get_action_and_value(obs, action_mask=mask)
+            after_plain = torch.random.get_rng_state()
+            torch.manual_seed(repeat)
+            fused_action, fused_log_prob, _, fused_value = step(obs, mask)
+        assert torch.equal(torch.random.get_rng_state(), after_plain)  # the same draws from the same generator
+        if agent.continuous:
+            torch.testing.assert_close(fused_action, action, rtol=POLICY_STEP_TOL, atol=POLICY_STEP_TOL)
+        else:
+            assert torch.equal(fused_action, action)
+        torch.testing.assert_close(fused_log_prob, log_prob, rtol=POLICY_STEP_TOL, atol=POLICY_STEP_TOL)
+        torch.testing.assert_close(fused_value, value, rtol=POLICY_STEP_TOL, atol=POLICY_STEP_TOL)
+
+
+def test_fused_policy_step_acts_with_the_weights_of_the_last_update():
+    """Its stacked weights are copies: the rollout policy re-reads them before every rollout."""
+    cfg = PPOConfig(hidden_size=16).validate()
+    torch.manual_seed(0)
+    agent = make_agent(cfg, *spaces("box"))
+    policy = FeedForward().rollout_policy(agent, cfg, 1)
+    assert isinstance(policy, FusedRolloutPolicy)
+    obs = torch.randn(2, OBS)
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.add_(0.5)
+    with torch.inference_mode():
+        stale = policy.act(obs, None)[2]
+    policy.begin()
+    with torch.inference_mode():
+        fresh = policy.act(obs, None)[2]
+        torch.testing.assert_close(fresh, agent.get_value(obs), rtol=POLICY_STEP_TOL, atol=POLICY_STEP_TOL)
+    assert not torch.allclose(stale, fresh)
+    autograd = PPOConfig(hidden_size=16, update_backend="autograd").validate()
+    assert type(FeedForward().rollout_policy(agent, autograd, 1)) is not FusedRolloutPolicy
+
+
+@pytest.mark.parametrize("kind", ["box", "discrete"])
+@pytest.mark.parametrize("shared", [False, True])
+def test_batched_seed_fused_policy_acts_as_each_seeds_own_agent(kind, shared):
+    """All seeds' actors and critics in one chain: each seed's slice samples and scores as that seed's agent."""
+    import copy
+
+    from torch.func import stack_module_state
+
+    from rlkit.ppo_multiseed import BatchedSeedPolicy
+
+    cfg = PPOConfig(shared_network=shared, hidden_size=16).validate()
+    seeds, per_seed = 3, 2
+    agents = []
+    for s in range(seeds):
+        torch.manual_seed(s)
+        agent = make_agent(cfg, *spaces(kind))
+        with torch.no_grad():
+            for p in agent.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        agents.append(agent)
+    params, buffers = stack_module_state(agents)
+    template = copy.deepcopy(agents[0]).to("meta")
+    policies = [BatchedSeedPolicy(template, params, buffers, [torch.Generator().manual_seed(10 + s) for s in range(seeds)],
+                                  per_seed, fused=fused) for fused in (False, True)]
+    obs = torch.randn(seeds * per_seed, OBS)
+    for policy in policies:
+        policy.begin()
+    with torch.inference_mode():
+        for _ in range(2):
+            plain, fused = (policy.act(obs, None) for policy in policies)
+            for a, b in zip(plain, fused):
+                torch.testing.assert_close(b, a, rtol=POLICY_STEP_TOL, atol=POLICY_STEP_TOL)
+            for s, agent in enumerate(agents):  # the value of each seed's envs is its own critic's
+                rows = slice(s * per_seed, (s + 1) * per_seed)
+                torch.testing.assert_close(fused[2][rows], agent.get_value(obs[rows]), rtol=POLICY_STEP_TOL,
+                                           atol=POLICY_STEP_TOL)
