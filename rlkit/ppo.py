@@ -165,9 +165,11 @@ class PPOConfig:
     torch_compile: bool = False
     """compile the rollout's policy step and, with the autograd update, the minibatch loss with its backward with torch.compile (one-off compile time; see benchmarks)"""
     update_backend: str = "auto"
-    """how a minibatch's gradient is computed: autograd (minibatch_loss + loss.backward(), the readable path), fused (the
-    tanh MLP agent's loss and gradient written by hand in rlkit.fast.FusedMLPLoss: the same math to float rounding,
-    ~3x fewer ops; MLP agent with Box or Discrete actions only) or auto (fused where it applies and torch_compile is off)"""
+    """how a minibatch's gradient and the rollout's policy step are computed: autograd (minibatch_loss + loss.backward()
+    and agent.get_action_and_value, the readable path), fused (the tanh MLP agent's loss and gradient written by hand in
+    rlkit.fast.FusedMLPLoss, its policy step with actor and critic stacked in rlkit.fast.FusedPolicyStep: the same math
+    and the same random draws to float rounding, ~2x fewer ops; MLP agent with Box or Discrete actions only) or auto
+    (fused where it applies and torch_compile is off)"""
     run_dir: str = "runs"
     """parent folder of the run folder"""
     exp_name: str = "ppo"
