@@ -22,6 +22,8 @@ PROBE_GAMMA = 0.5
 
 VALUE_TOLERANCE = 0.1
 POLICY_TOLERANCE = 0.1
+RATIO_TOLERANCE = 1e-4
+"""float32 rounding of the two log-prob computations is ~1e-6; a real mismatch is orders of magnitude larger"""
 
 PROBE_CONFIG = PPOConfig(
     total_timesteps=12_288,
@@ -112,7 +114,14 @@ def run_probe(name: str, continuous: bool, seed: int = 1, shared_network: bool =
         checks = _policy_checks(agent, name, continuous)
     else:
         checks = _value_checks(agent, name)
-    return ProbeResult(name, continuous, checks, time.time() - start)
+    return ProbeResult(name, continuous, checks + [_ratio_check(result)], time.time() - start)
+
+
+def _ratio_check(result) -> Check:
+    """Before the first gradient step of an update the new policy IS the rollout's, so every ratio is 1: an error
+    here means the rollout (the fused policy step included) and the update score actions differently."""
+    return Check("first-minibatch |ratio - 1| (rollout vs update log-probs)",
+                 float(result.last_update["first_ratio_error"]), 0.0, RATIO_TOLERANCE)
 
 
 def _probability(agent, obs: float, index: int, mask=None, nvec_slice: slice | None = None) -> float:

@@ -58,6 +58,30 @@ def test_a_sign_flipped_fused_gradient_is_caught_by_the_action_probe(monkeypatch
     assert not run_probe("ActionDependentReward", continuous).passed
 
 
+@pytest.mark.parametrize("fault", ["log_prob", "stale_weights"])
+def test_a_fault_in_the_fused_policy_step_is_caught_by_the_ratio_check(monkeypatch, fault):
+    # The rollout's default step is rlkit.fast.FusedPolicyStep: a log-prob it computes differently from the
+    # update, or weights it forgets to re-read after an update, make the first minibatch's ratio differ from 1.
+    import rlkit.fast
+
+    healthy = run_probe("ActionDependentReward", True)
+    assert healthy.passed and healthy.checks[-1].learned < 1e-5
+    if fault == "log_prob":
+        real = rlkit.fast.FusedPolicyStep.normal_sample
+        monkeypatch.setattr(rlkit.fast.FusedPolicyStep, "normal_sample",
+                            lambda self, out, noise: (real(self, out, noise)[0], real(self, out, noise)[1] + 0.01))
+    else:
+        real = rlkit.fast.FusedPolicyStep.refresh
+
+        def first_time_only(self):
+            if not hasattr(self, "layers"):
+                real(self)
+
+        monkeypatch.setattr(rlkit.fast.FusedPolicyStep, "refresh", first_time_only)
+    broken = run_probe("ActionDependentReward", True)
+    assert not broken.passed and not broken.checks[-1].passed, broken.checks[-1]
+
+
 def test_a_replaced_loss_function_is_what_trains_not_the_fused_update():
     from rlkit.ppo import PPOConfig, make_agent, use_fused_update
 
