@@ -58,6 +58,7 @@ from rlkit.fast import (
     FusedMLPLoss,
     FusedPolicyStep,
     NumpyStaging,
+    clip_grad_norm,
     compiled,
     compiled_policy_step,
     flatten_parameters,
@@ -898,7 +899,7 @@ class Learner:
 
     def clip_gradients(self, max_norm: float) -> Tensor:
         """Global gradient-norm clip [core 11]; returns the norm before clipping."""
-        return nn.utils.clip_grad_norm_(self.parameters, max_norm)
+        return clip_grad_norm(self.parameters, max_norm)  # nn.utils.clip_grad_norm_, written out for one flat tensor
 
 
 class FusedLearner(Learner):

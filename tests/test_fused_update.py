@@ -279,3 +279,15 @@ def test_batched_seed_fused_policy_acts_as_each_seeds_own_agent(kind, shared):
                 rows = slice(s * per_seed, (s + 1) * per_seed)
                 torch.testing.assert_close(fused[2][rows], agent.get_value(obs[rows]), rtol=POLICY_STEP_TOL,
                                            atol=POLICY_STEP_TOL)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_the_written_out_gradient_clip_is_torchs_bit_for_bit(scale):
+    from rlkit.fast import clip_grad_norm
+
+    for size in (7, 4_673, 100_000):  # 4,673: the HalfCheetah agent's flat parameter
+        grad = scale * torch.randn(size, generator=torch.Generator().manual_seed(size))
+        ours, theirs = (torch.nn.Parameter(torch.zeros(size)) for _ in range(2))
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        assert torch.equal(clip_grad_norm([ours], 0.5), torch.nn.utils.clip_grad_norm_([theirs], 0.5))
+        assert torch.equal(ours.grad, theirs.grad)
