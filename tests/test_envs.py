@@ -122,3 +122,24 @@ def test_probe_envs_are_registered_and_pass_the_env_checker(name, continuous):
 def test_unknown_env_id_suggests_close_matches():
     with pytest.raises(ValueError, match="Did you mean.*CartPole-v1"):
         make_vector_env("CartPol-v1", 1)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_one_env_reward_scaling_in_floats_is_the_numpy_path_bit_for_bit(env_id):
+    """NormalizeReward's one-env step does its arithmetic in Python floats; the numbers are the array path's."""
+    stacks = [make_vector_env(env_id, 1, normalize_reward=True, reward_clip=0.5, gamma=0.9) for _ in range(2)]
+    stacks[1].batched_arithmetic = True
+    actions = [stacks[0].action_space.sample() for _ in range(600)]
+    for envs in stacks:
+        envs.reset(seed=3)
+    largest = 0.0
+    for step, action in enumerate(actions):
+        if step == 400:  # frozen statistics (evaluation) take the same path
+            for envs in stacks:
+                envs.update_stats = False
+        (_, fast, term, trunc, _), (_, plain, *_) = (envs.step(action) for envs in stacks)
+        assert fast.dtype == plain.dtype and np.array_equal(fast, plain), step
+        largest = max(largest, float(np.abs(plain).max()))
+    assert largest == 0.5  # the clip was reached
+    for key, value in stacks[1].state_dict().items():
+        assert np.array_equal(stacks[0].state_dict()[key], value), key
