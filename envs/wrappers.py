@@ -53,6 +53,15 @@ class RunningMeanStd:
         self.var = m2 / total
         self.count = total
 
+    def add_sample(self, x: float) -> None:
+        """:meth:`update` with one scalar sample (shape () statistics), in Python floats: the one-sample branch's
+        IEEE double arithmetic in the same order, so the same numbers, without numpy calls on 0-d arrays."""
+        mean, var, count = float(self.mean), float(self.var), self.count
+        delta = x - mean
+        total = count + 1
+        self.mean, self.var = np.array(mean + delta / total), np.array((var * count + delta * delta * count / total) / total)
+        self.count = total
+
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean.copy(), "var": self.var.copy(), "count": np.array(self.count, dtype=np.float64)}
 
@@ -161,12 +170,7 @@ class NormalizeReward(VectorWrapper):
         reward = float(rewards[0])
         discounted = float(self.discounted_return[0]) * self.gamma + reward
         if self.update_stats:
-            rms = self.return_rms  # RunningMeanStd.update's one-sample branch
-            mean, var, count = float(rms.mean), float(rms.var), rms.count
-            delta = discounted - mean
-            total = count + 1
-            rms.mean, rms.var, rms.count = np.array(mean + delta / total), np.array(
-                (var * count + delta * delta * count / total) / total), total
+            self.return_rms.add_sample(discounted)
         self.discounted_return[0] = 0.0 if (terminations[0] or truncations[0]) else discounted
         scaled = reward / math.sqrt(float(self.return_rms.var) + self.epsilon)
         return obs, np.array([min(max(scaled, -self.clip), self.clip)]), terminations, truncations, info

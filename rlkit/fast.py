@@ -142,6 +142,9 @@ class FusedPolicyStep:
     """
 
     def __init__(self, agent: nn.Module, params: dict[str, Tensor] | None = None):
+        from rlkit.ppo import categorical_sample_and_score  # rlkit.ppo imports this module
+
+        self.categorical_sample_and_score = categorical_sample_and_score
         self.agent, self.seeds = agent, params is not None
         self.params = params if params is not None else dict(agent.named_parameters())
         self.refresh()
@@ -197,11 +200,9 @@ class FusedPolicyStep:
 
     def __call__(self, obs: Tensor, action_mask: Tensor | None = None) -> tuple[Tensor, Tensor, None, Tensor]:
         """(action, log-prob, None, value), as ``agent.get_action_and_value(obs)`` returns them (no entropy)."""
-        from rlkit.ppo import categorical_sample_and_score
-
         policy_out, value = self.forward(obs.unsqueeze(0))
         if not self.agent.continuous:
-            action, log_prob, _ = categorical_sample_and_score(policy_out[0], None, None, False, action_mask)
+            action, log_prob, _ = self.categorical_sample_and_score(policy_out[0], None, None, False, action_mask)
             return action, log_prob, None, value[0]
         action, log_prob = self.normal_sample(policy_out, torch.randn(policy_out.shape[1:], device=obs.device))
         return action[0], log_prob[0], None, value[0]
