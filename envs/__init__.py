@@ -6,6 +6,7 @@ Nothing here imports the agent.
 
 from .atari import ATARI_BACKENDS, is_atari_id, make_atari_vector_env
 from .factory import (
+    EnvGroup,
     env_state,
     load_env_state,
     load_normalizer_state,
@@ -30,6 +31,7 @@ __all__ = [
     "NormalizeObservation",
     "NormalizeReward",
     "RunningMeanStd",
+    "EnvGroup",
     "env_state",
     "load_env_state",
     "supports_exact_state",

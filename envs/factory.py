@@ -41,6 +41,7 @@ def make_vector_env(
     vectorization: str = "sync",
     env_kwargs: dict[str, Any] | None = None,
     sub_env_wrappers: list | None = None,
+    groups: int | None = None,
 ) -> gym.vector.VectorEnv:
     """Build ``num_envs`` copies of ``env_id`` as one same-step-autoreset vector env [core 1].
 
@@ -56,6 +57,11 @@ def make_vector_env(
 
     Seeding is done by the caller through ``envs.reset(seed=...)`` (sub-env i gets
     seed + i) and ``envs.action_space.seed``.
+
+    ``groups``: the ``num_envs`` envs are that many independent runs' envs, side by side
+    (batched seeds): each run's normalisers keep statistics of their own, and :class:`EnvGroup`
+    is one run's part, for its checkpoints.  One vector env instead of one stack per run: the
+    wrappers' Python cost is paid once per step, not once per run (benchmarks/env_stack_groups.py).
     """
     register_probes()
     if vectorization not in VECTORIZATION_MODES:
@@ -84,12 +90,55 @@ def make_vector_env(
     if normalize_obs:
         entries = real_valued_entries(envs.single_observation_space)
         if entries is None:
-            envs = NormalizeObservation(envs, clip=obs_clip)
+            envs = NormalizeObservation(envs, clip=obs_clip, groups=groups)
         elif entries.size:
-            envs = NormalizeObservation(envs, clip=obs_clip, indices=entries)
+            envs = NormalizeObservation(envs, clip=obs_clip, indices=entries, groups=groups)
     if normalize_reward:
-        envs = NormalizeReward(envs, gamma=gamma, clip=reward_clip)
+        envs = NormalizeReward(envs, gamma=gamma, clip=reward_clip, groups=groups)
     return envs
+
+
+class EnvGroup:
+    """Run ``index``'s envs within a vector env made with ``groups`` (batched seeds): what a one-run
+    checkpoint saves and restores of them (:func:`normalizer_state`, :func:`env_state` and their
+    loaders take it), in the form a vector env of those envs alone gives, so the checkpoint resumes
+    alone too.  It does not step: the whole vector env does.  A wrapper's counter over all envs
+    (RecordEpisodeStatistics.episode_count, which rlkit does not read) stays the whole env's."""
+
+    def __init__(self, envs: gym.vector.VectorEnv, index: int, groups: int):
+        self.envs, self.index, self.groups = envs, index, groups
+        self.num_envs = envs.num_envs // groups
+        self.rows = slice(index * self.num_envs, (index + 1) * self.num_envs)
+        self.single_observation_space, self.single_action_space = envs.single_observation_space, envs.single_action_space
+
+    OWN = {"num_envs": lambda group: group.num_envs, "groups": lambda group: None}
+
+    def sub_envs(self) -> list:
+        return self.envs.unwrapped.envs[self.rows]
+
+    def sliced(self, key: str, value):
+        """A vector wrapper's attribute as the run's stack alone has it: a per-env array (leading dimension
+        num_envs) -> this run's rows; the number of envs and of groups -> those of the run alone."""
+        if key in self.OWN:
+            return self.OWN[key](self)
+        return value[self.rows] if self._per_env(value) else value
+
+    def placed(self, key: str, current, value):
+        """:meth:`sliced` undone: this run's rows ``value`` written into a copy of the per-env array ``current``."""
+        if key in self.OWN:
+            return current
+        if self._per_env(current) and isinstance(value, np.ndarray) and value.shape == current[self.rows].shape:
+            current = current.copy()
+            current[self.rows] = value
+            return current
+        return value
+
+    def _per_env(self, value) -> bool:
+        return isinstance(value, np.ndarray) and value.ndim > 0 and len(value) == self.envs.num_envs
+
+
+def _stack_and_group(envs) -> tuple[gym.vector.VectorEnv, int | None]:
+    return (envs.envs, envs.index) if isinstance(envs, EnvGroup) else (envs, None)
 
 
 def async_worker_ignoring_sigint(index, env_fn, pipe, parent_pipe, shared_memory, error_queue, autoreset_mode,
@@ -129,26 +178,28 @@ def _wrappers(envs: gym.vector.VectorEnv):
         envs = envs.env
 
 
-def normalizer_state(envs: gym.vector.VectorEnv) -> dict[str, np.ndarray]:
-    """Statistics of every normaliser in the stack, keyed "obs.mean", "reward.var", ..."""
+def normalizer_state(envs: gym.vector.VectorEnv | EnvGroup) -> dict[str, np.ndarray]:
+    """Statistics of every normaliser in the stack (or of one :class:`EnvGroup`), keyed "obs.mean", "reward.var", ..."""
+    envs, group = _stack_and_group(envs)
     state: dict[str, np.ndarray] = {}
     for wrapper in _wrappers(envs):
         if isinstance(wrapper, NormalizeObservation):
-            state.update({f"obs.{k}": v for k, v in wrapper.state_dict().items()})
+            state.update({f"obs.{k}": v for k, v in wrapper.state_dict(group).items()})
         elif isinstance(wrapper, NormalizeReward):
-            state.update({f"reward.{k}": v for k, v in wrapper.state_dict().items()})
+            state.update({f"reward.{k}": v for k, v in wrapper.state_dict(group).items()})
     return state
 
 
-def load_normalizer_state(envs: gym.vector.VectorEnv, state: dict[str, np.ndarray]) -> None:
+def load_normalizer_state(envs: gym.vector.VectorEnv | EnvGroup, state: dict[str, np.ndarray]) -> None:
     """Restore what :func:`normalizer_state` returned; a missing normaliser is an error."""
+    envs, group = _stack_and_group(envs)
     for wrapper in _wrappers(envs):
         for kind, cls in (("obs", NormalizeObservation), ("reward", NormalizeReward)):
             if isinstance(wrapper, cls):
                 sub = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(kind + ".")}
                 if not sub:
                     raise ValueError(f"the checkpoint has no {kind} normaliser statistics, but this env normalises {kind}")
-                wrapper.load_state_dict(sub)
+                wrapper.load_state_dict(sub, group)
 
 
 def normalizes_observations(envs: gym.vector.VectorEnv) -> bool:
@@ -180,9 +231,11 @@ def _is_simple(value) -> bool:
     return isinstance(value, _NUMBERS)
 
 
-def _simple_attributes(obj) -> dict[str, Any]:
+def _simple_attributes(obj, rows=lambda key, value: value) -> dict[str, Any]:
+    """``obj``'s plain attributes, JSON-ready; ``rows(key, value)``: what to keep of each (EnvGroup.sliced)."""
     out = {}
     for key, value in vars(obj).items():
+        value = rows(key, value)
         if isinstance(value, np.ndarray) and value.dtype.kind in "SU":  # JSON holds str, not bytes
             out[key] = {"text_array": value.astype(str).tolist(), "dtype": str(value.dtype)}
         elif _is_simple(value):
@@ -256,11 +309,11 @@ def _sub_env_chain(env: gym.Env) -> list:
     return chain
 
 
-def supports_exact_state(envs: gym.vector.VectorEnv) -> bool:
+def supports_exact_state(envs: gym.vector.VectorEnv | EnvGroup) -> bool:
     """True when every piece of env state is plain data (classic control, the probes):
     then :func:`env_state` captures it completely.  Simulators holding state in native
     objects (MuJoCo's MjData) or sub-processes (async vector envs) return False."""
-    base = envs.unwrapped
+    base = _stack_and_group(envs)[0].unwrapped
     if not isinstance(base, gym.vector.SyncVectorEnv):
         return False
     for env in base.envs:
@@ -270,14 +323,17 @@ def supports_exact_state(envs: gym.vector.VectorEnv) -> bool:
     return True
 
 
-def env_state(envs: gym.vector.VectorEnv) -> dict[str, Any]:
+def env_state(envs: gym.vector.VectorEnv | EnvGroup) -> dict[str, Any]:
     """Everything needed to continue a SyncVectorEnv exactly: each sub-env's plain
-    attributes and RNG, every wrapper's counters, the normalisers' statistics."""
+    attributes and RNG, every wrapper's counters, the normalisers' statistics.
+    Of an :class:`EnvGroup`: its envs' rows of the wrappers' per-env arrays and its sub-envs."""
     if not supports_exact_state(envs):
         raise ValueError("this environment's state is not plain data; it cannot be saved exactly")
-    vector_wrappers = list(_wrappers(envs))
-    state = {"vector_wrappers": [_simple_attributes(w) for w in vector_wrappers], "sub_envs": []}
-    for env in envs.unwrapped.envs:
+    group = envs if isinstance(envs, EnvGroup) else None
+    stack = _stack_and_group(envs)[0]
+    rows = group.sliced if group is not None else (lambda key, value: value)
+    state = {"vector_wrappers": [_simple_attributes(w, rows) for w in _wrappers(stack)], "sub_envs": []}
+    for env in (group.sub_envs() if group is not None else stack.unwrapped.envs):
         chain = _sub_env_chain(env)
         state["sub_envs"].append({
             "chain": [_simple_attributes(link) for link in chain],
@@ -287,27 +343,35 @@ def env_state(envs: gym.vector.VectorEnv) -> dict[str, Any]:
     return state
 
 
-def load_env_state(envs: gym.vector.VectorEnv, state: dict[str, Any]) -> list[str]:
+def load_env_state(envs: gym.vector.VectorEnv | EnvGroup, state: dict[str, Any]) -> list[str]:
     """Restore what :func:`env_state` captured into freshly made, identical envs.
 
     Only through an allow-list: the fields a copy of these envs changes when it is reset and
     stepped (positions, counters, flags: the env's state), each with the type the fresh env
     has.  A saved field outside it (gravity, a time limit: a constant of the env's
-    construction) is not set; their names are returned.  A wrong type or shape is an error."""
-    vector_wrappers = list(_wrappers(envs))
+    construction) is not set; their names are returned.  A wrong type or shape is an error.
+    Into an :class:`EnvGroup`: its rows of the wrappers' per-env arrays and its sub-envs."""
+    group = envs if isinstance(envs, EnvGroup) else None
+    stack = _stack_and_group(envs)[0]
+    vector_wrappers = list(_wrappers(stack))
+    sub_envs = group.sub_envs() if group is not None else stack.unwrapped.envs
     if not isinstance(state, dict) or not all(isinstance(state.get(k), list) for k in ("vector_wrappers", "sub_envs")):
         raise _state_error("the saved environment state is not the structure rlkit writes")
-    if len(vector_wrappers) != len(state["vector_wrappers"]) or len(envs.unwrapped.envs) != len(state["sub_envs"]):
+    if len(vector_wrappers) != len(state["vector_wrappers"]) or len(sub_envs) != len(state["sub_envs"]):
         raise _state_error("the saved environment state is from a different env stack or number of envs")
-    allowed = state_fields(envs)
+    allowed = state_fields(stack)
+    first = group.rows.start if group is not None else 0  # sub-env j of the state is sub-env first + j of the stack
     ignored: list[str] = []
     for i, (wrapper, attributes) in enumerate(zip(vector_wrappers, state["vector_wrappers"])):
+        if group is not None and isinstance(attributes, dict):
+            attributes = {key: group.placed(key, getattr(wrapper, key, None), _decoded(value, wrapper, key))
+                          for key, value in attributes.items()}
         ignored += _restore_attributes(wrapper, attributes, allowed[("vector", i)])
-    for j, (env, saved) in enumerate(zip(envs.unwrapped.envs, state["sub_envs"])):
+    for j, (env, saved) in enumerate(zip(sub_envs, state["sub_envs"])):
         if not isinstance(saved, dict) or not isinstance(saved.get("chain"), list) or not isinstance(saved.get("np_random"), dict):
             raise _state_error(f"the saved state of sub-env {j} is not the structure rlkit writes")
         for k, (link, attributes) in enumerate(zip(_sub_env_chain(env), saved["chain"])):
-            ignored += _restore_attributes(link, attributes, allowed[("sub", j, k)])
+            ignored += _restore_attributes(link, attributes, allowed[("sub", first + j, k)])
         generator = env.unwrapped.np_random.bit_generator
         if saved["np_random"].get("bit_generator") != generator.state.get("bit_generator"):
             raise _state_error(f"sub-env {j}'s saved random generator is not a {generator.state.get('bit_generator')}")

@@ -23,20 +23,32 @@ def clip_in_place(x: np.ndarray, bound: float) -> np.ndarray:
 
 
 class RunningMeanStd:
-    """Running mean and variance over a stream of batches (Chan et al. parallel update)."""
+    """Running mean and variance over a stream of batches (Chan et al. parallel update).
 
-    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4):
-        self.mean = np.zeros(shape, dtype=np.float64)
-        self.var = np.ones(shape, dtype=np.float64)
+    ``groups``: G independent statistics side by side (batched seeds: one per seed), updated in one
+    pass; mean and var are then [G, *shape] and a batch [G * B, *shape] holds group g's B rows at
+    g*B:(g+1)*B.  The arithmetic is the same elementwise, so group g holds the very numbers that a
+    RunningMeanStd fed only group g's rows holds (tested bit for bit).
+    """
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4, groups: int | None = None):
+        self.groups = groups
+        lead = () if groups is None else (groups,)
+        self.mean = np.zeros((*lead, *shape), dtype=np.float64)
+        self.var = np.ones((*lead, *shape), dtype=np.float64)
         # epsilon as the initial count keeps the first update well defined,
-        # the same choice as baselines / CleanRL / gymnasium.
-        self.count = epsilon
+        # the same choice as baselines / CleanRL / gymnasium.  Per group: [G, 1, ...] to broadcast.
+        self.count = epsilon if groups is None else np.full((groups,) + (1,) * len(shape), epsilon)
 
     def update(self, batch: np.ndarray) -> None:
         batch = np.asarray(batch, dtype=np.float64)
-        batch_count = batch.shape[0]
-        if batch_count == 1:  # one env: the same numbers with a third of the numpy calls
-            delta = batch[0] - self.mean
+        if self.groups is None:
+            rows, axis = batch, 0
+        else:
+            rows, axis = batch.reshape(self.groups, -1, *self.mean.shape[1:]), 1
+        batch_count = rows.shape[axis]
+        if batch_count == 1:  # one env (per group): the same numbers with a third of the numpy calls
+            delta = (rows[0] if axis == 0 else rows[:, 0]) - self.mean
             total = self.count + 1
             self.mean = self.mean + delta / total
             self.var = (self.var * self.count + delta**2 * self.count / total) / total
@@ -44,8 +56,8 @@ class RunningMeanStd:
             return
         # sum/square by hand: np.mean/np.var cost more in Python overhead than in
         # arithmetic at the sizes seen every env step.
-        batch_mean = batch.sum(axis=0) / batch_count
-        batch_var = np.square(batch - batch_mean).sum(axis=0) / batch_count
+        batch_mean = rows.sum(axis=axis) / batch_count
+        batch_var = np.square(rows - (batch_mean if axis == 0 else batch_mean[:, None])).sum(axis=axis) / batch_count
         delta = batch_mean - self.mean
         total = self.count + batch_count
         self.mean = self.mean + delta * batch_count / total
@@ -62,16 +74,29 @@ class RunningMeanStd:
         self.mean, self.var = np.array(mean + delta / total), np.array((var * count + delta * delta * count / total) / total)
         self.count = total
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean.copy(), "var": self.var.copy(), "count": np.array(self.count, dtype=np.float64)}
+    def state_dict(self, group: int | None = None) -> dict[str, np.ndarray]:
+        """The statistics (of one group: the same form as an ungrouped RunningMeanStd's)."""
+        mean, var, count = self._of(group)
+        return {"mean": mean.copy(), "var": var.copy(), "count": np.array(count, dtype=np.float64)}
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+    def load_state_dict(self, state: dict[str, np.ndarray], group: int | None = None) -> None:
         mean, var = np.asarray(state["mean"], dtype=np.float64), np.asarray(state["var"], dtype=np.float64)
-        if mean.shape != self.mean.shape or var.shape != self.var.shape:
-            raise ValueError(
-                f"normaliser statistics have shape {mean.shape}, this environment needs {self.mean.shape}"
-            )
-        self.mean, self.var, self.count = mean.copy(), var.copy(), float(np.asarray(state["count"]))
+        shape = self._of(group)[0].shape
+        if mean.shape != shape or var.shape != shape:
+            raise ValueError(f"normaliser statistics have shape {mean.shape}, this environment needs {shape}")
+        count = float(np.asarray(state["count"]))
+        if self.groups is None:
+            self.mean, self.var, self.count = mean.copy(), var.copy(), count
+        else:
+            self.mean[group], self.var[group], self.count[group] = mean, var, count
+
+    def _of(self, group: int | None) -> tuple[np.ndarray, np.ndarray, float]:
+        if (group is None) != (self.groups is None):
+            raise ValueError("a grouped normaliser's state is read and written one group at a time" if group is None
+                             else "this normaliser has no groups")
+        if group is None:
+            return self.mean, self.var, self.count
+        return self.mean[group], self.var[group], float(self.count[group].reshape(()))
 
 
 class NormalizeObservation(VectorWrapper):
@@ -84,26 +109,40 @@ class NormalizeObservation(VectorWrapper):
 
     ``indices``: normalise (and keep statistics of) only these entries of the vector, e.g. the
     Box slices of a flattened Dict observation (rlkit.envs.observations.real_valued_entries).
+    ``groups``: the sub-envs are G runs' envs side by side (batched seeds), num_envs / G each in
+    order; each run's envs get statistics of their own (:class:`RunningMeanStd` groups).
     """
 
-    def __init__(self, env: VectorEnv, clip: float = 10.0, epsilon: float = 1e-8, indices: np.ndarray | None = None):
+    def __init__(self, env: VectorEnv, clip: float = 10.0, epsilon: float = 1e-8, indices: np.ndarray | None = None,
+                 groups: int | None = None):
         super().__init__(env)
         self.indices = None if indices is None else np.asarray(indices, dtype=np.intp)
         shape = self.single_observation_space.shape if self.indices is None else self.indices.shape
-        self.obs_rms = RunningMeanStd(shape=shape)
+        self.groups = check_groups(self.num_envs, groups)
+        self.obs_rms = RunningMeanStd(shape=shape, groups=groups)
         self.clip = clip
         self.epsilon = epsilon
         self.update_stats = True
 
-    def normalize(self, obs: np.ndarray) -> np.ndarray:
+    def normalize(self, obs: np.ndarray, env_index: int | None = None) -> np.ndarray:
+        """All envs' observations [num_envs, ...], or one env's (``env_index``: which env, for its group)."""
         if self.indices is not None:  # only these entries; one-hot / 0-1 / pixel entries pass unchanged
             out = np.array(obs, dtype=np.float32)
-            out[..., self.indices] = self._normalize(out[..., self.indices])
+            out[..., self.indices] = self._normalize(out[..., self.indices], env_index)
             return out
-        return self._normalize(obs)
+        return self._normalize(obs, env_index)
 
-    def _normalize(self, obs: np.ndarray) -> np.ndarray:
-        normalized = (obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + self.epsilon)
+    def _normalize(self, obs: np.ndarray, env_index: int | None) -> np.ndarray:
+        mean, var = self.obs_rms.mean, self.obs_rms.var
+        if self.groups is not None:
+            if env_index is not None:
+                group = env_index // (self.num_envs // self.groups)
+                mean, var = mean[group], var[group]
+            else:  # [G * E, ...] as [G, E, ...] against [G, 1, ...]
+                shape, obs = obs.shape, obs.reshape(self.groups, -1, *obs.shape[1:])
+                normalized = (obs - mean[:, None]) / np.sqrt(var[:, None] + self.epsilon)
+                return clip_in_place(normalized, self.clip).astype(np.float32).reshape(shape)
+        normalized = (obs - mean) / np.sqrt(var + self.epsilon)
         return clip_in_place(normalized, self.clip).astype(np.float32)
 
     def _update(self, obs: np.ndarray) -> None:
@@ -122,15 +161,15 @@ class NormalizeObservation(VectorWrapper):
         if "_final_obs" in info:
             final_obs = info["final_obs"].copy()
             for i in np.flatnonzero(info["_final_obs"]):
-                final_obs[i] = self.normalize(np.asarray(final_obs[i]))
+                final_obs[i] = self.normalize(np.asarray(final_obs[i]), i)
             info = {**info, "final_obs": final_obs}
         return self.normalize(obs), rewards, terminations, truncations, info
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return self.obs_rms.state_dict()
+    def state_dict(self, group: int | None = None) -> dict[str, np.ndarray]:
+        return self.obs_rms.state_dict(group)
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.obs_rms.load_state_dict(state)
+    def load_state_dict(self, state: dict[str, np.ndarray], group: int | None = None) -> None:
+        self.obs_rms.load_state_dict(state, group)
 
 
 class NormalizeReward(VectorWrapper):
@@ -138,12 +177,14 @@ class NormalizeReward(VectorWrapper):
 
     The reward is scaled, not centred: the "reward scaling" detail of the PPO paper's
     code (baselines VecNormalize, CleanRL).  The running discounted return restarts
-    when an episode ends (terminated or truncated).
+    when an episode ends (terminated or truncated).  ``groups``: as NormalizeObservation's.
     """
 
-    def __init__(self, env: VectorEnv, gamma: float = 0.99, clip: float = 10.0, epsilon: float = 1e-8):
+    def __init__(self, env: VectorEnv, gamma: float = 0.99, clip: float = 10.0, epsilon: float = 1e-8,
+                 groups: int | None = None):
         super().__init__(env)
-        self.return_rms = RunningMeanStd(shape=())
+        self.groups = check_groups(self.num_envs, groups)
+        self.return_rms = RunningMeanStd(shape=(), groups=groups)
         self.discounted_return = np.zeros(self.num_envs, dtype=np.float64)
         self.gamma = gamma
         self.clip = clip
@@ -160,7 +201,10 @@ class NormalizeReward(VectorWrapper):
         if self.update_stats:
             self.return_rms.update(self.discounted_return)
         self.discounted_return[np.logical_or(terminations, truncations)] = 0.0
-        scaled = rewards / np.sqrt(self.return_rms.var + self.epsilon)
+        if self.groups is None:
+            scaled = rewards / np.sqrt(self.return_rms.var + self.epsilon)
+        else:  # each group's envs by their group's statistics
+            scaled = (rewards.reshape(self.groups, -1) / np.sqrt(self.return_rms.var + self.epsilon)[:, None]).reshape(-1)
         return obs, clip_in_place(scaled, self.clip), terminations, truncations, info
 
     def _step_one_env(self, actions):
@@ -175,10 +219,21 @@ class NormalizeReward(VectorWrapper):
         scaled = reward / math.sqrt(float(self.return_rms.var) + self.epsilon)
         return obs, np.array([min(max(scaled, -self.clip), self.clip)]), terminations, truncations, info
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        return {**self.return_rms.state_dict(), "discounted_return": self.discounted_return.copy()}
+    def state_dict(self, group: int | None = None) -> dict[str, np.ndarray]:
+        return {**self.return_rms.state_dict(group), "discounted_return": self.discounted_return[self._rows(group)].copy()}
 
-    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.return_rms.load_state_dict(state)
-        if "discounted_return" in state and np.shape(state["discounted_return"]) == self.discounted_return.shape:
-            self.discounted_return = np.asarray(state["discounted_return"], dtype=np.float64).copy()
+    def load_state_dict(self, state: dict[str, np.ndarray], group: int | None = None) -> None:
+        self.return_rms.load_state_dict(state, group)
+        rows = self._rows(group)
+        if "discounted_return" in state and np.shape(state["discounted_return"]) == self.discounted_return[rows].shape:
+            self.discounted_return[rows] = np.asarray(state["discounted_return"], dtype=np.float64)
+
+    def _rows(self, group: int | None) -> slice:
+        size = self.num_envs if group is None else self.num_envs // self.groups
+        return slice(0, size) if group is None else slice(group * size, (group + 1) * size)
+
+
+def check_groups(num_envs: int, groups: int | None) -> int | None:
+    if groups is not None and (groups < 1 or num_envs % groups):
+        raise ValueError(f"groups={groups} must divide the {num_envs} envs into equal runs")
+    return groups

@@ -1101,14 +1101,20 @@ def make_optimizer(agent: nn.Module, learning_rate: float, flat: bool = False) -
     return torch.optim.Adam(parameters, lr=learning_rate, eps=1e-5, fused=True)
 
 
-def make_envs(cfg: PPOConfig) -> gym.vector.VectorEnv:
-    """The vector env with the wrapper stack the config asks for (Atari's for Atari ids)."""
+def make_envs(cfg: PPOConfig, groups: int | None = None) -> gym.vector.VectorEnv:
+    """The vector env with the wrapper stack the config asks for (Atari's for Atari ids).
+
+    ``groups``: ``groups`` runs' cfg.num_envs envs each, side by side in one vector env, each run
+    with normalisers of its own (batched seeds; rlkit.envs.make_vector_env)."""
     env_id = resolve_env_id(cfg.env_id, cfg.env_module)
     if is_atari_id(env_id):
+        if groups is not None:
+            raise ValueError("batched seeds do not take Atari ids (the Nature CNN is not batched); run the seeds separately")
         return make_atari_vector_env(env_id, cfg.num_envs, cfg.atari_backend)
     return make_vector_env(
         env_id,
-        cfg.num_envs,
+        cfg.num_envs * (groups or 1),
+        groups=groups,
         env_kwargs=cfg.env_kwargs,
         gamma=cfg.gamma,
         clip_actions=cfg.clip_actions,
@@ -1323,9 +1329,23 @@ def checkpoint_payload(cfg: PPOConfig, envs: gym.vector.VectorEnv, model: dict[s
     return files, state
 
 
+def resume_reset_seed(cfg: PPOConfig, saved: dict) -> int:
+    """The seed of the reset a resumed run restarts its envs from, when their state was not saved exactly."""
+    return cfg.seed + 10_007 * saved["iteration"]
+
+
+def restores_exactly(saved: dict, envs) -> bool:
+    """Whether a checkpoint's env state is restored exactly into ``envs`` (else the envs restart from a seeded reset)."""
+    return bool(saved["env_exact"]) and supports_exact_state(envs)
+
+
 def restore_training_state(saved: dict, tensors: dict, agent: nn.Module, optimizer, generators: dict[str, torch.Generator],
-                           envs, cursor: EnvCursor, policy: RolloutPolicy, cfg: PPOConfig, device: torch.device) -> str:
-    """Load a checkpoint's weights, optimizer, RNG and env state into a run being built; returns a log note."""
+                           envs, cursor: EnvCursor, policy: RolloutPolicy, cfg: PPOConfig, device: torch.device,
+                           reset_envs: bool = True) -> str:
+    """Load a checkpoint's weights, optimizer, RNG and env state into a run being built; returns a log note.
+
+    Envs whose state cannot be restored exactly restart from a reset seeded ``resume_reset_seed``;
+    ``reset_envs=False`` leaves that reset to the caller (batched seeds reset all seeds' envs at once)."""
     shape = list(envs.single_observation_space.shape)
     if saved["spaces"]["observation_shape"] != shape or saved["spaces"]["action_space"] != str(envs.single_action_space):
         raise CheckpointError(
@@ -1340,7 +1360,7 @@ def restore_training_state(saved: dict, tensors: dict, agent: nn.Module, optimiz
         raise CheckpointError(f"checkpoint does not fit this agent's architecture: {error}") from None
     restore_rng_state(saved, tensors["rng"], device, generators)
     cursor.global_step = saved["global_step"]
-    if saved["env_exact"] and supports_exact_state(envs):
+    if restores_exactly(saved, envs):
         ignored = load_env_state(envs, saved["env_state"])  # an allow-list: a checkpoint cannot set gravity
         cursor.obs = tensors["rng"]["next_obs"].to(device)
         cursor.mask = tensors["rng"]["next_mask"].to(device) if "next_mask" in tensors["rng"] else None
@@ -1348,8 +1368,9 @@ def restore_training_state(saved: dict, tensors: dict, agent: nn.Module, optimiz
         return f"resumed at update {saved['iteration']}: exact env state restored" + (
             f" (not restored, as they are not the env's state: {', '.join(ignored)})" if ignored else "")
     load_normalizer_state(envs, saved["normalizers"])
-    fresh = EnvCursor.reset(envs, cfg.seed + 10_007 * saved["iteration"], device)
-    cursor.obs, cursor.mask = fresh.obs, fresh.mask
+    if reset_envs:
+        fresh = EnvCursor.reset(envs, resume_reset_seed(cfg, saved), device)
+        cursor.obs, cursor.mask = fresh.obs, fresh.mask
     policy.load_state_tensors(None)
     return (f"resumed at update {saved['iteration']}: {cfg.env_id}'s state cannot be saved exactly, so the envs restart "
             "from a seeded reset (weights, optimizer, normaliser statistics and RNGs are restored)")

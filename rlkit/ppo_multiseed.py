@@ -7,11 +7,13 @@ batched matmul per layer), so the per-call overhead that dominates small-network
 on CPU is paid once instead of N times.
 
 It trains through rlkit.ppo's rollout (:func:`rlkit.ppo.collect_rollout`, over the N seeds'
-envs side by side), rlkit.ppo's update (:func:`rlkit.ppo.ppo_update`) and rlkit.runtime's
-lifecycle (a checkpoint per seed, SIGINT/SIGTERM, the non-finite guard, callbacks).  What it
-supplies: :class:`SeedStackedEnvs`, :class:`BatchedSeedPolicy` and :class:`BatchedSeedLearner`.
+envs side by side in one vector env), rlkit.ppo's update (:func:`rlkit.ppo.ppo_update`) and
+rlkit.runtime's lifecycle (a checkpoint per seed, SIGINT/SIGTERM, the non-finite guard,
+callbacks).  What it supplies: :class:`BatchedSeedPolicy` and :class:`BatchedSeedLearner`.
 
-What stays per seed, so the seeds are independent runs: the envs (and their normalisers), the
+What stays per seed, so the seeds are independent runs: the envs and their normalisers' statistics
+(``make_envs(cfg, groups=N)``: seed k's envs are rows k*E:(k+1)*E, each seed's normalisers see
+only its own envs, and rlkit.envs.EnvGroup is seed k's part for its checkpoint), the
 initial weights, the action-sampling and minibatch-shuffling random streams (the very streams
 ``rlkit.ppo.train`` with that seed uses), the advantage normalisation, the gradient-norm clip
 and Adam's state (Adam is elementwise, so one Adam over stacked parameters is N Adams).  Seed
@@ -28,7 +30,6 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import replace
 
 import gymnasium as gym
@@ -38,7 +39,7 @@ from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
 from rlkit.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_checkpoint
-from rlkit.envs import normalizer_state
+from rlkit.envs import EnvGroup, normalizer_state
 from rlkit.fast import EpochRows, FusedMLPLoss, FusedPolicyStep, NumpyStaging, stacked_mlp_forward
 from rlkit.logger import RunLogger
 from rlkit.networks import resolve_network
@@ -61,10 +62,13 @@ from rlkit.ppo import (
     make_envs,
     minibatch_loss,
     normal_sample_and_score,
+    action_mask_from_info,
     ppo_update,
     refuse,
     resolve_device,
     restore_training_state,
+    restores_exactly,
+    resume_reset_seed,
     use_fused_update,
 )
 from rlkit.runtime import Callback, Lifecycle, check_finite, default_run_name, linear_lr, open_run_folder
@@ -87,68 +91,6 @@ def check_batchable(cfg: PPOConfig, envs: gym.vector.VectorEnv) -> None:
     if "trackio" in cfg.track:
         problems.append("track=['trackio'] (trackio keeps one open run per process; wandb and mlflow work)")
     refuse("batched multi-seed training", problems, "run the seeds as separate processes (rlkit bench without --batched)")
-
-
-class MergedInfos(Mapping):
-    """The per-seed vector envs' info dicts as one info mapping over all their envs, seed by seed.
-
-    A key's parts are concatenated when it is first read: the rollout reads only a few keys
-    (finished episodes, final observations, action masks) of the many an env may report every
-    step (MuJoCo's reward terms), and concatenating all of them was ~5% of a batched step."""
-
-    def __init__(self, infos: list[dict], num_envs: int):
-        self.infos, self.num_envs, self.merged = infos, num_envs, {}
-
-    def __getitem__(self, key):
-        if key not in self.merged:
-            parts = [info.get(key) for info in self.infos]
-            present = next((p for p in parts if p is not None), None)
-            if present is None:
-                raise KeyError(key)
-            if isinstance(present, Mapping):
-                self.merged[key] = MergedInfos([p if p is not None else {} for p in parts], self.num_envs)
-            else:
-                present = np.asarray(present)
-                blank = np.zeros((self.num_envs, *present.shape[1:]), dtype=present.dtype)  # a seed without this key
-                self.merged[key] = np.concatenate([np.asarray(p) if p is not None else blank for p in parts])
-        return self.merged[key]
-
-    def __contains__(self, key) -> bool:
-        return any(key in info for info in self.infos)
-
-    def __iter__(self):
-        return iter(dict.fromkeys(key for info in self.infos for key in info))
-
-    def __len__(self) -> int:
-        return len(dict.fromkeys(key for info in self.infos for key in info))
-
-
-class SeedStackedEnvs:
-    """N seeds' vector envs (E envs each) as one vector env of N * E envs, seed by seed."""
-
-    def __init__(self, envs: list[gym.vector.VectorEnv]):
-        self.envs = envs
-        self.per_seed = envs[0].num_envs
-        self.num_envs = len(envs) * self.per_seed
-        self.single_observation_space = envs[0].single_observation_space
-        self.single_action_space = envs[0].single_action_space
-
-    def reset(self, seeds: list[int]) -> tuple[np.ndarray, dict]:
-        results = [env.reset(seed=seed) for env, seed in zip(self.envs, seeds)]
-        return np.concatenate([obs for obs, _ in results]), MergedInfos([info for _, info in results], self.per_seed)
-
-    def step(self, actions: np.ndarray):
-        results = [env.step(a) for env, a in zip(self.envs, np.split(actions, len(self.envs)))]
-        obs, rewards, terminations, truncations, infos = zip(*results)
-        return (np.concatenate(obs), np.concatenate(rewards), np.concatenate(terminations), np.concatenate(truncations),
-                MergedInfos(list(infos), self.per_seed))
-
-    def seed_slice(self, i: int) -> slice:
-        return slice(i * self.per_seed, (i + 1) * self.per_seed)
-
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
 
 
 class BatchedSeedPolicy(RolloutPolicy):
@@ -322,32 +264,40 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
     run_dirs = [f.path for f in folders]
 
     configs = [replace(cfg, seed=s).validate() for s in seeds]
-    seed_envs = [make_envs(c) for c in configs]
-    check_batchable(cfg, seed_envs[0])
-    envs = SeedStackedEnvs(seed_envs)
-    agents, sample_generators = seed_agents(cfg, seeds, seed_envs, device)
+    envs = make_envs(cfg, groups=n)  # seed k's envs are rows k*E:(k+1)*E, with normalisers of their own
+    check_batchable(cfg, envs)
+    seed_envs = [EnvGroup(envs, i, n) for i in range(n)]
+    agents, sample_generators = seed_agents(cfg, seeds, envs, device)
     shuffle_generators = [torch.Generator().manual_seed(s) for s in seeds]
-    obs, info = envs.reset(seeds)
-    cursors = [EnvCursor(torch.as_tensor(obs[envs.seed_slice(i)], dtype=torch.float32, device=device), None)
-               for i in range(n)]
+    cursor = reset_seed_envs(envs, seeds, cfg.num_envs, device)
+    cursors = [EnvCursor(cursor.obs[g.rows], None if cursor.mask is None else cursor.mask[g.rows]) for g in seed_envs]
     episodes = [EpisodeLog() for _ in seeds]
     start_iteration, elapsed_before, notes = 1, 0.0, []
     if saved is not None:
         for i, (tensors, state) in enumerate(saved):
             notes.append(restore_training_state(state, tensors, agents[i], None, {"shuffle": shuffle_generators[i]},
-                                                seed_envs[i], cursors[i], RolloutPolicy(agents[i]), configs[i], device))
+                                                seed_envs[i], cursors[i], RolloutPolicy(agents[i]), configs[i], device,
+                                                reset_envs=False))
             sample_generators[i].set_state(tensors["rng"]["torch"])
             episodes[i] = EpisodeLog.from_state(state["episodes"])
+        exact = {restores_exactly(state, g) for (_, state), g in zip(saved, seed_envs)}
+        if exact == {False}:  # all seeds' envs restart from the reset each seed's run alone would make
+            fresh = reset_seed_envs(envs, [resume_reset_seed(c, state) for c, (_, state) in zip(configs, saved)],
+                                    cfg.num_envs, device)
+            for c, g in zip(cursors, seed_envs):
+                c.obs, c.mask = fresh.obs[g.rows], None if fresh.mask is None else fresh.mask[g.rows]
+        elif len(exact) > 1:
+            raise CheckpointError("some seeds' env state was saved exactly and some not; resume them separately")
         start_iteration, elapsed_before = saved[0][1]["iteration"] + 1, saved[0][1]["wall_time"]
+        cursor = EnvCursor(torch.cat([c.obs for c in cursors]), None if cursors[0].mask is None else
+                           torch.cat([c.mask for c in cursors]), cursors[0].global_step)
     params, buffers = stack_module_state(agents)  # {name: [n, ...]} leaves with requires_grad
     template = copy.deepcopy(agents[0]).to("meta")
     optimizer = torch.optim.Adam(list(params.values()), lr=cfg.learning_rate, eps=1e-5, fused=True)  # [core 3], as rlkit.ppo
     if saved is not None:
         load_stacked_optimizer_state(optimizer, saved)
-    masked = "action_mask" in info
-    cursor = EnvCursor(torch.cat([c.obs for c in cursors]), torch.as_tensor(np.stack(list(info["action_mask"])),
-                       dtype=torch.bool, device=device) if masked else None, cursors[0].global_step)
-    rollout = Rollout.allocate(cfg.num_steps, envs.num_envs, envs.single_observation_space.shape, template, device, masked)
+    rollout = Rollout.allocate(cfg.num_steps, envs.num_envs, envs.single_observation_space.shape, template, device,
+                               cursor.mask is not None)
     staging = NumpyStaging(cfg.num_steps, envs.num_envs)
     policy = BatchedSeedPolicy(template, params, buffers, sample_generators, cfg.num_envs, use_fused_update(cfg, template))
     learner = BatchedSeedLearner(template, params, buffers, optimizer, cfg, shuffle_generators)
@@ -367,7 +317,7 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
 
     def record(infos: dict, global_step: int) -> None:
         for i in range(n):
-            episodes[i].record(infos, global_step, loggers[i], envs.seed_slice(i))
+            episodes[i].record(infos, global_step, loggers[i], seed_envs[i].rows)
 
     def iterate(iteration: int) -> dict[str, float]:
         if cfg.anneal_lr:
@@ -392,7 +342,7 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
         out = []
         for i in range(n):
             model = {k: v[i].detach() for k, v in {**params, **buffers}.items()}
-            sl = envs.seed_slice(i)
+            sl = seed_envs[i].rows
             seed_cursor = EnvCursor(cursor.obs[sl], None if cursor.mask is None else cursor.mask[sl], cursor.global_step)
             out.append(checkpoint_payload(configs[i], seed_envs[i], model, seed_optimizer_state(optimizer, i),
                                           {"shuffle": shuffle_generators[i]}, seed_cursor, {}, episodes[i], loggers[i],
@@ -425,15 +375,21 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
     return results
 
 
-def seed_agents(cfg: PPOConfig, seeds: list[int], seed_envs: list, device: torch.device
+def reset_seed_envs(envs: gym.vector.VectorEnv, seeds: list[int], per_seed: int, device: torch.device) -> EnvCursor:
+    """Reset all seeds' envs at once, seed k's E sub-envs seeded seeds[k] + 0..E-1: each seed's envs
+    start where ``envs.reset(seed=seeds[k])`` of that seed's run alone starts them."""
+    obs, info = envs.reset(seed=[seed + j for seed in seeds for j in range(per_seed)])
+    return EnvCursor(torch.as_tensor(obs, dtype=torch.float32, device=device), action_mask_from_info(info, device))
+
+
+def seed_agents(cfg: PPOConfig, seeds: list[int], envs: gym.vector.VectorEnv, device: torch.device
                 ) -> tuple[list[torch.nn.Module], list[torch.Generator]]:
     """Each seed's agent with rlkit.ppo.train's initial weights for that seed, and the action-sampling
     stream that run continues with (torch's global generator, right after the weights are drawn)."""
     agents, generators = [], []
-    for seed, env in zip(seeds, seed_envs):
-        env.action_space.seed(seed)
+    for seed in seeds:
         torch.manual_seed(seed)
-        agents.append(make_agent(cfg, env.single_observation_space, env.single_action_space).to(device))
+        agents.append(make_agent(cfg, envs.single_observation_space, envs.single_action_space).to(device))
         stream = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
         generators.append(torch.Generator(device=device).set_state(stream))
     return agents, generators

@@ -143,3 +143,83 @@ def test_one_env_reward_scaling_in_floats_is_the_numpy_path_bit_for_bit(env_id):
     assert largest == 0.5  # the clip was reached
     for key, value in stacks[1].state_dict().items():
         assert np.array_equal(stacks[0].state_dict()[key], value), key
+
+
+def _same(a, b) -> bool:
+    """Bitwise equality of nested checkpoint structures (dicts, lists, arrays, numbers)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.asarray(a).shape == np.asarray(b).shape and np.array_equal(a, b)
+    return a == b
+
+
+def _without_clock(state: dict) -> dict:
+    """An env_state without RecordEpisodeStatistics' episode start times (wall-clock readings) and
+    episode count (one counter for the whole vector env; rlkit reads neither)."""
+    return {**state, "vector_wrappers": [{k: v for k, v in w.items() if k not in ("episode_start_times", "episode_count")}
+                                         for w in state["vector_wrappers"]]}
+
+
+@pytest.mark.parametrize("per_seed", [1, 3])
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_grouped_env_stack_is_each_runs_own_stack_bit_for_bit(env_id, per_seed):
+    """Batched seeds step all seeds' envs as one vector env with per-run normaliser groups: each run's
+    observations, rewards, final observations, normaliser statistics and exact env state are those of
+    that run's own stack (the same arithmetic, elementwise per group)."""
+    from rlkit.envs import EnvGroup, env_state
+
+    seeds, kwargs = [5, 11, 17], {"normalize_obs": True, "normalize_reward": True, "obs_clip": 1.5, "gamma": 0.9}
+    alone = [make_vector_env(env_id, per_seed, **kwargs) for _ in seeds]
+    grouped = make_vector_env(env_id, per_seed * len(seeds), groups=len(seeds), **kwargs)
+    parts = [EnvGroup(grouped, k, len(seeds)) for k in range(len(seeds))]
+    obs, _ = grouped.reset(seed=[s + j for s in seeds for j in range(per_seed)])
+    for k, (envs, seed) in enumerate(zip(alone, seeds)):
+        assert np.array_equal(envs.reset(seed=seed)[0], obs[parts[k].rows])
+    rng = np.random.default_rng(0)
+    finals = 0
+    for _ in range(450):  # past Pendulum's 200-step time limit twice: final observations
+        actions = np.stack([alone[0].action_space.sample() for _ in seeds])  # [seeds, E, ...]
+        actions = rng.uniform(-2, 2, actions.shape).astype(np.float32) if env_id == "Pendulum-v1" else actions
+        obs, rewards, terms, truncs, info = grouped.step(actions.reshape(-1, *actions.shape[2:]))
+        for k, envs in enumerate(alone):
+            rows = parts[k].rows
+            o, r, te, tr, i = envs.step(actions[k])
+            assert np.array_equal(o, obs[rows]) and np.array_equal(r, rewards[rows]) and r.dtype == rewards.dtype
+            assert np.array_equal(te, terms[rows]) and np.array_equal(tr, truncs[rows])
+            if "_final_obs" in i:
+                finals += int(i["_final_obs"].sum())
+                for j in np.flatnonzero(i["_final_obs"]):
+                    assert np.array_equal(i["final_obs"][j], info["final_obs"][rows][j])
+    assert finals > 0
+    for k, envs in enumerate(alone):
+        assert _same(normalizer_state(parts[k]), normalizer_state(envs))
+        assert _same(_without_clock(env_state(parts[k])), _without_clock(env_state(envs)))
+
+
+def test_a_grouped_env_stack_restores_one_runs_state_from_its_own_stack():
+    """What one run's stack saved (a checkpoint of a seed run alone) loads into that run's group, and back."""
+    from rlkit.envs import EnvGroup, env_state, load_env_state
+
+    kwargs = {"normalize_obs": True, "normalize_reward": True}
+    alone = make_vector_env("Pendulum-v1", 2, **kwargs)
+    alone.reset(seed=4)
+    for _ in range(30):
+        alone.step(alone.action_space.sample())
+    grouped = make_vector_env("Pendulum-v1", 6, groups=3, **kwargs)
+    grouped.reset(seed=0)
+    part, other = EnvGroup(grouped, 1, 3), EnvGroup(grouped, 2, 3)
+    untouched = env_state(other)
+    load_env_state(part, env_state(alone))
+    assert _same(_without_clock(env_state(part)), _without_clock(env_state(alone)))
+    assert _same(env_state(other), untouched)
+    actions = np.stack([alone.action_space.sample() for _ in range(3)])
+    obs, rewards, *_ = grouped.step(actions.reshape(6, 1))
+    o, r, *_ = alone.step(actions[1])
+    assert np.array_equal(o, obs[part.rows]) and np.array_equal(r, rewards[part.rows])
+    with pytest.raises(ValueError, match="one group at a time"):
+        normalizer_state(grouped)
+    with pytest.raises(ValueError, match="must divide"):
+        make_vector_env("Pendulum-v1", 5, groups=2, **kwargs)

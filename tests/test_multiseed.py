@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 import gymnasium as gym
-import numpy as np
 import pytest
 import torch
 from rlkit.envs import probe_id
@@ -96,16 +95,3 @@ def test_stacked_forward_of_the_rollout_matches_vmap_of_the_agent(shared):
             torch.testing.assert_close(got[0][i], agent(obs[i])[0], rtol=1e-5, atol=1e-6)
 
 
-def test_merged_infos_read_each_key_over_all_seeds_envs():
-    """Keys are concatenated seed by seed when read; a seed that did not report a key gives zeros there."""
-    from rlkit.ppo_multiseed import MergedInfos
-
-    first = {"_episode": np.array([True, False]), "episode": {"r": np.array([1.5, 0.0])}, "x": np.array([1.0, 2.0])}
-    second = {"x": np.array([3.0, 4.0])}
-    infos = MergedInfos([first, second], num_envs=2)
-    assert "episode" in infos and "final_obs" not in infos and sorted(infos) == ["_episode", "episode", "x"]
-    np.testing.assert_array_equal(infos["x"], [1.0, 2.0, 3.0, 4.0])
-    np.testing.assert_array_equal(infos["_episode"], [True, False, False, False])
-    np.testing.assert_array_equal(infos["episode"]["r"], [1.5, 0.0, 0.0, 0.0])
-    with pytest.raises(KeyError):
-        infos["final_obs"]

@@ -194,6 +194,28 @@ def test_batched_seeds_checkpoint_resume_bit_exact_and_each_seed_stands_alone(tm
     assert alone.global_step == whole[1].global_step
 
 
+def test_batched_seeds_resume_without_exact_env_state_restarts_each_seed_as_its_run_alone(tmp_path, capsys):
+    """Envs whose state is not plain data (async workers here, MuJoCo in practice) restart from a seeded
+    reset when resumed: batched, each seed's envs restart as that seed's checkpoint resumed alone restarts them."""
+    cfg = PPOConfig(**{**TINY, "env_id": "Pendulum-v1", "num_envs": 2, "total_timesteps": 2 * 16 * 4,
+                       "checkpoint_interval": 2, "vectorization": "async", "normalize_obs": True,
+                       "normalize_reward": True})
+    dirs = [str(tmp_path / "s3"), str(tmp_path / "s4")]
+    train_seeds(cfg, [3, 4], run_dirs=dirs, progress=False)
+    for d in dirs:
+        shutil.rmtree(list_checkpoints(d)[-1])
+        os.remove(os.path.join(d, "summary.json"))
+    shutil.copytree(dirs[1], tmp_path / "alone")
+    capsys.readouterr()
+    resumed = train_seeds(cfg, [3, 4], run_dirs=dirs, progress=False, resume=True)[1]
+    assert "restart from a seeded reset" in capsys.readouterr().out
+    alone = train(resume=str(tmp_path / "alone"), progress=False)
+    assert resumed.global_step == alone.global_step == 2 * 16 * 4
+    for name, value in _weights(alone).items():
+        torch.testing.assert_close(_weights(resumed)[name], value, atol=1e-5, rtol=0)
+    assert resumed.episode_returns == pytest.approx(alone.episode_returns, rel=1e-5)
+
+
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
 def test_a_seed_trained_batched_matches_the_same_seed_trained_alone(env_id):
     """Same envs, initial weights, sampling and shuffling streams as rlkit.ppo.train: only float
