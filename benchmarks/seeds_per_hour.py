@@ -7,7 +7,8 @@ batched in one process (rlkit.ppo_multiseed.train_seeds, 1 torch thread, checkpo
 recipe's default), the two processes at the same time, one per core of the 2-core machine, so machine noise hits
 both alike.  Reported: each tree's wall time (minutes), the ratio then / now, seeds per hour, and each seed's score
 (mean return of its last 100 training episodes, CleanRL's), so the same table shows the learning is unchanged.
-The run folders are kept under --runs.  Writes results.json and results.md to --out.
+The run folders are kept as --runs/{then,now}/<env>/seed_<s> (``rlkit report --runs/now --compare --runs/then``
+adds the probability of improvement).  Writes results.json and results.md to --out.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ seeds, runs = json.loads(os.environ["RLKIT_SEEDS"]), os.environ["RLKIT_RUNS"]
 cfg = PPOConfig(**{**values, "env_id": os.environ["RLKIT_ENV"], "total_timesteps": int(os.environ["RLKIT_STEPS"]),
                    "device": "cpu", "torch_threads": 1, "run_dir": runs})
 start = time.perf_counter()
-results = train_seeds(cfg, seeds, run_dirs=[os.path.join(runs, f"seed{s}") for s in seeds], progress=False)
+results = train_seeds(cfg, seeds, run_dirs=[os.path.join(runs, cfg.env_id, f"seed_{s}") for s in seeds], progress=False)
 seconds = time.perf_counter() - start
 scores = [sum(r.episode_returns[-100:]) / len(r.episode_returns[-100:]) for r in results]
 print(json.dumps({"seconds": seconds, "scores": scores, "global_step": results[0].global_step,

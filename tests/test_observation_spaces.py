@@ -21,6 +21,7 @@ from rlkit.ppo_lstm import LSTMAgent
 
 FROZEN_LAKE = "rlkit-test/FrozenLakeDet-v1"
 SPACE_ENV = "rlkit-test/AnySpace-v0"
+OWN_SPACE_ENV = "rlkit-test/AnyOwnSpace-v0"
 IMAGE_PROBE = "rlkit/HWCImageProbe-v0"
 DICT_PROBE = "rlkit/DictImageVectorProbe-v0"
 
@@ -148,6 +149,35 @@ def test_final_obs_is_adapted_like_every_other_observation():
         assert set(np.unique(pixels)) == {0.0, 255.0}  # not normalised
         assert np.all(np.abs(final[64:]) <= normalizer.clip)
     assert normalizer.indices.tolist() == [64]
+
+
+def test_batched_seeds_grouped_normaliser_takes_only_the_real_valued_entries_of_each_seed():
+    """A Dict of one-hot and Box parts, grouped as batched seeds' envs: each seed's observations (final ones
+    included) are those of its own stack, bit for bit; the one-hot entries pass unchanged."""
+    import copy
+
+    from rlkit.envs import EnvGroup, normalizer_state
+
+    if OWN_SPACE_ENV not in gym.registry:  # AnySpace with a space (and so a sampling stream) of each env's own
+        gym.register(OWN_SPACE_ENV, entry_point=lambda space: AnySpace(copy.deepcopy(space)))
+    space = spaces.Dict({"d": spaces.Discrete(3), "x": spaces.Box(-5, 5, (2,))})
+    kwargs = {"normalize_obs": True, "env_kwargs": {"space": space}}
+    alone = [make_vector_env(OWN_SPACE_ENV, 2, **kwargs) for _ in range(3)]
+    grouped = make_vector_env(OWN_SPACE_ENV, 6, groups=3, **kwargs)
+    assert grouped.indices.tolist() == [3, 4] and grouped.obs_rms.mean.shape == (3, 2)
+    obs, _ = grouped.reset(seed=[10 * k + j for k in range(3) for j in range(2)])
+    for k, envs in enumerate(alone):
+        assert np.array_equal(envs.reset(seed=10 * k)[0], obs[2 * k:2 * k + 2])
+    for _ in range(20):  # every step ends an episode: final observations, normalised by their own seed's statistics
+        obs, _, _, _, info = grouped.step(np.zeros(6, dtype=np.int64))
+        for k, envs in enumerate(alone):
+            o, _, _, _, i = envs.step(np.zeros(2, dtype=np.int64))
+            assert np.array_equal(o, obs[2 * k:2 * k + 2])
+            assert all(np.array_equal(a, b) for a, b in zip(i["final_obs"], info["final_obs"][2 * k:2 * k + 2]))
+    assert set(np.unique(obs[:, :3])) <= {0.0, 1.0}
+    for k, envs in enumerate(alone):
+        assert all(np.array_equal(v, normalizer_state(envs)[key])
+                   for key, v in normalizer_state(EnvGroup(grouped, k, 3)).items())
 
 
 def test_normaliser_only_where_it_makes_sense():
