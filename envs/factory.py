@@ -15,6 +15,7 @@ is ever trained on whose observation came from a reset rather than the action.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import gymnasium as gym
@@ -112,6 +113,10 @@ class EnvGroup:
         self.single_observation_space, self.single_action_space = envs.single_observation_space, envs.single_action_space
 
     OWN = {"num_envs": lambda group: group.num_envs, "groups": lambda group: None}
+    # The vector wrappers' per-env arrays (gymnasium's SyncVectorEnv and RecordEpisodeStatistics, rlkit's
+    # NormalizeReward), named rather than guessed from their length: NormalizeObservation.indices may be as long.
+    PER_ENV = frozenset({"_observations", "_rewards", "_terminations", "_truncations", "_autoreset_envs",
+                         "episode_returns", "episode_lengths", "episode_start_times", "prev_dones", "discounted_return"})
 
     def sub_envs(self) -> list:
         return self.envs.unwrapped.envs[self.rows]
@@ -121,20 +126,29 @@ class EnvGroup:
         num_envs) -> this run's rows; the number of envs and of groups -> those of the run alone."""
         if key in self.OWN:
             return self.OWN[key](self)
-        return value[self.rows] if self._per_env(value) else value
+        return value[self.rows] if self._per_env(key, value) else value
 
     def placed(self, key: str, current, value):
         """:meth:`sliced` undone: this run's rows ``value`` written into a copy of the per-env array ``current``."""
         if key in self.OWN:
             return current
-        if self._per_env(current) and isinstance(value, np.ndarray) and value.shape == current[self.rows].shape:
+        if self._per_env(key, current) and isinstance(value, np.ndarray) and value.shape == current[self.rows].shape:
             current = current.copy()
             current[self.rows] = value
             return current
         return value
 
-    def _per_env(self, value) -> bool:
-        return isinstance(value, np.ndarray) and value.ndim > 0 and len(value) == self.envs.num_envs
+    def _per_env(self, key: str, value) -> bool:
+        return key in self.PER_ENV and isinstance(value, np.ndarray) and value.ndim > 0 and len(value) == self.envs.num_envs
+
+    def state_fields(self) -> dict[tuple, set[str]]:
+        """:func:`state_fields` of the whole vector env, worked out once for all its groups (it steps a copy of it)."""
+        if self.envs not in _GROUP_STATE_FIELDS:
+            _GROUP_STATE_FIELDS[self.envs] = state_fields(self.envs)
+        return _GROUP_STATE_FIELDS[self.envs]
+
+
+_GROUP_STATE_FIELDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _stack_and_group(envs) -> tuple[gym.vector.VectorEnv, int | None]:
@@ -359,7 +373,7 @@ def load_env_state(envs: gym.vector.VectorEnv | EnvGroup, state: dict[str, Any])
         raise _state_error("the saved environment state is not the structure rlkit writes")
     if len(vector_wrappers) != len(state["vector_wrappers"]) or len(sub_envs) != len(state["sub_envs"]):
         raise _state_error("the saved environment state is from a different env stack or number of envs")
-    allowed = state_fields(stack)
+    allowed = group.state_fields() if group is not None else state_fields(stack)
     first = group.rows.start if group is not None else 0  # sub-env j of the state is sub-env first + j of the stack
     ignored: list[str] = []
     for i, (wrapper, attributes) in enumerate(zip(vector_wrappers, state["vector_wrappers"])):

@@ -194,7 +194,7 @@ class NormalizeReward(VectorWrapper):
         """True: one env takes the numpy path too (the tests hold the two together)"""
 
     def step(self, actions):
-        if self.num_envs == 1 and not self.batched_arithmetic:
+        if self.num_envs == 1 and self.groups is None and not self.batched_arithmetic:
             return self._step_one_env(actions)
         obs, rewards, terminations, truncations, info = self.env.step(actions)
         self.discounted_return = self.discounted_return * self.gamma + rewards

@@ -289,6 +289,8 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
         elif len(exact) > 1:
             raise CheckpointError("some seeds' env state was saved exactly and some not; resume them separately")
         start_iteration, elapsed_before = saved[0][1]["iteration"] + 1, saved[0][1]["wall_time"]
+        if len({c.mask is None for c in cursors}) > 1:
+            raise CheckpointError("some seeds' checkpoints hold an action mask and some not; resume them separately")
         cursor = EnvCursor(torch.cat([c.obs for c in cursors]), None if cursors[0].mask is None else
                            torch.cat([c.mask for c in cursors]), cursors[0].global_step)
     params, buffers = stack_module_state(agents)  # {name: [n, ...]} leaves with requires_grad

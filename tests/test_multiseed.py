@@ -95,3 +95,12 @@ def test_stacked_forward_of_the_rollout_matches_vmap_of_the_agent(shared):
             torch.testing.assert_close(got[0][i], agent(obs[i])[0], rtol=1e-5, atol=1e-6)
 
 
+
+
+def test_one_seed_of_one_env_trains_batched():
+    """One seed of one env (the mujoco recipe's shape, a bench with one seed left to run): the grouped reward
+    normaliser of one group of one env takes the array path."""
+    cfg = PPOConfig(env_id="Pendulum-v1", num_envs=1, num_steps=32, total_timesteps=64, num_minibatches=2,
+                    update_epochs=1, normalize_obs=True, normalize_reward=True)
+    (result,) = train_seeds(cfg, [5], progress=False, log=False)
+    assert result.global_step == 64 and result.normalizer["reward.count"] > 64

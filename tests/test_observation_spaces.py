@@ -178,6 +178,15 @@ def test_batched_seeds_grouped_normaliser_takes_only_the_real_valued_entries_of_
     for k, envs in enumerate(alone):
         assert all(np.array_equal(v, normalizer_state(envs)[key])
                    for key, v in normalizer_state(EnvGroup(grouped, k, 3)).items())
+    # 2 seeds of 1 env: the 2 normalised entries' indices are as long as the env count, and are no per-env array
+    pair = make_vector_env(OWN_SPACE_ENV, 2, groups=2, **kwargs)
+    pair.reset(seed=[0, 10])
+    one = make_vector_env(OWN_SPACE_ENV, 1, **kwargs)
+    one.reset(seed=10)
+    saved, own = env_state(EnvGroup(pair, 1, 2)), env_state(one)
+    indices = lambda state: [np.asarray(w["indices"]).tolist() for w in state["vector_wrappers"] if "indices" in w]  # noqa: E731
+    assert indices(saved) == indices(own) == [[3, 4]]
+    assert [sorted(w) for w in saved["vector_wrappers"]] == [sorted(w) for w in own["vector_wrappers"]]
 
 
 def test_normaliser_only_where_it_makes_sense():

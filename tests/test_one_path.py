@@ -192,6 +192,9 @@ def test_batched_seeds_checkpoint_resume_bit_exact_and_each_seed_stands_alone(tm
     shutil.rmtree(list_checkpoints(dirs("whole")[1])[-1])
     alone = train(resume=dirs("whole")[1], progress=False)
     assert alone.global_step == whole[1].global_step
+    for name, value in _weights(whole[1]).items():  # the seed's run goes on alone as it went on batched
+        torch.testing.assert_close(_weights(alone)[name], value, atol=1e-5, rtol=0)
+    assert alone.episode_returns == pytest.approx(whole[1].episode_returns, rel=1e-5)
 
 
 def test_batched_seeds_resume_without_exact_env_state_restarts_each_seed_as_its_run_alone(tmp_path, capsys):
@@ -205,15 +208,17 @@ def test_batched_seeds_resume_without_exact_env_state_restarts_each_seed_as_its_
     for d in dirs:
         shutil.rmtree(list_checkpoints(d)[-1])
         os.remove(os.path.join(d, "summary.json"))
-    shutil.copytree(dirs[1], tmp_path / "alone")
+    for d, name in zip(dirs, ("alone3", "alone4")):
+        shutil.copytree(d, tmp_path / name)
     capsys.readouterr()
-    resumed = train_seeds(cfg, [3, 4], run_dirs=dirs, progress=False, resume=True)[1]
+    resumed = train_seeds(cfg, [3, 4], run_dirs=dirs, progress=False, resume=True)
     assert "restart from a seeded reset" in capsys.readouterr().out
-    alone = train(resume=str(tmp_path / "alone"), progress=False)
-    assert resumed.global_step == alone.global_step == 2 * 16 * 4
-    for name, value in _weights(alone).items():
-        torch.testing.assert_close(_weights(resumed)[name], value, atol=1e-5, rtol=0)
-    assert resumed.episode_returns == pytest.approx(alone.episode_returns, rel=1e-5)
+    for seed_resumed, name in zip(resumed, ("alone3", "alone4")):
+        alone = train(resume=str(tmp_path / name), progress=False)
+        assert seed_resumed.global_step == alone.global_step == 2 * 16 * 4
+        for key, value in _weights(alone).items():
+            torch.testing.assert_close(_weights(seed_resumed)[key], value, atol=1e-5, rtol=0)
+        assert seed_resumed.episode_returns == pytest.approx(alone.episode_returns, rel=1e-5)
 
 
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
