@@ -12,7 +12,9 @@ Measures, each as the median of --repeats:
   policy step dispatch, in rlkit and in Stable-Baselines3's PPO at the same settings, and the cost of
   one small op on this machine: at these sizes time is (ops x cost per op), which is what limits both.
 What the pieces do not cover is bookkeeping (buffer writes, conversions, checks, episode stats).
-Writes results.json and results.md to --out.
+The pieces are those of the plain (autograd) path, so the whole iterations here train with
+``update_backend = "autograd"`` too; the fused update and policy step are measured by
+benchmarks/fused_update.py and benchmarks/policy_step.py.  Writes results.json and results.md to --out.
 """
 
 from __future__ import annotations
@@ -51,13 +53,8 @@ class OpCounter(TorchDispatchMode):
 def grad_step_parts(cfg, envs, steps: int, count_ops: bool = False) -> dict[str, float]:
     """Seconds per gradient step of each piece, averaged over ``steps`` steps, as rlkit.ppo.ppo_update
     runs them; with ``count_ops`` instead the aten ops each piece dispatches in one step."""
-    from rlkit.ppo import (
-        _check_finite,
-        agent_minibatch_loss,
-        make_agent,
-        make_optimizer,
-        optimized_parameters,
-    )
+    from rlkit.ppo import agent_minibatch_loss, make_agent, make_optimizer, optimized_parameters
+    from rlkit.runtime import check_finite
 
     agent = make_agent(cfg, envs.single_observation_space, envs.single_action_space)
     optimizer = make_optimizer(agent, cfg.learning_rate, flat=cfg.network == "mlp")  # as rlkit.ppo.train does
@@ -88,7 +85,7 @@ def grad_step_parts(cfg, envs, steps: int, count_ops: bool = False) -> dict[str,
         t3 = time.perf_counter()
         with counters[3]:
             if not torch.isfinite(loss.detach() + grad_norm):
-                _check_finite("loss", loss.detach())
+                check_finite("loss", loss.detach())
         t4 = time.perf_counter()
         with counters[4]:
             optimizer.step()
@@ -209,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     from rlkit.ppo import PPOConfig, make_envs
 
     torch.set_num_threads(1)
-    cfg = PPOConfig(env_id=args.env_id, num_envs=1, device="cpu", torch_threads=1, **SHARED).validate()
+    cfg = PPOConfig(env_id=args.env_id, num_envs=1, device="cpu", torch_threads=1, update_backend="autograd",
+                    **SHARED).validate()
     envs = make_envs(cfg)
     grad, policy, env = [], [], []
     for repeat in range(args.repeats):
