@@ -278,7 +278,7 @@ def _bench_batched(recipe: str, runs, overrides: list[str], out: str) -> int:
             print(f"\n{label}: stopped by signal {results[0].interrupted}; checkpoints written; re-run the same command to resume")
             return 128 + results[0].interrupted
         seconds = time.time() - start
-        print(f"\n{label}: {len(pending)} seeds x {results[0].global_step:,} steps in one process, {seconds:.1f} s "
+        print(f"\n{label}: {len(pending)} seed{'s' if len(pending) != 1 else ''} x {results[0].global_step:,} steps in one process, {seconds:.1f} s "
               f"({len(pending) * 3600 / seconds:.1f} seeds per hour)")
         for spec, result in zip(pending, results):
             last = result.last_returns(100)
