@@ -223,3 +223,48 @@ def test_a_grouped_env_stack_restores_one_runs_state_from_its_own_stack():
         normalizer_state(grouped)
     with pytest.raises(ValueError, match="must divide"):
         make_vector_env("Pendulum-v1", 5, groups=2, **kwargs)
+
+
+def _same_infos(a, b) -> bool:
+    """Infos equal key by key, in order, arrays (object arrays of final observations / infos too) bit for bit."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_same_infos(a[k], b[k]) for k in a)
+    if isinstance(a, np.ndarray) and a.dtype == object:
+        return isinstance(b, np.ndarray) and b.dtype == object and len(a) == len(b) and all(
+            _same_infos(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.asarray(a).dtype == np.asarray(b).dtype and _same(a, b)
+    return a == b or (a is None and b is None)
+
+
+@pytest.mark.parametrize("env_id,num_envs,steps", [("CartPole-v1", 1, 600), ("CartPole-v1", 3, 600),
+                                                   ("Pendulum-v1", 2, 450), ("FrozenLake-v1", 2, 300),
+                                                   ("HalfCheetah-v5", 1, 1100)])
+def test_the_sync_vector_env_step_is_gymnasiums(env_id, num_envs, steps):
+    """rlkit's shorter SyncVectorEnv.step returns what gymnasium's returns: observations, rewards,
+    terminations, truncations and infos (final observations and infos at autoresets, MuJoCo's reward
+    terms) bit for bit, dtypes included, over episodes ending by termination and by time limit."""
+    from gymnasium.vector import SyncVectorEnv
+
+    from rlkit.envs.factory import SameStepSyncVectorEnv
+
+    if env_id.startswith("HalfCheetah"):
+        pytest.importorskip("mujoco")
+    ours = make_vector_env(env_id, num_envs)
+    theirs = make_vector_env(env_id, num_envs)
+    theirs.unwrapped.__class__ = SyncVectorEnv
+    assert type(ours.unwrapped) is SameStepSyncVectorEnv
+    (obs_a, info_a), (obs_b, info_b) = ours.reset(seed=9), theirs.reset(seed=9)
+    assert _same(obs_a, obs_b) and _same_infos(info_a, info_b)
+    ours.action_space.seed(1)
+    ends = 0
+    for step in range(steps):
+        actions = ours.action_space.sample()
+        a, b = ours.step(actions), theirs.step(actions)
+        for x, y in zip(a[:4], b[:4]):
+            assert x.dtype == y.dtype and np.array_equal(x, y), step
+        for infos in (a[4], b[4]):  # an episode's wall-clock duration is no output of the env
+            infos.get("episode", {}).pop("t", None)
+        assert _same_infos(a[4], b[4]), (step, a[4], b[4])
+        ends += int(np.sum(a[2] | a[3]))
+    assert ends > 0
