@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
-from results_io import write_results  # benchmarks/ is sys.path[0] when run as a script
+from results_io import interleaved_step_times, medians, write_results  # benchmarks/ is sys.path[0] when run as a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STACK = dict(gamma=0.99, normalize_obs=True, normalize_reward=True)
@@ -64,13 +62,6 @@ def bare_sub_envs(env_id: str, seeds: int, per_seed: int):
     return step, [vector]
 
 
-def time_steps(step, actions: np.ndarray) -> float:
-    start = time.perf_counter()
-    for a in actions:
-        step(a)
-    return (time.perf_counter() - start) / len(actions)
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -94,10 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             actions = np.random.default_rng(0).uniform(space.low.clip(-1), space.high.clip(max=1),
                                                        (args.steps, n, *space.shape)).astype(np.float32)
             for repeat in range(args.repeats):
-                order = list(ways) if repeat % 2 == 0 else list(reversed(ways))
-                times = {name: time_steps(built[name][0], actions) for name in order}
+                times = interleaved_step_times({name: step for name, (step, _) in built.items()}, actions, repeat)
                 rows.append({"env": env_id, "seeds": seeds, "per_seed": args.per_seed, "repeat": repeat,
-                             **{f"{name}_us": 1e6 * t for name, t in times.items()}})
+                             **{f"{name}_us": t for name, t in times.items()}})
                 print(rows[-1], flush=True)
             for _, envs in built.values():
                 for e in envs:
@@ -110,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
              "| wrappers per seed, µs | wrappers grouped, µs |", "|-|-|-|-|-|-|-|-|"]
     for env_id in args.envs:
         for seeds in args.seeds:
-            mine = [r for r in rows if r["env"] == env_id and r["seeds"] == seeds]
-            med = lambda key: statistics.median(r[key] for r in mine)  # noqa: E731
-            ratio = statistics.median(r["per_seed_us"] / r["grouped_us"] for r in mine)
+            med, ratio = medians([r for r in rows if r["env"] == env_id and r["seeds"] == seeds],
+                                 ("per_seed_us", "grouped_us"))
             lines.append(f"| {env_id} | {seeds} | {med('per_seed_us'):.1f} | {med('grouped_us'):.1f} | {ratio:.2f}x | "
                          f"{med('bare_us'):.1f} | {med('per_seed_us') - med('bare_us'):.1f} | "
                          f"{med('grouped_us') - med('bare_us'):.1f} |")

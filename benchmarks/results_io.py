@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,3 +41,20 @@ def write_results(out: str, payload: dict, lines: list[str]) -> None:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwrote {out}/results.json and results.md")
+
+
+def interleaved_step_times(ways: dict[str, Callable], actions, repeat: int) -> dict[str, float]:
+    """µs per call of each way's step over the pre-drawn ``actions``, the ways in alternating order by repeat."""
+    times = {}
+    for name in (list(ways) if repeat % 2 == 0 else list(reversed(ways))):
+        start = time.perf_counter()
+        for a in actions:
+            ways[name](a)
+        times[name] = 1e6 * (time.perf_counter() - start) / len(actions)
+    return times
+
+
+def medians(rows: list[dict], ratio: tuple[str, str]) -> tuple[Callable[[str], float], float]:
+    """(median of a key over ``rows``, median of the per-row ratio ratio[0] / ratio[1])."""
+    return (lambda key: statistics.median(r[key] for r in rows),
+            statistics.median(r[ratio[0]] / r[ratio[1]] for r in rows))

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
-from results_io import write_results  # benchmarks/ is sys.path[0] when run as a script
+from results_io import interleaved_step_times, medians, write_results  # benchmarks/ is sys.path[0] when run as a script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -60,12 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
             ways = {"gymnasium": theirs.unwrapped.step, "rlkit": ours.unwrapped.step, "bare": bare}
             for repeat in range(args.repeats):
-                times = {}
-                for name in (list(ways) if repeat % 2 == 0 else list(reversed(ways))):
-                    start = time.perf_counter()
-                    for a in actions:
-                        ways[name](a)
-                    times[name] = 1e6 * (time.perf_counter() - start) / args.steps
+                times = interleaved_step_times(ways, actions, repeat)
                 rows.append({"env": env_id, "num_envs": n, "repeat": repeat, **{f"{k}_us": v for k, v in times.items()}})
                 print(rows[-1], flush=True)
     lines = ["# One vector-env step: gymnasium's SyncVectorEnv.step vs rlkit's", "", "```", command, "```", "",
@@ -75,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
              "| env | envs | gymnasium, µs | rlkit, µs | gymnasium / rlkit | bare sub-envs (floor), µs |", "|-|-|-|-|-|-|"]
     for env_id in args.envs:
         for n in args.num_envs:
-            mine = [r for r in rows if r["env"] == env_id and r["num_envs"] == n]
-            med = lambda key: statistics.median(r[key] for r in mine)  # noqa: E731
-            ratio = statistics.median(r["gymnasium_us"] / r["rlkit_us"] for r in mine)
+            med, ratio = medians([r for r in rows if r["env"] == env_id and r["num_envs"] == n],
+                                 ("gymnasium_us", "rlkit_us"))
             lines.append(f"| {env_id} | {n} | {med('gymnasium_us'):.1f} | {med('rlkit_us'):.1f} | {ratio:.2f}x | "
                          f"{med('bare_us'):.1f} |")
     write_results(args.out, {"command": command, "rows": rows}, lines)
