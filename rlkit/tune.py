@@ -368,20 +368,21 @@ def tune(setup: TuneSetup, trials: int, storage: str | None = None, timeout: flo
          sampler_seed: int | None = None, pruner=None, best_path: str | None = None, progress: bool = True,
          startup_trials: int = 5, warmup: float = 0.3, start_from_recipe: bool = True, echo=print) -> dict:
     """Run the study until it holds ``trials`` finished trials (or ``timeout`` seconds pass); write the best
-    recipe.  ``start_from_recipe``: a new study's first trial is the recipe's own values (Optuna's
-    ``enqueue_trial``), so the best trial scores at least the recipe on the tuning objective and TPE knows a
+    recipe.  ``start_from_recipe``: a new study's first trial (trial 0) is the recipe's own values, so the best trial scores at least the recipe on the tuning objective and TPE knows a
     good point from the start.  Returns {'study', 'best_path', 'interrupted', 'finished', 'ran'}."""
     optuna = require_optuna()
     from tqdm.auto import tqdm
 
     study = open_study(setup.study_name, storage, sampler_seed, pruner, startup_trials, warmup)
-    if start_from_recipe and not study.get_trials(deepcopy=False):
-        # skip_if_exists: processes starting the same new study together enqueue it once
-        study.enqueue_trial(recipe_params(setup.space, setup.values), user_attrs={"from_recipe": True},
-                            skip_if_exists=True)
     if sampler_seed is not None:  # a resumed study must not replay the first process's random draws
         study.sampler = optuna.samplers.TPESampler(n_startup_trials=startup_trials,
                                                    seed=sampler_seed + len(study.get_trials(deepcopy=False)))
+    # Trial 0 draws the recipe's values rather than being enqueued: on SQLite two processes starting together
+    # can both pop one enqueued trial (no row locks; Optuna #4002) and run it into the same trial folder,
+    # while trial numbers themselves are unique.
+    recipe = recipe_params(setup.space, setup.values) if start_from_recipe else None
+    if recipe is not None:
+        study.sampler = RecipeFirstSampler(study.sampler, recipe)
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
     remaining = max(0, trials - done)
     bar = tqdm(total=trials, initial=done, unit="trial", disable=not progress, dynamic_ncols=True)
@@ -408,7 +409,7 @@ def tune(setup: TuneSetup, trials: int, storage: str | None = None, timeout: flo
 
     if remaining:
         try:
-            study.optimize(setup.objective, n_trials=remaining, timeout=timeout, callbacks=[after_trial],
+            study.optimize(setup.objective if recipe is None else _marking_recipe_trial(setup.objective), n_trials=remaining, timeout=timeout, callbacks=[after_trial],
                            catch=(_non_finite(),))
         except TuneInterrupted as stop:
             interrupted = stop.signum
@@ -428,6 +429,37 @@ def tune(setup: TuneSetup, trials: int, storage: str | None = None, timeout: flo
         echo(f"best recipe: {os.path.abspath(best_path)}\n  rlkit {'rlhf' if setup.table == 'rlhf' else 'train'} {best_path}")
     return {"study": study, "best_path": best_path if wrote else None, "interrupted": interrupted,
             "finished": len(finished), "ran": ran}
+
+
+class RecipeFirstSampler:
+    """``base``, except that trial 0 of the study takes ``params`` (the recipe's values) and draws only the keys
+    they lack: the study's first trial is the recipe, so the best trial scores at least the recipe."""
+
+    def __init__(self, base, params: dict[str, Any]):
+        self.base, self.params = base, dict(params)
+
+    def infer_relative_search_space(self, study, trial):
+        return self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return {} if trial.number == 0 else self.base.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        if trial.number == 0 and param_name in self.params:
+            return self.params[param_name]
+        return self.base.sample_independent(study, trial, param_name, param_distribution)
+
+    def __getattr__(self, name):  # before_trial, after_trial, reseed_rng, ... : the base sampler's
+        return getattr(self.base, name)
+
+
+def _marking_recipe_trial(objective):
+    def marked(trial):
+        if trial.number == 0:
+            trial.set_user_attr("from_recipe", True)
+        return objective(trial)
+
+    return marked
 
 
 def _non_finite():

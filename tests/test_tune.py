@@ -114,6 +114,22 @@ def test_processes_share_one_sqlite_study(tmp_path, space):
     assert all("trials finished" in out for out in outputs)
 
 
+def test_the_recipe_trial_is_not_enqueued(tmp_path, space, monkeypatch):
+    """Bug: trial 0 was an enqueued (WAITING) trial; on SQLite two processes starting together could both pop it
+    (no row locks, Optuna #4002) and race for one trial folder (test_processes_share_one_sqlite_study failed
+    with exits [7, 2]).  Trial 0 now draws the recipe's values from the sampler: no trial ever waits."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a WAITING trial can be popped by two processes on SQLite")
+
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", refuse)
+    assert main(_args(tmp_path, space, 2, "--sampler-seed", "0")) == 0
+    first, second = _study(tmp_path).trials
+    _, recipe, _ = read_recipe("cartpole")
+    assert first.user_attrs["from_recipe"] and first.params["learning_rate"] == recipe["learning_rate"]
+    assert "from_recipe" not in second.user_attrs and second.params["learning_rate"] != recipe["learning_rate"]
+    assert first.state.name == second.state.name == "COMPLETE"
+
+
 def test_search_spaces_and_refusals(tmp_path):
     space = default_space("pendulum", {})
     assert {"learning_rate", "num_steps", "num_minibatches", "update_epochs", "gamma", "gae_lambda", "clip_coef",
