@@ -82,7 +82,7 @@ def make_vector_env(
         num_envs=num_envs,
         vectorization_mode=vectorization,
         vector_kwargs=vector_kwargs,
-        wrappers=[*(sub_env_wrappers or []), adapt_observations],
+        wrappers=[*(sub_env_wrappers or []), adapt_observations, zero_based_actions],
         **(env_kwargs or {}),
     )
     if vectorization == "sync" and SameStepSyncVectorEnv.takes(envs):
@@ -126,12 +126,22 @@ class SameStepSyncVectorEnv(gym.vector.SyncVectorEnv):
             if terminated or truncated:
                 infos = self._add_info(infos, {"final_obs": obs, "final_info": env_info}, i)
                 obs, env_info = env.reset()
+            try:
+                self._observations[i] = obs
+            except ValueError:
+                raise _wrong_observation(self, i, obs) from None
             self._env_obs[i] = obs
-            self._observations[i] = obs
             if env_info:
                 infos = self._add_info(infos, env_info, i)
         self._autoreset_envs = np.logical_or(self._terminations, self._truncations)
         return self._observations.copy(), self._rewards.copy(), self._terminations.copy(), self._truncations.copy(), infos
+
+
+def _wrong_observation(envs: gym.vector.SyncVectorEnv, index: int, obs) -> Exception:
+    from rlkit.errors import EnvError  # a leaf module: no agent code
+
+    return EnvError(f"sub-env {index} returned an observation of shape {np.shape(obs)} and dtype "
+                    f"{np.asarray(obs).dtype}, but its observation_space is {envs.single_observation_space}")
 
 
 class EnvGroup:
@@ -203,6 +213,42 @@ def async_worker_ignoring_sigint(index, env_fn, pipe, parent_pipe, shared_memory
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _async_worker(index, env_fn, pipe, parent_pipe, shared_memory, error_queue, autoreset_mode, semaphore)
+
+
+class ZeroBasedActions(gym.ActionWrapper):
+    """A Discrete / MultiDiscrete action space with ``start`` != 0 as the same space from 0: the agent's
+    categorical samples 0..n-1 are sent to the env as ``start + a``.  ``start`` is what rlkit.api's
+    ``predict`` adds back (the agent folder records it)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        space = env.action_space
+        self.start = np.asarray(space.start)
+        self.action_space = (gym.spaces.Discrete(int(space.n)) if isinstance(space, gym.spaces.Discrete)
+                             else gym.spaces.MultiDiscrete(space.nvec, dtype=space.dtype))
+
+    def action(self, action):
+        return action + self.start
+
+
+def zero_based_actions(env: gym.Env) -> gym.Env:
+    """``env`` with :class:`ZeroBasedActions` when its Discrete / MultiDiscrete actions do not start at 0."""
+    space = env.action_space
+    if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)) and np.any(np.asarray(space.start) != 0):
+        return ZeroBasedActions(env)
+    return env
+
+
+def action_start(envs: gym.vector.VectorEnv) -> list[int] | int | None:
+    """The ``start`` of the env's own Discrete / MultiDiscrete actions where it is not 0 (None: 0, or not knowable
+    from this process: async sub-envs)."""
+    subs = getattr(envs.unwrapped, "envs", None)
+    env = subs[0] if subs else None
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, ZeroBasedActions):
+            return env.start.tolist()
+        env = env.env
+    return None
 
 
 def clip_actions_to_bounds(envs: gym.vector.VectorEnv) -> gym.vector.VectorEnv:
@@ -369,7 +415,76 @@ def supports_exact_state(envs: gym.vector.VectorEnv | EnvGroup) -> bool:
         for key, value in vars(env.unwrapped).items():
             if not (_is_simple(value) or isinstance(value, _HARMLESS)):
                 return False
-    return True
+    return not _dicts_change(base)
+
+
+_DICTS_CHANGE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _dicts_change(base: gym.vector.SyncVectorEnv, steps: int = 64) -> bool:
+    """Whether a sub-env keeps state in a dict attribute, which :func:`env_state` does not save: one that
+    changes over a seeded reset and ``steps`` random steps of a copy (FrozenLake's transition table does not;
+    a dict of positions does).  Once per vector env."""
+    import copy
+
+    if base in _DICTS_CHANGE:
+        return _DICTS_CHANGE[base]
+
+    def dicts(env):
+        return {key: value for key, value in vars(env.unwrapped).items() if isinstance(value, dict)}
+
+    changed, before = False, None
+    if dicts(base.envs[0]):
+        probe = copy.deepcopy(base.envs[0])
+
+        def observe() -> bool:
+            nonlocal changed, before
+            now = dicts(probe)
+            if before is None:
+                before = copy.deepcopy(now)
+            changed = now.keys() != before.keys() or any(not _equal(before[k], now[k]) for k in now)
+            return changed
+
+        _random_steps(probe, steps, observe)
+    _DICTS_CHANGE[base] = changed
+    return changed
+
+
+def _random_steps(probe, steps: int, observe) -> None:
+    """A seeded reset and ``steps`` random steps of ``probe`` (a copy: an env or a vector env), ``observe()`` after
+    each until it returns True; an env that refuses random actions ends it early.  The probe is closed."""
+    try:
+        probe.action_space.seed(12345)
+        probe.reset(seed=12345)
+        if observe():
+            return
+        for _ in range(steps):
+            _, _, terminated, truncated, _ = probe.step(probe.action_space.sample())
+            if observe():
+                return
+            if not isinstance(probe, gym.vector.VectorEnv) and (terminated or truncated):
+                probe.reset()
+    except Exception:  # noqa: BLE001  (what was seen so far)
+        pass
+    finally:
+        try:
+            probe.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _equal(a, b) -> bool:
+    """Deep equality of attribute values (dicts, lists, tuples, arrays, numbers)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.shape(a) == np.shape(b) and bool(np.array_equal(a, b, equal_nan=np.asarray(a).dtype.kind in "fc"))
+    try:
+        return bool(a == b) or (a != a and b != b)  # NaN equals NaN here: unchanged
+    except Exception:  # noqa: BLE001
+        return a is b
 
 
 def env_state(envs: gym.vector.VectorEnv | EnvGroup) -> dict[str, Any]:
@@ -387,6 +502,9 @@ def env_state(envs: gym.vector.VectorEnv | EnvGroup) -> dict[str, Any]:
         state["sub_envs"].append({
             "chain": [_simple_attributes(link) for link in chain],
             "np_random": env.unwrapped.np_random.bit_generator.state,
+            # the env's own generators (self.rng = np.random.default_rng(...)), by attribute name
+            "generators": {key: value.bit_generator.state for key, value in vars(env.unwrapped).items()
+                           if isinstance(value, np.random.Generator) and key != "_np_random"},
         })
     state["normalizers"] = normalizer_state(envs)
     return state
@@ -428,6 +546,19 @@ def load_env_state(envs: gym.vector.VectorEnv | EnvGroup, state: dict[str, Any])
             generator.state = saved["np_random"]
         except (TypeError, ValueError, KeyError) as error:
             raise _state_error(f"sub-env {j}'s saved random generator state is invalid ({error})") from None
+        for key, generator_state in (saved.get("generators") or {}).items():
+            own = getattr(env.unwrapped, key, None)
+            kind = generator_state.get("bit_generator") if isinstance(generator_state, dict) else None
+            if own is None and kind in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):  # made at reset, not yet
+                own = np.random.Generator(getattr(np.random, kind)())
+                setattr(env.unwrapped, key, own)
+            if not isinstance(own, np.random.Generator) or not isinstance(generator_state, dict) or \
+                    generator_state.get("bit_generator") != own.bit_generator.state.get("bit_generator"):
+                raise _state_error(f"sub-env {j}'s saved generator {key!r} does not match this env's")
+            try:
+                own.bit_generator.state = generator_state
+            except (TypeError, ValueError, KeyError) as error:
+                raise _state_error(f"sub-env {j}'s saved generator {key!r} is invalid ({error})") from None
     load_normalizer_state(envs, state["normalizers"])
     return sorted(set(ignored))
 
@@ -459,25 +590,13 @@ def state_fields(envs: gym.vector.VectorEnv, steps: int = 64) -> dict[tuple, set
     before = snapshot()
     changed: dict[tuple, set[str]] = {key: set() for key in before}
 
-    def compare():
+    def compare() -> bool:
         for key, now in snapshot().items():
             was = before.get(key, {})
             changed.setdefault(key, set()).update(name for name, value in now.items() if name not in was or was[name] != value)
+        return False
 
-    try:
-        probe.action_space.seed(12345)
-        probe.reset(seed=12345)
-        compare()
-        for _ in range(steps):
-            probe.step(probe.action_space.sample())
-            compare()
-    except Exception:  # noqa: BLE001  (an env that refuses random actions: what changed so far)
-        pass
-    finally:
-        try:
-            probe.close()
-        except Exception:  # noqa: BLE001
-            pass
+    _random_steps(probe, steps, compare)
     for key in [k for k in changed if k[0] == "sub"]:  # every copy of the env has the same fields
         changed[key] = set().union(*(v for k, v in changed.items() if k[0] == "sub" and k[2] == key[2]))
     return changed

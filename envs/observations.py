@@ -81,28 +81,34 @@ _ADVICE = {
 
 
 def check_observation_space(space: gym.Space, where: str = "") -> None:
-    """Raise a one-line ValueError naming the first part of ``space`` rlkit cannot take, and what to do."""
+    """Raise a one-line EnvError (a ValueError; exit code 4) naming the first part of ``space`` rlkit cannot take, and what to do."""
     part = f"observation part {where!r}" if where else "the observation space"
     todo = "with a gymnasium.ObservationWrapper around the env"
     if isinstance(space, spaces.Box):
         if len(space.shape) > 3:
-            raise ValueError(f"rlkit cannot take {part} {space}: a Box with {len(space.shape)} dims is no image; "
+            raise _refused(f"rlkit cannot take {part} {space}: a Box with {len(space.shape)} dims is no image; "
                              f"reshape it to at most 3 dims (e.g. stack frames into the channel axis) {todo}")
         if not (np.issubdtype(space.dtype, np.number) or space.dtype == np.bool_):
-            raise ValueError(f"rlkit cannot take {part} {space}: dtype {space.dtype} is not numeric; cast it {todo}")
+            raise _refused(f"rlkit cannot take {part} {space}: dtype {space.dtype} is not numeric; cast it {todo}")
         return
     if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
         return
     if isinstance(space, (spaces.Tuple, spaces.Dict)):
         children = _children(space)
         if not children:
-            raise ValueError(f"rlkit cannot take {part} {space}: it is empty; give it at least one part {todo}")
+            raise _refused(f"rlkit cannot take {part} {space}: it is empty; give it at least one part {todo}")
         for key, child in children:
             check_observation_space(child, f"{where}.{key}" if where else str(key))
         return
     advice = next((text for cls, text in _ADVICE.items() if isinstance(space, cls)), "express it as Box, Discrete, "
                   "MultiDiscrete, MultiBinary, Tuple or Dict")
-    raise ValueError(f"rlkit cannot take {part} {space}: {type(space).__name__} spaces are not supported; {advice} {todo}")
+    raise _refused(f"rlkit cannot take {part} {space}: {type(space).__name__} spaces are not supported; {advice} {todo}")
+
+
+def _refused(message: str) -> Exception:
+    from rlkit.errors import EnvError  # a leaf module: no agent code
+
+    return EnvError(message)
 
 
 def _children(space: spaces.Tuple | spaces.Dict) -> list[tuple[str, gym.Space]]:

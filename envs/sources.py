@@ -6,6 +6,7 @@ Nothing here imports the agent.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import itertools
 from collections.abc import Callable
@@ -40,7 +41,7 @@ def resolve_env_id(env_id: str, modules: list[str] = ()) -> str:
 def register_env_object(env: gym.Env | Callable[[], gym.Env], num_envs: int) -> str:
     """Register a gymnasium.Env instance or a zero-argument factory under a fresh id; returns the id.
 
-    An instance can back one env only (it is reused, not copied); a factory makes each sub-env.
+    An instance can back one env at a time (:class:`InstanceLease`); a factory makes each sub-env.
     """
     if isinstance(env, gym.vector.VectorEnv):
         return register_vector_env(env)
@@ -48,8 +49,8 @@ def register_env_object(env: gym.Env | Callable[[], gym.Env], num_envs: int) -> 
         if num_envs != 1:
             raise ValueError(f"an env instance backs one env only, but num_envs = {num_envs}; pass a zero-argument "
                              "factory (e.g. lambda: MyEnv()) to train on several")
-        instance, env = env, (lambda: instance)
-        name = type(instance.unwrapped).__name__
+        name = type(env.unwrapped).__name__
+        env = InstanceLease(env)
     elif callable(env):
         name = getattr(env, "__name__", "factory").replace("<lambda>", "factory")
     else:
@@ -57,6 +58,46 @@ def register_env_object(env: gym.Env | Callable[[], gym.Env], num_envs: int) -> 
     env_id = f"{USER_PREFIX}{name}-{next(_counter)}-v0"
     gym.register(env_id, entry_point=env, disable_env_checker=True)
     return env_id
+
+
+class InstanceLease:
+    """The entry point of an env instance handed to rlkit.PPO: the instance itself to one holder at a time
+    (the training envs), a deep copy to any other (the periodic evaluation's env while training runs), so
+    evaluating never resets or steps the training episode.  Closing what it handed out ends the lease and
+    leaves the user's instance open: it is theirs."""
+
+    def __init__(self, instance: gym.Env):
+        self.instance, self.holder = instance, None
+
+    def __deepcopy__(self, memo):  # gym.make deep-copies the spec, entry point included: this lease is the one
+        return self
+
+    def __call__(self, **kwargs) -> gym.Env:
+        if kwargs:
+            raise ValueError(f"an env instance takes no env_kwargs (got {sorted(kwargs)}); pass a factory instead")
+        if self.holder is None:
+            self.holder = _Leased(self.instance, self)
+            return self.holder
+        try:
+            return copy.deepcopy(self.instance)
+        except Exception as error:  # noqa: BLE001  (a simulator handle, a socket: whatever deepcopy refuses)
+            from rlkit.errors import EnvError
+
+            raise EnvError(f"a second env is needed while the env instance trains (periodic evaluation) and "
+                           f"{type(self.instance.unwrapped).__name__} cannot be deep-copied ({type(error).__name__}: "
+                           f"{error}); pass a zero-argument factory (e.g. lambda: MyEnv()) instead") from None
+
+
+class _Leased(gym.Wrapper):
+    """The leased instance; ``close`` returns it to the lease instead of closing it."""
+
+    def __init__(self, env: gym.Env, lease: InstanceLease):
+        super().__init__(env)
+        self._lease = lease
+
+    def close(self) -> None:
+        if self._lease.holder is self:  # not a copy of it (rlkit.envs.factory.state_fields probes a copy)
+            self._lease.holder = None
 
 
 def register_vector_env(envs: gym.vector.VectorEnv) -> str:

@@ -69,9 +69,9 @@ def spaces_from_json(spaces: dict) -> tuple[gym.Space, gym.Space]:
         observation = gym.spaces.Box(-np.inf, np.inf, shape=shape, dtype=np.float32)
     action = spaces["action"]
     if action["type"] == "Discrete":
-        return observation, gym.spaces.Discrete(action["n"])
+        return observation, gym.spaces.Discrete(action["n"], start=action.get("start", 0))
     if action["type"] == "MultiDiscrete":
-        return observation, gym.spaces.MultiDiscrete(action["nvec"])
+        return observation, gym.spaces.MultiDiscrete(action["nvec"], start=action.get("start"))
     return observation, gym.spaces.Box(np.asarray(action["low"], dtype=np.float32),
                                        np.asarray(action["high"], dtype=np.float32), dtype=np.float32)
 
@@ -116,8 +116,14 @@ class PPO:
         """
         from rlkit.ppo import train
 
+        if isinstance(total_timesteps, bool) or not isinstance(total_timesteps, (int, np.integer)):
+            raise ValueError(f"total_timesteps must be a whole number of env steps, got {total_timesteps!r}")
         if total_timesteps <= 0:
             raise ValueError(f"total_timesteps must be > 0, got {total_timesteps}")
+        if self.agent is not None and self.run_dir is None:  # PPO.load of an agent folder that names no run
+            raise ValueError("this model was loaded from an agent folder, which holds weights but no run to continue "
+                             "(optimizer, steps, env state): learn() would start a new agent from scratch; load the run "
+                             "folder instead (PPO.load(RUN_DIR)), or build a new PPO(...) to train from scratch")
         if self.run_dir is None:
             config = replace(self.config, total_timesteps=total_timesteps,
                              run_dir=self.config.run_dir if log else tempfile.mkdtemp(prefix="rlkit-"))
@@ -175,18 +181,25 @@ class PPO:
         """
         shape = tuple(self.spaces["observation_shape"])
         as_array = None if isinstance(observation, (dict, tuple, list)) else np.asarray(observation)
-        if as_array is not None and as_array.dtype != object and as_array.shape[-len(shape):] == shape \
-                and as_array.ndim in (len(shape), len(shape) + 1):
-            single = as_array.ndim == len(shape)
-            return (as_array[None] if single else as_array), single  # already what the agent takes
-        raw = self._raw_observation_space()
-        if raw is not None:
+        adapted = as_array is not None and as_array.dtype != object and as_array.shape[-len(shape):] == shape \
+            and as_array.ndim in (len(shape), len(shape) + 1)
+        # integers where the env's own space is not a Box (Discrete, MultiDiscrete, ...) are its observations:
+        # rlkit's adapted ones are float32, and np.array([0, 1, 2, 3]) of a Discrete(4) env is 4 of them
+        raw = self._raw_observation_space() if not adapted or as_array.dtype.kind in "biu" else None
+        if raw is not None and not (adapted and isinstance(raw, gym.spaces.Box)):
             adapter = _adapter_for(raw)
             if _is_one(raw, observation):
                 return adapter(observation)[None], True
-            items = list(observation) if isinstance(observation, (list, tuple, np.ndarray)) and np.ndim(observation) else []
+            if isinstance(observation, (list, tuple)):
+                items = list(observation)
+            else:
+                items = list(observation) if isinstance(observation, np.ndarray) and observation.ndim else []
             if items and all(_is_one(raw, item) for item in items):
                 return np.stack([adapter(item) for item in items]), False
+        if adapted:
+            single = as_array.ndim == len(shape)
+            return (as_array[None] if single else as_array), single  # already what the agent takes
+        raw = raw if raw is not None else self._raw_observation_space()
         raise ValueError(f"observation {_describe(observation)} does not fit this agent: it takes {shape} "
                          f"(or a batch of them)" + (f", or the env's own {raw} observations" if raw is not None else ""))
 
@@ -202,12 +215,17 @@ class PPO:
         obs, single = self._adapt(observation)
         device = next(self.agent.parameters()).device
         x = torch.as_tensor(self._normalize(obs), device=device)
-        mask = None if action_mask is None else torch.as_tensor(np.atleast_2d(action_mask), dtype=torch.bool, device=device)
+        mask = None if action_mask is None else torch.as_tensor(self._checked_mask(action_mask, x.shape[0]), device=device)
         with torch.inference_mode():
             if hasattr(self.agent, "lstm"):
                 n = x.shape[0]
                 hidden = self.agent.initial_state(n, device) if state is None else tuple(
                     torch.as_tensor(np.asarray(s), dtype=torch.float32, device=device) for s in state)
+                expected = tuple(self.agent.initial_state(n, device)[0].shape)
+                if any(tuple(h.shape) != expected for h in hidden):
+                    raise ValueError(f"state holds LSTM states of shape {[tuple(h.shape) for h in hidden]} but "
+                                     f"{n} observation(s) need {expected}: pass the state predict returned for "
+                                     "this batch, or None at the start")
                 starts = torch.as_tensor(np.zeros(n) if episode_start is None else np.atleast_1d(episode_start),
                                          dtype=torch.float32, device=device)
                 action, _, _, _, hidden = self.agent.get_action_and_value(x, hidden, starts, deterministic=deterministic,
@@ -219,7 +237,29 @@ class PPO:
         space = self.action_space()
         if isinstance(space, gym.spaces.Box):
             action = np.clip(action, space.low, space.high)
+        else:  # the agent's actions start at 0, the env's at its space's start (rlkit.envs.factory.ZeroBasedActions)
+            action = action + np.asarray(space.start, dtype=action.dtype)
         return (action[0] if single else action), state
+
+    def _checked_mask(self, action_mask, n: int) -> np.ndarray:
+        """The mask as [n, number of action logits] booleans; one line when it does not fit or allows nothing."""
+        space = self.action_space()
+        if isinstance(space, gym.spaces.Box):
+            raise ValueError("action_mask is for Discrete / MultiDiscrete actions; this agent's are Box")
+        width = int(space.n) if isinstance(space, gym.spaces.Discrete) else int(np.sum(space.nvec))
+        mask = np.atleast_2d(np.asarray(action_mask, dtype=bool))
+        if mask.shape != (n, width):
+            raise ValueError(f"action_mask has shape {np.shape(action_mask)}; {n} observation(s) of this agent take "
+                             f"{(width,) if n == 1 else (n, width)} (one entry per action"
+                             f"{'' if isinstance(space, gym.spaces.Discrete) else ', the components side by side'})")
+        if isinstance(space, gym.spaces.Discrete):
+            empty = ~mask.any(axis=1)
+        else:
+            bounds = np.cumsum([0, *space.nvec])
+            empty = np.stack([~mask[:, a:b].any(axis=1) for a, b in zip(bounds[:-1], bounds[1:])], 1).any(axis=1)
+        if empty.any():
+            raise ValueError(f"action_mask allows no action for observation {int(np.flatnonzero(empty)[0])}")
+        return mask
 
     def action_space(self) -> gym.Space:
         return spaces_from_json(self.spaces)[1]

@@ -224,7 +224,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: d
     group = parser.add_argument_group("recipe keys (each overrides the recipe)")
     for name, f in settable_fields(cls).items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        text = f"{docs.get(name, '')} (recipe: {defaults.get(name, f.default)!r})"
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        text = f"{docs.get(name, '')} (recipe: {defaults.get(name, default)!r})"
         flag = {"nargs": "?", "const": "true"} if _allowed_types(types_[name]) == ((bool,), False) else {}  # --key alone: true
         group.add_argument(*flags, dest=name, metavar="VALUE", default=None, help=text.replace("%", "%%"), **flag)
 

@@ -10,6 +10,7 @@ catch it); :func:`classify` maps any exception, the library's or Python's, to (c
 from __future__ import annotations
 
 import errno
+import os
 
 EXIT_CODES = {
     "ok": 0,
@@ -125,6 +126,9 @@ def classify(error: BaseException) -> tuple[str, str]:
         return "config", f"a dependency is missing: {message}"
     if module.startswith("gymnasium") or type(error).__name__ == "DependencyNotInstalled":
         return "env", message
+    origin = env_code_origin(error)
+    if origin is not None:  # the user's env (its __init__, reset or step) raised: not a bug in rlkit
+        return "env", f"the environment raised {type(error).__name__}: {message} ({origin})"
     if isinstance(error, UnicodeDecodeError):
         return "config", f"a file is not UTF-8 text ({message})"
     if isinstance(error, OSError):
@@ -132,3 +136,51 @@ def classify(error: BaseException) -> tuple[str, str]:
     if isinstance(error, ValueError):
         return "config", message
     return "internal", f"unexpected {type(error).__name__}: {message} (a bug in rlkit: rerun with --debug and report the traceback)"
+
+
+_OWN_DIRS: list[str] = []
+
+
+def _own_dirs() -> list[str]:
+    """rlkit's package folder and rlkit.envs' (envs/ at the top of a source checkout)."""
+    if not _OWN_DIRS:
+        import importlib.util
+
+        spec = importlib.util.find_spec("rlkit.envs")
+        _OWN_DIRS.append(os.path.dirname(os.path.abspath(__file__)))
+        if spec is not None and spec.origin:
+            _OWN_DIRS.append(os.path.dirname(os.path.abspath(spec.origin)))
+    return _OWN_DIRS
+
+
+def env_code_origin(error: BaseException) -> str | None:
+    """"file:line in function" of the frame that raised ``error`` when it was raised below rlkit's own code by
+    an environment: a frame of gymnasium's (making or wrapping the env) or of a gymnasium.Env / Wrapper that is
+    not rlkit's; None otherwise (rlkit's own code, torch, numpy called by rlkit)."""
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    own = [i for i, frame in enumerate(frames) if _is_own(frame.f_code.co_filename)]
+    below = frames[own[-1] + 1:] if own else []
+    if not any(_is_env_frame(frame) for frame in below):
+        return None
+    last = frames[-1]
+    return f"{os.path.basename(last.f_code.co_filename)}:{last.f_lineno} in {last.f_code.co_name}"
+
+
+def _is_own(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return any(path.startswith(folder + os.sep) for folder in _own_dirs())
+
+
+def _is_env_frame(frame) -> bool:
+    if f"{os.sep}gymnasium{os.sep}" in frame.f_code.co_filename:
+        return True
+    owner = frame.f_locals.get("self")
+    try:
+        import gymnasium as gym
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(owner, (gym.Env, gym.vector.VectorEnv)) and not _is_own(frame.f_code.co_filename)

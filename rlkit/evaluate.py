@@ -37,6 +37,7 @@ from rlkit.envs import (
     set_normalizer_updates,
 )
 from rlkit.envs.atari import VIDEO_FPS
+from rlkit.envs.factory import action_start
 from rlkit.envs.observations import ObservationLayout, is_image_space
 from rlkit.envs.sources import resolve_env_id
 from rlkit.fast import flatten_parameters
@@ -213,10 +214,12 @@ def spaces_of(envs: gym.vector.VectorEnv) -> dict:
         spaces["observation_layout"] = [{"name": p.name, "kind": p.kind, "start": p.start, "stop": p.stop,
                                          "shape": list(p.shape)} for p in observation.parts]
     space = envs.single_action_space
+    start = action_start(envs)  # the env's actions start there; the agent's start at 0 (ZeroBasedActions)
     if hasattr(space, "n"):
-        spaces["action"] = {"type": "Discrete", "n": int(space.n)}
+        spaces["action"] = {"type": "Discrete", "n": int(space.n), **({"start": start} if start is not None else {})}
     elif hasattr(space, "nvec"):
-        spaces["action"] = {"type": "MultiDiscrete", "nvec": [int(k) for k in space.nvec]}
+        spaces["action"] = {"type": "MultiDiscrete", "nvec": [int(k) for k in space.nvec],
+                            **({"start": start} if start is not None else {})}
     else:
         base = envs.unwrapped.single_action_space  # before ClipAction widened it to +-inf
         spaces["action"] = {"type": "Box", "shape": list(base.shape), "low": base.low.tolist(), "high": base.high.tolist()}
@@ -321,9 +324,7 @@ class PeriodicEvaluation(Callback):
             self.best = result["mean"]
             files, state = context["capture"](iteration)
             write_checkpoint_folder(os.path.join(run.run_dirs[0], "best"), files, {**state, "eval": record})
-        for callback in run.callbacks:
-            if callback is not self and hasattr(callback, "on_eval"):
-                callback.on_eval(run, iteration, result)
+        run.emit("on_eval", result)  # False from any callback's on_eval stops the run after this iteration
         return cfg.stop_at_return is None or result["mean"] < cfg.stop_at_return
 
     def on_end(self, run) -> None:

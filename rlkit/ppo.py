@@ -133,9 +133,11 @@ class PPOConfig:
     target_kl: float | None = None
     """stop the epochs of an update early once approx_kl exceeds this (None: never)"""
     shared_network: bool = False
-    """one torso for actor and critic (True) or two separate networks [core 13]"""
+    """the mlp network: one torso for actor and critic (True) or two separate networks [core 13]; the CNNs and
+    multi_input always share one torso (as SB3's CnnPolicy / MultiInputPolicy), whatever this says"""
     hidden_size: int = 64
-    """width of the two hidden layers"""
+    """width of the mlp network's two hidden layers (and of multi_input's MLP for the non-image parts); the CNNs'
+    layers are fixed (nature_cnn 512, small_cnn 256)"""
     network: str = "auto"
     """auto (picked from the observation space when the agent is built: mlp for vectors, nature_cnn for images of at
     least 36x36, small_cnn for smaller ones, multi_input for Tuple/Dict with images; see rlkit.networks),
