@@ -325,6 +325,41 @@ def test_combined_rewards_weights_columns_and_none(tokenizer):
     assert torch.equal(total, torch.tensor([2.0 * 1.0 + 0.5 * 2.0, 0.5 * 4.0]))
 
 
+def test_batched_reward_functions_are_called_by_keyword_as_trl_calls_them():
+    """Bug: batched functions were called by position, fn(prompts, completions, **columns): TRL's
+    reward_len(completions, **kwargs) and trl.rewards.think_format_reward raised 'takes 1 positional argument',
+    a (completions, prompts, **kwargs) function got the two swapped, and completion_ids was never passed."""
+    prompts = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
+    completions = ["<think>x</think>yes", "no"]
+    ids = [[5, 6, 2], [7, 2]]
+    seen = {}
+
+    def reward_len(completions, **kwargs):
+        return [-abs(20 - len(c[0]["content"])) for c in completions]
+
+    def swapped(completions, prompts, **kwargs):
+        seen.update(completions=completions, prompts=prompts)
+        return [0.0, 0.0]
+
+    def keyword_only(*, prompts, completions, completion_ids):
+        return [float(len(i)) for i in completion_ids]
+
+    def rlkits_own(prompts, responses, noun):  # positional names other than completions: by position
+        return [float(len(r)) for r in responses]
+
+    from trl.rewards import think_format_reward
+
+    reward = CombinedReward([RewardComponent(name, fn, 1.0, "batched") for name, fn in [
+        ("reward_len", reward_len), ("swapped", swapped), ("keyword_only", keyword_only), ("own", rlkits_own),
+        ("think", think_format_reward)]])
+    assert all(is_batched(c.fn) for c in reward.components)
+    _, parts = reward.score(["a", "b"], prompts, {"noun": ["cat", "dog"]}, completions, ids)
+    assert parts["reward_len"].tolist() == [-1.0, -18.0] and parts["keyword_only"].tolist() == [3.0, 2.0]
+    assert seen["prompts"] == prompts and seen["completions"][1] == [{"role": "assistant", "content": "no"}]
+    assert parts["own"].tolist() == [1.0, 1.0]  # one-message conversations: a list of one dict each
+    assert parts["think"].tolist() == [1.0, 0.0]
+
+
 def test_reward_funcs_in_a_run_are_summed_and_logged_per_component(chat_model, files, tmp_path, monkeypatch):
     _write_module(tmp_path, monkeypatch, "my_rewards", """
         def short(prompt, response):          # per sample, on the rendered prompt and the decoded response

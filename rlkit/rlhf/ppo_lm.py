@@ -476,7 +476,8 @@ class Batch:
 
 def score_samples(reward_fn, prompts: PromptSet, s: Samples) -> tuple[Tensor, dict[str, Tensor]]:
     """(total score, components) of the samples: rewards get the prompts as in the file and their columns."""
-    return CombinedReward.of(reward_fn).score(prompts.texts, prompts.raw, prompts.columns, s.texts)
+    completion_ids = [row[mask.bool()].tolist() for row, mask in zip(s.responses.cpu(), s.response_mask.cpu())]
+    return CombinedReward.of(reward_fn).score(prompts.texts, prompts.raw, prompts.columns, s.texts, completion_ids)
 
 
 @torch.no_grad()

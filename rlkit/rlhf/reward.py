@@ -276,7 +276,8 @@ def callable_reward(fn: Callable[[str, str], float]) -> RewardFn:
 def is_batched(fn: Callable) -> bool:
     """The rule that tells the two forms of a reward function apart, by signature:
 
-    * batched (TRL's convention) when it takes ``**kwargs`` or its first parameter is named ``prompts``:
+    * batched (TRL's convention) when it takes ``**kwargs``, names a parameter ``completions`` or names its first
+      parameter ``prompts`` (called by :func:`call_batched`):
       ``fn(prompts, completions, **columns) -> list[float]``;
     * otherwise per sample: ``fn(prompt, response) -> float``.
     """
@@ -284,7 +285,7 @@ def is_batched(fn: Callable) -> bool:
         parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # a builtin without a signature: called per sample
         return False
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters) or any(p.name == "completions" for p in parameters):
         return True
     positional = [p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     return bool(positional) and positional[0].name == "prompts"
@@ -350,7 +351,8 @@ class RewardComponent:
     weight: float = 1.0
     kind: str = "batched"
 
-    def __call__(self, texts: list[str], raw: list, columns: dict[str, list], completions: list[str]) -> Tensor:
+    def __call__(self, texts: list[str], raw: list, columns: dict[str, list], completions: list[str],
+                 completion_ids: list[list[int]] | None = None) -> Tensor:
         n = len(completions)
         label = reward_label(self.name, self.fn)
         if self.kind == "model":  # rlkit's own reward model: its errors (a device, a file) keep their class
@@ -364,7 +366,8 @@ class RewardComponent:
             else:
                 conversational = bool(raw) and isinstance(raw[0], list)
                 shaped = [[{"role": "assistant", "content": c}] for c in completions] if conversational else list(completions)
-                values = self.fn(raw, shaped, **_keyword_columns(self.fn, columns))
+                extra = {**columns, **({"completion_ids": completion_ids} if completion_ids is not None else {})}
+                values = call_batched(self.fn, raw, shaped, extra)
         except RewardFunctionError:
             raise
         except Exception as error:
@@ -380,6 +383,22 @@ def _takes_kwargs(fn: Callable) -> bool:
         return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return False
+
+
+def call_batched(fn: Callable, prompts: list, completions: list, extra: dict[str, list]):
+    """A batched reward function called as TRL's GRPOTrainer calls it, every argument by keyword
+    (``fn(prompts=..., completions=..., completion_ids=..., **columns)``), so ``f(completions, **kwargs)`` and
+    keyword-only forms get what they name; a function that names neither ``completions`` nor nothing positional
+    (rlkit's own ``f(prompts, responses)``) gets the two by position."""
+    parameters = inspect.signature(fn).parameters
+    positional = [name for name, p in parameters.items()
+                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if "completions" in parameters or not positional:
+        kwargs = {"prompts": prompts, "completions": completions, **extra}
+        if not _takes_kwargs(fn):
+            kwargs = {k: v for k, v in kwargs.items() if k in parameters}
+        return fn(**kwargs)
+    return fn(prompts, completions, **_keyword_columns(fn, {k: v for k, v in extra.items() if k not in positional[:2]}))
 
 
 def _keyword_columns(fn: Callable, columns: dict[str, list]) -> dict[str, list]:
@@ -412,10 +431,11 @@ class CombinedReward:
         return cls([RewardComponent(name, fn, 1.0, "text")])
 
     def score(self, texts: list[str], raw: list | None = None, columns: dict[str, list] | None = None,
-              completions: list[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+              completions: list[str] | None = None, completion_ids: list[list[int]] | None = None
+              ) -> tuple[Tensor, dict[str, Tensor]]:
         """(total [B], {name: component [B]}) for rendered prompts ``texts`` (``raw``: as in the file)."""
         raw = list(texts) if raw is None else raw
-        parts = {c.name: c(texts, raw, columns or {}, completions) for c in self.components}
+        parts = {c.name: c(texts, raw, columns or {}, completions, completion_ids) for c in self.components}
         stacked = torch.stack(list(parts.values()))
         weights = torch.tensor([c.weight for c in self.components], dtype=torch.float32)[:, None]
         total = torch.nansum(weights * stacked, 0)
