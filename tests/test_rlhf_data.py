@@ -196,6 +196,68 @@ def test_a_run_on_a_prompt_file_resumes_bit_for_bit(chat_model, files, tmp_path)
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_resume_pins_the_runs_inputs_works_from_any_folder_and_a_finished_run_is_left_alone(chat_model, files,
+                                                                                              tmp_path, monkeypatch):
+    """Bugs: a resume trained on an edited prompt file without a word; relative paths in config.json made a
+    resume from another folder fail; resuming a finished run evaluated again and rewrote summary.json."""
+    import shutil
+    import signal
+
+    from rlkit.checkpoint import CheckpointError
+    from rlkit.runtime import Callback
+
+    class SigtermAt(Callback):
+        def on_update(self, run, iteration, stats):
+            if iteration == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return True
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy2(files["prompts"], data / "prompts.jsonl")  # copy2: the source's mtime, restored below
+    monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
+    cfg = _cfg(tmp_path, chat_model, prompts="data/prompts.jsonl", reward="rlkit.rlhf.example:mentions_noun",
+               run_dir="runs", num_updates=2)
+    assert train(cfg, run_name="cut", progress=False, callbacks=[SigtermAt()]).interrupted == signal.SIGTERM
+    saved = json.load(open(tmp_path / "runs" / "cut" / "config.json"))
+    assert saved["prompts"] == str(data / "prompts.jsonl")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    lines = (data / "prompts.jsonl").read_text().splitlines()
+    (data / "prompts.jsonl").write_text("\n".join(lines[:20]) + "\n")  # the file changed underneath the run
+    with pytest.raises(CheckpointError, match="prompts .* changed since the run started"):
+        train(resume=str(tmp_path / "runs" / "cut"), progress=False)
+    shutil.copy2(files["prompts"], data / "prompts.jsonl")  # put back as it was
+    done = train(resume=str(tmp_path / "runs" / "cut"), progress=False)  # from another folder: absolute paths
+    assert done.updates == 2 and done.trained is None
+    summary = (tmp_path / "runs" / "cut" / "summary.json").read_text()
+    metrics = (tmp_path / "runs" / "cut" / "metrics.jsonl").read_text()
+    again = train(resume=str(tmp_path / "runs" / "cut"), progress=False)
+    assert again.trained == 0 and again.final == done.final
+    assert (tmp_path / "runs" / "cut" / "summary.json").read_text() == summary
+    assert (tmp_path / "runs" / "cut" / "metrics.jsonl").read_text() == metrics
+
+
+def test_a_cached_reward_model_is_refused_for_other_settings(chat_model, files, tmp_path):
+    """Bug: the proxy reward model trained for one policy / rm_* settings was reused silently for others."""
+    from rlkit.errors import ConfigError
+    from rlkit.rlhf.ppo_lm import default_reward_model_path, resolve_reward_model_path
+
+    cfg = _cfg(tmp_path, chat_model, preferences=files["preferences"])
+    path, report = resolve_reward_model_path(cfg, chat_model, progress=False, log=lambda *a: None)
+    assert report is not None and os.path.isfile(os.path.join(path, "rlkit_reward_model_settings.json"))
+    again, report = resolve_reward_model_path(cfg, chat_model, progress=False, log=lambda *a: None)
+    assert again == path and report is None  # the same settings: reused
+    other = _cfg(tmp_path, chat_model, preferences=files["preferences"], rm_epochs=3)
+    assert default_reward_model_path(other) != path  # a preference file's model: its own folder per settings
+    record = json.load(open(os.path.join(path, "rlkit_reward_model_settings.json")))
+    record["rm_epochs"] = 7  # as if this folder had been built with other settings
+    json.dump(record, open(os.path.join(path, "rlkit_reward_model_settings.json"), "w"))
+    with pytest.raises(ConfigError, match="rm_epochs 7 -> 1"):
+        resolve_reward_model_path(cfg, chat_model, progress=False, log=lambda *a: None)
+
+
 # ---------------------------------------------------------------------------------
 # 2. Preference files and reward models
 # ---------------------------------------------------------------------------------

@@ -162,6 +162,9 @@ def _report(result) -> int:
         if result.checkpoint:
             print(f"resume with: rlkit rlhf --resume {result.run_dir}")
         return code
+    if result.trained == 0:
+        print(f"{result.run_dir} is already complete ({result.updates} updates); nothing trained or evaluated again. "
+              "Its summary:")
     i, f = result.initial, result.final
     world = result.world_size
     method = "PPO" if config.advantage_estimator == "gae" else f"{config.advantage_estimator} (k = {config.group_size})"

@@ -28,6 +28,7 @@ rank 0 the only writer).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -347,25 +348,121 @@ def default_reward_model_path(cfg: RLHFConfig) -> str:
 
         path = os.path.abspath(cfg.preferences)
         stat = os.stat(path) if os.path.exists(path) else None
-        key = f"{path}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}|{cfg.rm_backbone}|{cfg.reward_append_eos}"
+        settings = json.dumps(reward_model_settings(cfg), sort_keys=True)
+        key = f"{path}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}|{settings}"
         stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
         return os.path.join(cfg.artifacts_dir, f"{cfg.task}_{stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}_rm__seed{cfg.task_seed}")
     return os.path.join(cfg.artifacts_dir, f"{cfg.task}_rm__seed{cfg.task_seed}")
+
+
+RM_SETTINGS_FILE = "rlkit_reward_model_settings.json"
+"""what a trained proxy reward model was built from (reward_model_settings), in its folder"""
+
+
+def reward_model_settings(cfg: RLHFConfig) -> dict:
+    """The settings a trained proxy reward model depends on: its data, backbone (the policy when rm_backbone is
+    ''), the rm_* training settings and the task's seed.  A model in the cache is reused only for the same."""
+    names = ["task", "task_seed", "preferences", "rm_backbone", "reward_append_eos", "max_prompt_tokens", "dtype",
+              *sorted(f.name for f in fields(cfg) if f.name.startswith("rm_"))]
+    settings = {name: getattr(cfg, name) for name in names if hasattr(cfg, name)}
+    if not cfg.rm_backbone:
+        settings["policy"] = cfg.policy
+    for key in ("preferences", "policy", "rm_backbone"):  # a local path, wherever the command runs from
+        value = settings.get(key)
+        if isinstance(value, str) and value and os.path.exists(value):
+            settings[key] = os.path.abspath(value)
+    return settings
+
+
+def check_cached_reward_model(cfg: RLHFConfig, path: str) -> None:
+    """Refuse a cached proxy reward model built from other settings (one line naming them)."""
+    record = os.path.join(path, RM_SETTINGS_FILE)
+    if not os.path.isfile(record):
+        return  # built by an older rlkit, or a folder the user put there: used as it is
+    with open(record) as f:
+        built = json.load(f)
+    now = json.loads(json.dumps(reward_model_settings(cfg)))
+    differ = sorted(k for k in set(built) | set(now) if built.get(k) != now.get(k))
+    if differ:
+        from rlkit.errors import ConfigError
+
+        what = ", ".join(f"{k} {built.get(k)!r} -> {now.get(k)!r}" for k in differ)
+        raise ConfigError(f"the reward model at {path} was trained with other settings ({what}): delete that folder "
+                          "to train a new one, use another artifacts_dir, or set reward_model to a folder to use as it is")
+
+
+PATH_KEYS = ("policy", "prompts", "eval_prompts", "preferences", "eval_preferences", "reward_model", "rm_backbone",
+             "artifacts_dir", "cache_dir")
+"""config keys that may name a local file or folder: saved absolute, so a run resumes from any folder"""
+
+
+def with_absolute_paths(cfg: RLHFConfig) -> RLHFConfig:
+    """``cfg`` with every local path among :data:`PATH_KEYS` and ``reward_funcs`` made absolute (hub names and
+    'offline:' models stay as they are)."""
+    import dataclasses
+
+    def absolute(value: str) -> str:
+        return os.path.abspath(value) if value and os.path.exists(value) else value
+
+    changes = {key: absolute(getattr(cfg, key)) for key in PATH_KEYS}
+    if cfg.artifacts_dir:  # a folder made on demand: relative to where the run started
+        changes["artifacts_dir"] = os.path.abspath(cfg.artifacts_dir)
+    changes["reward_funcs"] = [absolute(spec) if ":" not in spec else spec for spec in cfg.reward_funcs]
+    if ":" not in cfg.reward and cfg.reward not in ("model", "gold"):
+        changes["reward"] = absolute(cfg.reward)
+    return dataclasses.replace(cfg, **changes)
+
+
+def input_fingerprints(cfg: RLHFConfig) -> dict[str, dict]:
+    """{what: {path, files, bytes, mtime_ns}} of the data and reward models a run reads (the cached proxy reward
+    model too, once trained): a resume checks that none changed underneath it."""
+    paths = {key: getattr(cfg, key) for key in ("prompts", "eval_prompts", "preferences", "eval_preferences", "reward_model")}
+    if not cfg.reward_model and "model" in (cfg.reward_funcs or [cfg.reward]):
+        paths["proxy reward model"] = default_reward_model_path(cfg)
+    paths.update({f"reward_funcs {spec}": spec for spec in cfg.reward_funcs if ":" not in spec and spec not in ("model", "gold")})
+    out = {}
+    for what, path in paths.items():
+        if not path or not os.path.exists(path):
+            continue
+        files = [path] if os.path.isfile(path) else sorted(  # not datasets' own cache files, which reading may add
+            os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+            if not name.startswith("cache-"))[:1000]
+        stats = [os.stat(f) for f in files]
+        out[what] = {"path": os.path.abspath(path), "files": len(files), "bytes": sum(st.st_size for st in stats),
+                     "mtime_ns": max((st.st_mtime_ns for st in stats), default=0)}
+    return out
+
+
+def check_inputs_unchanged(saved: dict[str, Any], cfg: RLHFConfig) -> None:
+    """Refuse a resume whose prompt / preference files or reward models changed since the run started."""
+    before = saved.get("inputs")
+    if not before:
+        return  # a checkpoint of an older rlkit
+    now = input_fingerprints(cfg)
+    for what, fingerprint in before.items():
+        if now.get(what) != fingerprint:
+            state = "is gone" if what not in now else "changed"
+            raise CheckpointError(f"{saved['checkpoint']}: the run's {what} ({fingerprint['path']}) {state} since the run "
+                                  "started; resuming would continue on other data or rewards: put it back, or start a new run")
 
 
 def build_reward_model(cfg: RLHFConfig, policy_path: str, out_dir: str, progress: bool = True, log=print) -> dict:
     """Train the proxy reward model into out_dir (cfg.preferences, else the task's own preferences); returns its
     report (held-out accuracy, gain / bias...)."""
     if cfg.preferences:
-        return build_preference_reward_model(cfg, policy_path, out_dir, progress=progress, log=log,
-                                             device=resolve_device(cfg.device))
-    if cfg.task == "custom":
+        report = build_preference_reward_model(cfg, policy_path, out_dir, progress=progress, log=log,
+                                               device=resolve_device(cfg.device))
+    elif cfg.task == "custom":
         raise ValueError("task 'custom' trains its reward model on your preference file: set preferences = \"path\" "
                          "(or give an existing reward_model)")
-    if cfg.task == "sentiment":
-        return build_sentiment_reward_model(cfg, policy_path, out_dir, progress=progress, log=log,
-                                            device=resolve_device(cfg.device))
-    return build_synthetic_reward_model(cfg, policy_path, out_dir, progress=progress, log=log)
+    elif cfg.task == "sentiment":
+        report = build_sentiment_reward_model(cfg, policy_path, out_dir, progress=progress, log=log,
+                                              device=resolve_device(cfg.device))
+    else:
+        report = build_synthetic_reward_model(cfg, policy_path, out_dir, progress=progress, log=log)
+    with open(os.path.join(out_dir, RM_SETTINGS_FILE), "w") as f:
+        json.dump(reward_model_settings(cfg), f, indent=2)
+    return report
 
 
 def resolve_reward_model_path(cfg: RLHFConfig, policy_path: str, progress: bool = True, log=print) -> tuple[str, dict | None]:
@@ -374,6 +471,8 @@ def resolve_reward_model_path(cfg: RLHFConfig, policy_path: str, progress: bool 
         return cfg.reward_model, None
     path = default_reward_model_path(cfg)
     if os.path.isfile(os.path.join(path, "config.json")):
+        check_cached_reward_model(cfg, path)
+        log(f"reward model: {path} (trained earlier from the same data and settings; delete it to train again)")
         return path, None
     log(f"training the {cfg.task} proxy reward model -> {path}")
     return path, _build_once(path, lambda folder: build_reward_model(cfg, policy_path, folder, progress=progress, log=log))
@@ -714,6 +813,8 @@ class RLHFResult:
     updates: int = 0
     """the last update run"""
     config: RLHFConfig | None = None
+    trained: int | None = None
+    """0: a resumed run that was already complete (nothing trained, nothing evaluated again)"""
 
 
 class AgreedStopSignals(StopSignals):
@@ -765,6 +866,7 @@ class LMRun:
     episodes: int = 0
     prompts: PromptSet | None = None  # the prompt file's training prompts (None: the built-in task's)
     eval_prompts: PromptSet | None = None  # its held-out prompts
+    inputs: dict[str, dict] = field(default_factory=dict)  # input_fingerprints when the run started
 
     @property
     def global_batch(self) -> int:
@@ -793,6 +895,8 @@ def train(cfg: RLHFConfig | None = None, run_name: str | None = None, progress: 
     (a generated name that collides is numbered), and a resume from an older checkpoint starts a lineage.
     """
     cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume)
+    if saved is not None and saved["update"] >= cfg.num_updates and os.path.isfile(os.path.join(run_dir, "summary.json")):
+        return finished_result(cfg, run_dir, saved)
     if saved is not None and saved["reward"] == REWARD_FN_ARGUMENT and reward_fn is None:
         raise CheckpointError(f"{saved['checkpoint']} was trained with a reward_fn argument: pass the same reward_fn to resume it")
     start_time = time.time() - (saved["wall_time"] if saved is not None else 0.0)
@@ -809,6 +913,17 @@ def train(cfg: RLHFConfig | None = None, run_name: str | None = None, progress: 
         if folder is not None:
             folder.release()
         distributed.cleanup(ctx)
+
+
+def finished_result(cfg: RLHFConfig, run_dir: str, saved: dict[str, Any]) -> RLHFResult:
+    """A resumed run that had already run all its updates: its own summary, nothing trained or evaluated again."""
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    checkpoint_dir = os.path.join(run_dir, "checkpoint")
+    return RLHFResult(os.path.abspath(run_dir), checkpoint_dir if os.path.isdir(checkpoint_dir) else None,
+                      saved["policy_path"], saved["reward"], summary.get("initial", {}), summary.get("final", {}),
+                      saved.get("history", []), saved.get("evaluations", []), summary.get("wall_time_s", 0.0),
+                      checkpoint=saved["checkpoint"], updates=saved["update"], config=cfg, trained=0)
 
 
 def claim_run_folder(run_dir: str, run_name: str | None, saved: dict[str, Any] | None, ctx: distributed.DistContext,
@@ -840,7 +955,7 @@ def open_run(cfg: RLHFConfig | None, run_name: str | None, resume: str | None
     if resume is None:
         if cfg is None:
             raise ValueError("train() needs a config or a run to resume")
-        cfg.validate()
+        cfg = with_absolute_paths(cfg.validate())
         return cfg, os.path.join(cfg.run_dir, run_name or default_run_name(cfg.task, cfg.exp_name, cfg.seed)), {}, None
     if cfg is not None or run_name is not None:
         raise ValueError("resume continues a run with its saved config and folder: pass neither cfg nor run_name")
@@ -854,7 +969,9 @@ def open_run(cfg: RLHFConfig | None, run_name: str | None, resume: str | None
         cfg = RLHFConfig(**{k: v for k, v in saved["config"].items() if k in known}).validate()
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{folder}: the saved config is not valid: {error}") from None
-    return cfg, os.path.dirname(os.path.dirname(folder)), tensors, {**saved, "checkpoint": folder}
+    saved = {**saved, "checkpoint": folder}
+    check_inputs_unchanged(saved, cfg)
+    return cfg, os.path.dirname(os.path.dirname(folder)), tensors, saved
 
 
 def _train(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.device, start_time: float, run_dir: str,
@@ -864,6 +981,7 @@ def _train(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.device, 
     say = echo if progress else (lambda *a, **k: None)
     policy_path, reward_fn, gold, reward_desc = prepare_models(cfg, ctx, device, reward_fn, progress, say, saved)
     run = build_run(cfg, ctx, device, policy_path, reward_fn, gold, say)
+    run.inputs = saved["inputs"] if saved is not None and saved.get("inputs") else input_fingerprints(cfg)
     if saved is not None:
         restore_training_state(run, tensors, saved)
     run.logger = logger = RunLogger(
@@ -1051,7 +1169,8 @@ def capture(run: LMRun, update: int, policy_path: str, reward_desc: str, start_t
              "kl_coef": run.kl_ctl.value, "history": run.history, "evaluations": run.evaluations, "initial": run.initial,
              "initial_samples": run.initial_samples,  # the initial evaluation is not repeated on resume
              "metrics_offset": run.logger.metrics_offset(), "wall_time": time.time() - start_time,
-             "policy_path": policy_path, "reward": reward_desc, "optimizer_param_groups": groups, **random_state}
+             "policy_path": policy_path, "reward": reward_desc, "optimizer_param_groups": groups,
+             "inputs": run.inputs, **random_state}
     return {"model": trainable_tensors(run.policy), "optimizer": optimizer_files, "rng": rng}, state
 
 
