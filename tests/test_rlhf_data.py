@@ -387,6 +387,55 @@ def test_combined_rewards_weights_columns_and_none(tokenizer):
     assert torch.equal(total, torch.tensor([2.0 * 1.0 + 0.5 * 2.0, 0.5 * 4.0]))
 
 
+def test_prompt_file_edge_cases_and_model_paths_that_are_not_models(tokenizer, chat_model, tmp_path):
+    """Bugs: empty prompts crashed generation (exit 70); a column missing from the first row was dropped for
+    every row; eval_prompts naming a folder of splits used its first (train) split; a missing policy folder
+    said 'OSError: check the path' (exit 8), a folder that is no model a tokenizer error naming nothing."""
+    import datasets
+
+    from rlkit.errors import ConfigError
+    from rlkit.rlhf.policy import load_policy
+    from rlkit.rlhf.reward import load_reward_model
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"prompt": "hello"}\n{"prompt": "  "}\n')
+    with pytest.raises(DataError, match="row 2: the prompt is empty"):
+        load_prompt_sets(RLHFConfig(prompts=str(empty), eval_fraction=0.0), tokenizer, log=None)
+    ragged = tmp_path / "ragged.jsonl"
+    ragged.write_text('{"prompt": "a"}\n{"prompt": "b", "noun": "cat"}\n{"prompt": "c", "noun": "dog"}\n')
+    train_set, _ = load_prompt_sets(RLHFConfig(prompts=str(ragged), eval_fraction=0.0), tokenizer, log=None)
+    assert train_set.columns == {"noun": [None, "cat", "dog"]}
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_list([{"prompt": "train one"}] * 3),
+                                   "test": datasets.Dataset.from_list([{"prompt": "held out"}] * 2)})
+    splits.save_to_disk(str(tmp_path / "splits"))
+    _, held = load_prompt_sets(RLHFConfig(prompts=str(ragged), eval_prompts=str(tmp_path / "splits")), tokenizer, log=None)
+    assert held.texts == ["held out", "held out"] and "'test' split" in held.source
+    with pytest.raises(ConfigError, match="policy '/no/such/model/folder': no such folder"):
+        load_policy("/no/such/model/folder")
+    with pytest.raises(ConfigError, match="is a folder but not a model folder"):
+        load_policy(str(tmp_path))
+    with pytest.raises(ConfigError, match="reward model .*: no such folder"):
+        load_reward_model(str(tmp_path / "gone" / "rm"))
+    assert main(["rlhf-export", str(tmp_path / "runs" / "nope"), str(tmp_path / "out")]) == 5
+
+
+def test_a_functions_nan_or_text_is_an_error_and_all_none_scores_zero():
+    """Bugs: a function returning NaN was silently dropped from the sum (the README: NaN stops the run), '7e3'
+    scored 7000, and a completion every function returned None for stopped the run as 'non-finite rewards'."""
+    from rlkit.errors import RewardFunctionError
+
+    def score(fn):
+        return CombinedReward([RewardComponent("f", fn, 1.0, "batched")]).score(["a", "b"], ["a", "b"], {}, ["x", "y"])[0]
+
+    with pytest.raises(RewardFunctionError, match="returned nan for completion 1 .*return None to leave"):
+        score(lambda prompts, completions, **kw: [1.0, float("nan")])
+    with pytest.raises(RewardFunctionError, match="one float"):
+        score(lambda prompts, completions, **kw: ["7e3", 1.0])
+    assert score(lambda prompts, completions, **kw: (float(len(c)) for c in completions)).tolist() == [1.0, 1.0]
+    with pytest.warns(UserWarning, match="returned None for some completions; they score 0"):
+        assert score(lambda prompts, completions, **kw: [None, 2.0]).tolist() == [0.0, 2.0]
+
+
 def test_batched_reward_functions_are_called_by_keyword_as_trl_calls_them():
     """Bug: batched functions were called by position, fn(prompts, completions, **columns): TRL's
     reward_len(completions, **kwargs) and trl.rewards.think_format_reward raised 'takes 1 positional argument',

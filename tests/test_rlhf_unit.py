@@ -131,7 +131,7 @@ def test_reward_model_loaded_per_call_scores_like_the_resident_one(tmp_path):
     rm.save_pretrained(str(tmp_path / "rm"))
     per_call = RewardModelPerCall(str(tmp_path / "rm"))
     assert torch.equal(per_call(prompts, responses), load_reward_model(str(tmp_path / "rm"))(prompts, responses))
-    with pytest.raises(OSError):  # a wrong folder fails when the run starts, not at its first update
+    with pytest.raises(ConfigError, match="no such folder"):  # a wrong folder fails when the run starts, not at its first update
         RewardModelPerCall(str(tmp_path / "missing"))
 
 

@@ -133,9 +133,14 @@ def train_and_held_out(path: str, eval_path: str, eval_fraction: float, seed: in
         raise DataError(f"{path}: no rows")
     if check is not None:
         check(train[0], f"{path}: row 1")
-    if eval_path:
-        held_out = next(iter(read_splits(eval_path).values()))
-        return train, held_out, eval_path
+    if eval_path:  # a folder of several splits: its held-out one ('test', ...), else its only one
+        eval_splits = read_splits(eval_path)
+        name = next((n for n in HELD_OUT_SPLITS if n in eval_splits), None)
+        if name is None and len(eval_splits) > 1:
+            raise DataError(f"{eval_path}: splits {', '.join(eval_splits)}, none of them a held-out one "
+                            f"({', '.join(HELD_OUT_SPLITS)}); save the held-out rows alone or as one of those")
+        name = name or next(iter(eval_splits))
+        return train, eval_splits[name], eval_path if len(eval_splits) == 1 else f"the '{name}' split of {eval_path}"
     for name in HELD_OUT_SPLITS:
         if name in splits and name != train_name:
             return train, splits[name], f"the '{name}' split of {path}"
@@ -255,9 +260,13 @@ def build_prompt_set(rows: list[dict], tokenizer, source: str, max_prompt_tokens
     conversational = not isinstance(raw[0], str)
     texts = [render_chat(tokenizer, r, add_generation_prompt=True, who="the policy's tokenizer") if conversational else r
              for r in raw]
+    empty = next((i for i, text in enumerate(texts) if not text.strip()), None)
+    if empty is not None:
+        raise DataError(f"{source}: row {empty + 1}: the prompt is empty; the policy needs at least one token to "
+                        "continue (remove the row, or give it text)")
     skip = {"prompt", "messages"}
-    names = [k for k in rows[0] if k not in skip]
-    columns = {k: [row.get(k) for row in rows] for k in names}
+    names = list(dict.fromkeys(k for row in rows for k in row if k not in skip))  # every row's, as datasets does
+    columns = {k: [row.get(k) for row in rows] for k in names}  # None where a row lacks the column
     prompts = PromptSet(texts, raw, columns, source, conversational)
     if max_prompt_tokens:
         lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
@@ -340,7 +349,7 @@ def load_preferences(cfg, log=print) -> tuple[list[tuple], list[tuple], str]:
     """(training triples, held-out triples, where the held-out ones come from) of cfg.preferences."""
     train_rows, held_rows, held_from = train_and_held_out(cfg.preferences, cfg.eval_preferences, cfg.eval_fraction,
                                                           cfg.task_seed, "preferences",
-                                                          check=lambda row, where: preference_triples([row], where))
+                                                          check=lambda row, where: preference_triples([row], where.rpartition(": row ")[0]))
     train, held = preference_triples(train_rows, cfg.preferences), preference_triples(held_rows, held_from)
     if log:
         kind = "conversational" if isinstance(train[0][1], list) else "strings"

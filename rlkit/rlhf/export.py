@@ -31,7 +31,9 @@ def _find_source(run: str) -> tuple[str, str, str]:
     from rlkit.checkpoint import resolve_checkpoint
 
     if not os.path.exists(run):
-        raise FileNotFoundError(f"run folder {run!r} does not exist")
+        from rlkit.errors import CheckpointError
+
+        raise CheckpointError(f"run folder {run!r} does not exist")
     if os.path.isfile(os.path.join(run, CONFIG_FILE)):  # the checkpoint folder itself
         return os.path.dirname(os.path.abspath(run)), run, "final"
     final = os.path.join(run, "checkpoint")

@@ -134,6 +134,48 @@ class PolicyWithValue(nn.Module):
         return self._reference[0](**kwargs).logits
 
 
+def checked_model_source(name_or_path: str, key: str) -> str:
+    """``name_or_path`` for ``from_pretrained``, refused in one line (naming ``key``) when it is meant as a local
+    folder and is none: a missing path, a file, or a folder without config.json.  A bare name ('gpt2',
+    'org/model') is left to the model hub."""
+    from rlkit.errors import ConfigError
+
+    path = os.path.expanduser(name_or_path)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            found = ", ".join(sorted(os.listdir(path))[:5]) or "nothing"
+            raise ConfigError(f"{key} {name_or_path!r} is a folder but not a model folder (no config.json; it holds "
+                              f"{found})")
+        return path
+    if os.path.exists(path):
+        raise ConfigError(f"{key} {name_or_path!r} is a file; give the model's folder (save_pretrained's output)")
+    local = os.path.isabs(path) or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1 or \
+        name_or_path.endswith("/") or os.sep != "/" and os.sep in name_or_path
+    if local:
+        raise ConfigError(f"{key} {name_or_path!r}: no such folder")
+    return name_or_path
+
+
+class loading_model:
+    """``with loading_model(key, name):`` an OSError of from_pretrained (not a local folder, and the hub did
+    not give it) becomes one ConfigError line naming the setting."""
+
+    def __init__(self, key: str, name_or_path: str):
+        self.key, self.name = key, name_or_path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if error is not None and isinstance(error, OSError):
+            from rlkit.errors import ConfigError
+
+            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"{self.key} {self.name!r} could not be loaded: not a local model folder, and the "
+                              f"model hub did not give it ({text})") from error
+        return False
+
+
 def load_policy(
     name_or_path: str,
     lora: bool = False,
@@ -152,8 +194,10 @@ def load_policy(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    lm = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype(dtype))
+    name_or_path = checked_model_source(name_or_path, "policy")
+    with loading_model("policy", name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        lm = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype(dtype))
     ensure_pad_token(tokenizer, lm)
     disable_dropout(lm)
     reference = None

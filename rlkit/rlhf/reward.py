@@ -155,7 +155,11 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", append_eos:
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    config = AutoConfig.from_pretrained(path)
+    from rlkit.rlhf.policy import checked_model_source, loading_model
+
+    path = checked_model_source(path, "reward model")
+    with loading_model("reward model", path):
+        config = AutoConfig.from_pretrained(path)
     architectures = getattr(config, "architectures", None) or []
     if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise ValueError(f"reward model {path} is a {architectures[0]}, not a sequence classifier "
@@ -291,17 +295,22 @@ def is_batched(fn: Callable) -> bool:
     return bool(positional) and positional[0].name == "prompts"
 
 
-def _as_scores(values, n: int, name: str) -> Tensor:
+def _as_scores(values, n: int, name: str, strict: bool = False) -> Tensor:
     """A reward's output as float32 [n]; None (TRL: 'does not apply to this sample') becomes NaN.
-    Anything else (a wrong count, a value that is not a number) is a RewardFunctionError naming the reward."""
+    Anything else (a wrong count, a value that is not a number, text) is a RewardFunctionError naming the
+    reward; ``strict`` (a user's function): so is a NaN or inf it returns itself (None is how to leave one out)."""
     if isinstance(values, Tensor):
         out = values.detach().float().cpu().reshape(-1)
+        given = None
     else:
         try:
-            out = torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32)
+            given = list(values)
+            if any(isinstance(v, (str, bytes)) for v in given):
+                raise TypeError("text is not a score")
+            out = torch.tensor([float("nan") if v is None else float(v) for v in given], dtype=torch.float32)
         except (TypeError, ValueError):
             if isinstance(values, (list, tuple)):
-                shown = next((v for v in values if not _is_number(v)), values)
+                shown = next((v for v in values if not _is_number(v) or isinstance(v, (str, bytes))), values)
                 what = f"{_short(shown)} ({type(shown).__name__}) among its values"
             else:
                 what = f"{_short(values)} ({type(values).__name__})"
@@ -310,6 +319,11 @@ def _as_scores(values, n: int, name: str) -> Tensor:
     if out.numel() != n:
         raise RewardFunctionError(f"reward {name} returned {out.numel()} scores for {n} completions: it must "
                                   "return one score per completion")
+    if strict and given is not None:
+        bad = [i for i, v in enumerate(given) if v is not None and not math.isfinite(float(out[i]))]
+        if bad:
+            raise RewardFunctionError(f"reward {name} returned {float(out[bad[0]])} for completion {bad[0]} ({len(bad)} "
+                                      "of them): return None to leave a completion out of this reward")
     return out
 
 
@@ -375,7 +389,7 @@ class RewardComponent:
             raise RewardFunctionError(f"reward {label} raised {type(error).__name__}{': ' + text if text else ''} "
                                       f"(scoring {n} completions): fix the function, or rerun with --debug for the "
                                       "traceback") from error
-        return _as_scores(values, n, label)
+        return _as_scores(values, n, label, strict=True)
 
 
 def _takes_kwargs(fn: Callable) -> bool:
@@ -412,8 +426,9 @@ def _keyword_columns(fn: Callable, columns: dict[str, list]) -> dict[str, list]:
 class CombinedReward:
     """sum_i weight_i * reward_i, each component kept for logging (reward/<name>).
 
-    A component's NaN (a batched function's None) is left out of that sample's sum, as TRL does;
-    a sample no component scored stays NaN, and the run's finite guard stops on it.
+    A component's NaN (a batched function's None) is left out of that sample's sum, as TRL does; a sample
+    every reward function returned None for scores 0 (TRL's too, with a warning); a NaN of a reward model (or
+    of train()'s reward_fn) stays NaN, and the run's finite guard stops on it.
     """
 
     def __init__(self, components: list[RewardComponent]):
@@ -439,7 +454,15 @@ class CombinedReward:
         stacked = torch.stack(list(parts.values()))
         weights = torch.tensor([c.weight for c in self.components], dtype=torch.float32)[:, None]
         total = torch.nansum(weights * stacked, 0)
-        total[torch.isnan(stacked).all(0)] = float("nan")
+        unscored = torch.isnan(stacked).all(0)
+        if unscored.any() and all(c.kind in ("batched", "per_sample") for c in self.components):
+            # every function returned None for these completions: 0, with a warning, as TRL's GRPOTrainer does
+            import warnings
+
+            warnings.warn("every reward function returned None for some completions; they score 0 (TRL's convention)",
+                          stacklevel=2)
+        else:
+            total[unscored] = float("nan")  # a reward model's (or reward_fn's) NaN: the run's finite guard stops on it
         return total, parts
 
     def __call__(self, prompts: list[str], responses: list[str]) -> Tensor:
@@ -637,9 +660,14 @@ def build_preference_reward_model(cfg, policy_path: str, out_dir: str, progress:
     backbone = cfg.rm_backbone or policy_path
     if backbone.startswith("offline:"):
         backbone = resolve(backbone, cfg.cache_dir, log=log)
+    from rlkit.rlhf.policy import checked_model_source, loading_model
+
+    key = "rm_backbone" if cfg.rm_backbone else "policy (the reward model's backbone)"
+    backbone = checked_model_source(backbone, key)
     log(f"training a Bradley-Terry reward model on {len(train)} preference pairs ({backbone})")
-    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1, ignore_mismatched_sizes=True,
-                                                               dtype=torch_dtype(cfg.dtype))
+    with loading_model(key, backbone):
+        model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1, ignore_mismatched_sizes=True,
+                                                                   dtype=torch_dtype(cfg.dtype))
     for key in ("rlkit_reward_gain", "rlkit_reward_bias"):  # a backbone that was itself an rlkit reward model
         if hasattr(model.config, key):
             delattr(model.config, key)
