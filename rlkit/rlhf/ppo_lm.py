@@ -880,13 +880,15 @@ def trainable_tensors(policy: PolicyWithValue) -> dict[str, Tensor]:
 
 def train(cfg: RLHFConfig | None = None, run_name: str | None = None, progress: bool = True, log: bool = True,
           reward_fn: RewardFn | None = None, echo=print, resume: str | None = None,
-          callbacks: Sequence[Callback] = ()) -> RLHFResult:
+          callbacks: Sequence[Callback] = (), num_updates: int | None = None) -> RLHFResult:
     """Run PPO on a language model; returns an RLHFResult (history has one dict per update).
 
     ``reward_fn`` (prompts, responses) -> scores overrides cfg.reward (e.g. a lambda in a notebook).
     ``resume``: a run folder (or one of its checkpoints) to continue, with its saved config (cfg None);
     on CPU the continued run ends bitwise where the uninterrupted one would.  SIGINT / SIGTERM finish
     the current update, write a checkpoint and return with ``result.interrupted`` set to the signal.
+    ``num_updates`` with ``resume`` extends the run to that many updates (the learning-rate schedule is
+    stretched to the new length from the next update on, as ``rlkit train --resume --total_timesteps`` does).
     ``callbacks`` (rlkit.runtime.Callback) run after every update; one returning False stops the run.
     Under torchrun (WORLD_SIZE > 1) it runs data parallel; every rank returns the same (reduced)
     numbers, and only rank 0 writes (run folder, checkpoints, summary, progress bars).
@@ -894,7 +896,7 @@ def train(cfg: RLHFConfig | None = None, run_name: str | None = None, progress: 
     second training or resume of it is refused, a dead owner's lock taken over), never another run's
     (a generated name that collides is numbered), and a resume from an older checkpoint starts a lineage.
     """
-    cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume)
+    cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume, num_updates)
     if saved is not None and saved["update"] >= cfg.num_updates and os.path.isfile(os.path.join(run_dir, "summary.json")):
         return finished_result(cfg, run_dir, saved)
     if saved is not None and saved["reward"] == REWARD_FN_ARGUMENT and reward_fn is None:
@@ -949,9 +951,12 @@ def claim_run_folder(run_dir: str, run_name: str | None, saved: dict[str, Any] |
     return RunFolder(shared)
 
 
-def open_run(cfg: RLHFConfig | None, run_name: str | None, resume: str | None
+def open_run(cfg: RLHFConfig | None, run_name: str | None, resume: str | None, num_updates: int | None = None
              ) -> tuple[RLHFConfig, str, dict[str, dict[str, Tensor]], dict[str, Any] | None]:
-    """(config, run folder, checkpoint tensors, checkpoint state): a new run, or the run ``resume`` names."""
+    """(config, run folder, checkpoint tensors, checkpoint state): a new run, or the run ``resume`` names
+    (with ``num_updates``, extended to that many updates)."""
+    if num_updates is not None and resume is None:
+        raise ValueError("num_updates= is for resume=; a new run takes it from its config")
     if resume is None:
         if cfg is None:
             raise ValueError("train() needs a config or a run to resume")
@@ -965,8 +970,15 @@ def open_run(cfg: RLHFConfig | None, run_name: str | None, resume: str | None
         raise CheckpointError(f"{folder} is not an RLHF checkpoint (variant {saved.get('variant', 'ppo')!r}); "
                               "continue it with `rlkit train --resume`")
     known = {f.name for f in fields(RLHFConfig)}  # keys a later rlkit dropped are ignored, new ones get defaults
+    values = {k: v for k, v in saved["config"].items() if k in known}
+    if num_updates is not None:
+        if num_updates < saved["update"]:
+            from rlkit.errors import ConfigError
+
+            raise ConfigError(f"num_updates {num_updates} is below the {saved['update']} updates {folder} has run")
+        values["num_updates"] = num_updates
     try:
-        cfg = RLHFConfig(**{k: v for k, v in saved["config"].items() if k in known}).validate()
+        cfg = RLHFConfig(**values).validate()
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{folder}: the saved config is not valid: {error}") from None
     saved = {**saved, "checkpoint": folder}
