@@ -270,7 +270,9 @@ def test_preference_formats_explicit_implicit_conversational(tmp_path):
             {"chosen": "Q: cat? A: great", "rejected": "Q: cat? A: dull"},  # implicit, strings
             {"prompt": user, "chosen": good, "rejected": bad},  # explicit, conversational
             {"chosen": user + good, "rejected": user + bad}]  # implicit, conversational
-    triples = preference_triples(rows, "prefs")
+    triples = preference_triples(rows[:2], "prefs") + preference_triples(rows[2:], "prefs")  # one kind per file
+    with pytest.raises(DataError, match="row 3: mixes string and conversational preferences"):
+        preference_triples(rows, "prefs")
     assert triples[0] == ("Q: cat? A:", " great", " dull")
     assert triples[1] == ("Q: cat? A: ", "great", "dull")  # the shared beginning, up to a word boundary
     assert triples[2] == (user, good, bad) and triples[3] == (user, good, bad)

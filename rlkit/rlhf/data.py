@@ -339,6 +339,9 @@ def preference_triples(rows: list[dict], source: str) -> list[tuple[Any, Any, An
                 raise DataError(f"{where}: 'prompt' must be a string or a list of {{\"role\", \"content\"}} messages")
         else:
             prompt, chosen, rejected = extract_prompt(chosen, rejected)
+        if triples and isinstance(triples[0][1], str) != isinstance(chosen, str):
+            raise DataError(f"{where}: mixes string and conversational preferences (row 1 is "
+                            f"{'strings' if isinstance(triples[0][1], str) else 'conversational'}); use one kind per file")
         triples.append((prompt, chosen, rejected))
     if not triples:
         raise DataError(f"{source}: no preference rows")
@@ -354,4 +357,8 @@ def load_preferences(cfg, log=print) -> tuple[list[tuple], list[tuple], str]:
     if log:
         kind = "conversational" if isinstance(train[0][1], list) else "strings"
         log(f"preferences: {len(train)} pairs for training from {cfg.preferences} ({kind}), {len(held)} held out from {held_from}")
+        unused = sorted({k for row in train_rows[:1000] for k in row} - {"prompt", "chosen", "rejected"})
+        if unused:  # TRL's RewardTrainer reads 'margin'; rlkit trains the plain Bradley-Terry loss
+            log(f"preferences: column(s) {', '.join(unused)} not used (the loss is plain Bradley-Terry, "
+                "-log sigmoid(r_chosen - r_rejected))")
     return train, held, held_from
