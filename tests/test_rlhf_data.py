@@ -421,6 +421,22 @@ def test_prompt_file_edge_cases_and_model_paths_that_are_not_models(tokenizer, c
     assert main(["rlhf-export", str(tmp_path / "runs" / "nope"), str(tmp_path / "out")]) == 5
 
 
+def test_a_tokenizer_reaching_past_the_models_embedding_is_refused(chat_model, tmp_path):
+    """Bug: a tokenizer with more tokens than the model's embedding rows (Qwen2's tokenizer class adds
+    <|endoftext|> to a byte-level vocabulary, say) crashed generation with torch's 'index out of range', exit 70."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlkit.errors import ConfigError
+    from rlkit.rlhf.policy import load_policy
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_model)
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    AutoModelForCausalLM.from_pretrained(chat_model).save_pretrained(str(tmp_path / "mismatch"))
+    tokenizer.save_pretrained(str(tmp_path / "mismatch"))
+    with pytest.raises(ConfigError, match="tokenizer has .* tokens but the model's embedding has .* rows"):
+        load_policy(str(tmp_path / "mismatch"))
+
+
 def test_a_functions_nan_or_text_is_an_error_and_all_none_scores_zero():
     """Bugs: a function returning NaN was silently dropped from the sum (the README: NaN stops the run), '7e3'
     scored 7000, and a completion every function returned None for stopped the run as 'non-finite rewards'."""

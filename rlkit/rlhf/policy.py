@@ -51,6 +51,18 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
     return (positions * attention_mask.long()).argmax(-1)
 
 
+def check_tokenizer_fits(tokenizer, model: nn.Module, what: str) -> None:
+    """A tokenizer whose ids reach past the model's embedding rows is not the model's (a generate or forward
+    would fail inside torch with 'index out of range'): one line saying so."""
+    from rlkit.errors import ConfigError
+
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ConfigError(f"{what}: its tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows, "
+                          f"so they do not belong together (save the model with its own tokenizer, or resize the "
+                          "embeddings with model.resize_token_embeddings(len(tokenizer)) and save both)")
+
+
 def ensure_pad_token(tokenizer, model: nn.Module | None = None) -> None:
     """Give a tokenizer without PAD one from its own vocabulary; never add a token.
 
@@ -198,6 +210,7 @@ def load_policy(
     with loading_model("policy", name_or_path):
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         lm = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype(dtype))
+    check_tokenizer_fits(tokenizer, lm, f"policy {name_or_path!r}")
     ensure_pad_token(tokenizer, lm)
     disable_dropout(lm)
     reference = None

@@ -155,7 +155,7 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", append_eos:
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlkit.rlhf.policy import checked_model_source, loading_model
+    from rlkit.rlhf.policy import check_tokenizer_fits, checked_model_source, loading_model
 
     path = checked_model_source(path, "reward model")
     with loading_model("reward model", path):
@@ -167,7 +167,9 @@ def load_reward_model(path: str, device: torch.device | str = "cpu", append_eos:
     if not hasattr(config, "rlkit_append_eos"):
         config.rlkit_append_eos = False if hasattr(config, "rlkit_reward_gain") else append_eos
     model = AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=torch_dtype(dtype))
-    return RewardModel(model.to(device), AutoTokenizer.from_pretrained(path), label_index=label_index_of(model, label, path))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    check_tokenizer_fits(tokenizer, model, f"reward model {path!r}")
+    return RewardModel(model.to(device), tokenizer, label_index=label_index_of(model, label, path))
 
 
 class RewardModelPerCall:
