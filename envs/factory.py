@@ -72,7 +72,9 @@ def make_vector_env(
 
         close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        extra = " MuJoCo ids need `pip install rlkit[mujoco]`." if "-v" in env_id else ""
+        mujoco = ("Ant", "HalfCheetah", "Hopper", "Humanoid", "HumanoidStandup", "InvertedPendulum",
+                  "InvertedDoublePendulum", "Pusher", "Reacher", "Swimmer", "Walker2d")
+        extra = " MuJoCo ids need `pip install rlkit[mujoco]`." if env_id.split("-v")[0] in mujoco else ""
         raise ValueError(f"unknown environment id {env_id!r}.{hint}{extra}")
     vector_kwargs: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP}
     if vectorization == "async":  # Ctrl-C is the parent's: it finishes the update and checkpoints

@@ -234,6 +234,13 @@ def cmd_bench(argv: list[str]) -> int:
     else:
         overrides = []
     args = parser.parse_args(argv)
+    if args.batched:  # one process on one device: these would be ignored
+        given = [flag for flag, used in (("--workers", args.workers != 1), ("--backend ray", args.backend != "local"),
+                                          ("several --devices", len(args.devices) > 1)) if used]
+        if given:
+            raise ConfigError(f"rlkit bench --batched trains all seeds in one process on one device, so "
+                              f"{' and '.join(given)} would do nothing: drop them (one --devices entry picks the device), "
+                              "or drop --batched to run a process per seed")
     from rlkit.bench import launch, plan_runs, reconcile
 
     runs = plan_runs(args.recipe, args.env_ids, args.seeds, args.devices, args.out, overrides)

@@ -305,6 +305,22 @@ class PeriodicEvaluation(Callback):
         self.best = -np.inf
         self.history: list[dict] = []
 
+    def on_start(self, run) -> None:
+        """A resumed run: the evaluations before it (its metrics.jsonl, already cut at the checkpoint) and the
+        best score kept in best/, so a worse evaluation after the resume does not replace best/."""
+        if not run.enabled or run.last_checkpoint is None:  # a new run: nothing before it
+            return
+        folder = run.run_dirs[0]
+        try:
+            with open(os.path.join(folder, "metrics.jsonl")) as f:
+                rows = [json.loads(line) for line in f if '"kind": "eval"' in line]
+            self.history = [{"iteration": r["iteration"], "global_step": r["global_step"],
+                             **{k: r[k] for k in ("mean_return", "std_return", "mean_length") if k in r}} for r in rows]
+            with open(os.path.join(folder, "best", "state.json")) as f:
+                self.best = float(json.load(f)["eval"]["mean_return"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a new run, or no best/ yet
+
     def on_update(self, run, iteration: int, stats: dict) -> bool:
         cfg = self.cfg
         if iteration % cfg.eval_interval and iteration != run.num_iterations:

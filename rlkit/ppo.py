@@ -1188,6 +1188,10 @@ def train(
         if start_iteration > cfg.num_iterations:
             notes.append(f"the run is already complete at update {saved['iteration']} ({cfg.num_iterations} updates of "
                          f"{cfg.batch_size} steps); nothing to train: give a larger total_timesteps to extend it")
+        elif saved.get("stopped_by_callback") and total_timesteps is None:
+            start_iteration = cfg.num_iterations + 1  # it ended where a callback (or stop_at_return) stopped it
+            notes.append(f"the run ended at update {saved['iteration']}, stopped by a callback or stop_at_return; "
+                         "nothing to train: give total_timesteps to continue it")
 
     logger = RunLogger(run_dir, cfg.to_dict(), enabled=log, progress=progress, total=cfg.num_iterations * cfg.batch_size,
                        resume_metrics_at=saved["metrics_offset"] if saved is not None else None)

@@ -325,6 +325,7 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
         if cfg.anneal_lr:
             linear_lr(optimizer, iteration, cfg.num_iterations, cfg.learning_rate)  # [core 4]
         next_value = collect_rollout(envs, policy, rollout, staging, cursor, cfg, record)
+        lifecycle.emit("on_rollout")
         advantages, returns = gae(rollout.rewards, rollout.values, rollout.dones, next_value, cfg.gamma, cfg.gae_lambda)
         batch = per_seed_batch(rollout, advantages, returns, n)
         stats = ppo_update(batch, learner, cfg)
@@ -352,6 +353,10 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
                                           extra={"variant": "ppo", "batched_seeds": seeds}))
         return out
 
+    # what rlkit.ppo.train's callbacks see, per seed where it differs: the seeds' parameters are stacked (params,
+    # [n, ...] each) and become the seeds' agents at the end; envs is the one grouped vector env of all seeds
+    lifecycle.context.update(envs=envs, seed_envs=seed_envs, logger=loggers[0], loggers=loggers, config=cfg,
+                             configs=configs, cursor=cursor, capture=capture, params=params, seeds=seeds)
     try:
         lifecycle.run(start_iteration, iterate, capture, where=lambda: f" (global step {cursor.global_step}, seeds {seeds})")
     finally:

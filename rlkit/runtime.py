@@ -200,9 +200,11 @@ class Callback:
 
     ``on_rollout`` runs after each rollout, ``on_update`` after every iteration with its number and
     metrics, ``on_eval`` after each periodic evaluation with its result; returning False from any
-    of them stops training after that iteration (it is checkpointed like a signal stop, without the
-    exit code).  ``run.context`` holds the run's objects: ``agent``, ``envs``, ``logger``, ``config``,
-    ``cursor`` (the step count), ``capture`` (iteration -> checkpoint payload).
+    of them ends training after that iteration (it is checkpointed like a signal stop, without the
+    exit code, and the checkpoint says so: a resume trains on only when given more steps).
+    ``run.context`` holds the run's objects: ``agent``, ``envs``, ``logger``, ``config``, ``cursor`` (the step count), ``capture`` (iteration -> checkpoint payload); batched seeds hold, instead
+    of ``agent``, ``params`` (every seed's parameters stacked) and per seed ``seed_envs``, ``loggers``,
+    ``configs`` and ``seeds``.
     """
 
     def on_start(self, run: Lifecycle) -> None:
@@ -268,7 +270,9 @@ class Lifecycle:
         captured = capture(iteration)
         if not isinstance(captured, list):
             captured = [captured]
-        paths = [save_checkpoint(run_dir, iteration, files, state, keep=self.keep_checkpoints)
+        # a stop a callback asked for (stop_at_return, say) ends the run: a resume without more steps trains nothing
+        stopped = {"stopped_by_callback": True} if self.stopped_by_callback else {}
+        paths = [save_checkpoint(run_dir, iteration, files, {**state, **stopped}, keep=self.keep_checkpoints)
                  for run_dir, (files, state) in zip(self.run_dirs, captured)]
         self.last_checkpoint = paths[0]
         return paths[0]

@@ -104,3 +104,14 @@ def test_one_seed_of_one_env_trains_batched():
                     update_epochs=1, normalize_obs=True, normalize_reward=True)
     (result,) = train_seeds(cfg, [5], progress=False, log=False)
     assert result.global_step == 64 and result.normalizer["reward.count"] > 64
+
+
+def test_bench_batched_refuses_the_settings_it_cannot_use(tmp_path, capsys):
+    """Bug: --batched silently ignored --workers, --backend and every --devices entry but the first."""
+    from rlkit.cli import main
+
+    for extra in (["--workers", "2"], ["--backend", "ray"], ["--devices", "cpu", "cuda:0"]):
+        code = main(["bench", "cartpole", "--seeds", "1", "2", "--batched", "--out", str(tmp_path / "b"), *extra,
+                     "--", "--total_timesteps", "64"])
+        assert code == 2 and "would do nothing" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()  # refused before any run folder was claimed

@@ -141,6 +141,53 @@ def test_a_callback_stops_the_run_with_a_checkpoint(variant, tmp_path):
     assert stop.seen == [1, 2]
     assert result.global_step == 2 * 4 * 16
     assert os.path.basename(list_checkpoints(result.run_dir)[-1]) == "update_0000002"
+    # the run ended there (bug: a resume trained on, and did so on every resume); more steps continue it
+    again = train(resume=result.run_dir, progress=False)
+    assert again.updates_run == 0 and again.global_step == 2 * 4 * 16
+    more = train(resume=result.run_dir, progress=False, total_timesteps=4 * 16 * 3)
+    assert more.updates_run == 1 and more.global_step == 3 * 4 * 16
+
+
+def test_batched_seeds_callbacks_see_each_rollout_and_the_runs_context(tmp_path):
+    """Bug: train_seeds never called on_rollout (returning False from it could not stop) and run.context was {}."""
+    class Probe(Callback):
+        def __init__(self):
+            self.rollouts, self.steps = [], []
+
+        def on_rollout(self, run, iteration):
+            self.rollouts.append(iteration)
+            return iteration < 2
+
+        def on_update(self, run, iteration, stats):
+            self.steps.append(run.context["cursor"].global_step)
+            assert run.context["params"] and len(run.context["seed_envs"]) == 2 and run.context["config"].num_envs == 4
+
+    probe = Probe()
+    values = {**TINY, "env_id": "CartPole-v1", "run_dir": str(tmp_path)}
+    results = train_seeds(PPOConfig(**values), [1, 2], run_dirs=[str(tmp_path / "s1"), str(tmp_path / "s2")],
+                          progress=False, callbacks=[probe])
+    assert probe.rollouts == [1, 2] and probe.steps == [64, 128] and results[0].global_step == 128
+
+
+@pytest.mark.parametrize("variant", ["ppo", "ppo_lstm"])
+def test_a_resumed_run_keeps_its_best_and_its_evaluations(variant, tmp_path):
+    """Bug: the periodic evaluation started from -inf on resume: the first evaluation after it replaced best/
+    however it scored, and TrainResult.evaluations held only the evaluations since the resume."""
+    import json
+
+    values = {**TINY, "env_id": "CartPole-v1", "run_dir": str(tmp_path), "total_timesteps": 4 * 16 * 4,
+              "eval_interval": 1, "eval_episodes": 2}
+    run = train if variant == "ppo" else train_recurrent
+    config = PPOConfig(**values) if variant == "ppo" else RecurrentPPOConfig(**values)
+    first = run(config, run_name="r", progress=False, callbacks=[StopAt(2)])
+    best = json.load(open(os.path.join(first.run_dir, "best", "state.json")))["eval"]["mean_return"]
+    state = os.path.join(first.run_dir, "best", "state.json")
+    record = json.load(open(state))
+    record["eval"]["mean_return"] = 1e9  # as if update 1 or 2 had scored higher than any later update will
+    json.dump(record, open(state, "w"))
+    resumed = train(resume=first.run_dir, progress=False, total_timesteps=4 * 16 * 4)
+    assert [e["iteration"] for e in resumed.evaluations] == [1, 2, 3, 4]
+    assert json.load(open(state))["eval"]["mean_return"] == 1e9 and best < 1e9  # not replaced by a worse one
 
 
 def _weights(result) -> dict[str, torch.Tensor]:

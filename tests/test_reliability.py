@@ -67,6 +67,19 @@ class StopAfter(Callback):
         return self.updates > 0
 
 
+class SigintAfter(Callback):
+    """A Ctrl-C after ``updates`` updates: the run checkpoints and stops, to be resumed."""
+
+    def __init__(self, updates: int):
+        self.updates = updates
+
+    def on_update(self, run, iteration, stats):
+        self.updates -= 1
+        if self.updates == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return True
+
+
 # ---------------------------------------------------------------------------------
 # 1. Run-name reuse
 # ---------------------------------------------------------------------------------
@@ -178,16 +191,16 @@ def test_resume_from_an_older_checkpoint_starts_a_lineage_and_a_later_resume_con
                     run_dir=str(tmp_path))
     full = train(cfg, run_name="r", progress=False)
     run = tmp_path / "r"
-    # from update 2, stopped after one update (a Ctrl-C, say): update 3 is the new lineage's newest
-    branch = train(resume=str(run / "checkpoints" / "update_0000002"), progress=False, callbacks=[StopAfter(1)])
-    assert branch.global_step == 3 * 32
+    # from update 2, stopped after one update by a Ctrl-C: update 3 is the new lineage's newest
+    branch = train(resume=str(run / "checkpoints" / "update_0000002"), progress=False, callbacks=[SigintAfter(1)])
+    assert branch.global_step == 3 * 32 and branch.interrupted == signal.SIGINT
     assert [os.path.basename(c) for c in list_checkpoints(str(run))] == [f"update_000000{k}" for k in (1, 2, 3)]
     abandoned = [os.path.join(run, "abandoned", d) for d in os.listdir(run / "abandoned")]
     assert len(abandoned) == 1
     kept = sorted(os.listdir(os.path.join(abandoned[0], "checkpoints")))
     assert kept == [f"update_000000{k}" for k in (3, 4, 5, 6)]  # moved, never deleted
     assert json.load(open(os.path.join(abandoned[0], "summary.json")))["global_step"] == 6 * 32
-    assert json.loads((run / "summary.json").read_text())["global_step"] == 3 * 32  # the callback stop's, not the old
+    assert not (run / "summary.json").exists()  # the old run's summary went with it; the stopped lineage has none
     notes = [r["text"] for r in _lines(run) if r["kind"] == "note"]
     assert any("resumed from update_0000002" in n and "new lineage" in n for n in notes)
     # a plain resume now picks the lineage's own newest (update 3), not the abandoned update 6

@@ -897,7 +897,8 @@ def train(cfg: RLHFConfig | None = None, run_name: str | None = None, progress: 
     (a generated name that collides is numbered), and a resume from an older checkpoint starts a lineage.
     """
     cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume, num_updates)
-    if saved is not None and saved["update"] >= cfg.num_updates and os.path.isfile(os.path.join(run_dir, "summary.json")):
+    ended = saved is not None and (saved["update"] >= cfg.num_updates or saved.get("stopped_by_callback") and num_updates is None)
+    if ended and os.path.isfile(os.path.join(run_dir, "summary.json")):
         return finished_result(cfg, run_dir, saved)
     if saved is not None and saved["reward"] == REWARD_FN_ARGUMENT and reward_fn is None:
         raise CheckpointError(f"{saved['checkpoint']} was trained with a reward_fn argument: pass the same reward_fn to resume it")
