@@ -26,8 +26,10 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -79,9 +81,10 @@ class RunSpec:
 
     @property
     def resumable(self) -> bool:
-        """An unfinished ``rlkit train`` run with a complete checkpoint (``checkpoints/update_<k>/state.json``)."""
+        """An unfinished run (``rlkit train`` or ``rlkit rlhf``) with a complete checkpoint
+        (``checkpoints/update_<k>/state.json``)."""
         folder = os.path.join(self.run_dir, "checkpoints")
-        if self.subcommand != "train" or self.finished or not os.path.isdir(folder):
+        if self.subcommand not in ("train", "rlhf") or self.finished or not os.path.isdir(folder):
             return False
         return any(n.startswith("update_") and n[7:].isdigit() and os.path.isfile(os.path.join(folder, n, "state.json"))
                    for n in os.listdir(folder))
@@ -136,7 +139,7 @@ class RunSpec:
         ``resume``: continue from the run's latest checkpoint (``rlkit train --resume``, its saved config).
         """
         if resume:
-            return [sys.executable, "-m", "rlkit.cli", "train", "--resume", self.run_dir, "--no-progress"]
+            return [sys.executable, "-m", "rlkit.cli", self.subcommand, "--resume", self.run_dir, "--no-progress"]
         parent, name = os.path.split(self.run_dir)
         command = [sys.executable, "-m", "rlkit.cli", self.subcommand, self.recipe, "--seed", str(self.seed),
                    "--device", self.device, "--run_dir", parent, "--run-name", name, "--no-progress"]
@@ -209,9 +212,17 @@ def reconcile(runs: list[RunSpec], refuse: bool = False, echo=print) -> list[Run
     return moved
 
 
+_CHILDREN: set = set()
+"""the runs' child processes now running (local backend): a Ctrl-C of the launcher is passed on to them"""
+_STOPPING = threading.Event()
+"""set by a Ctrl-C of the launcher: no run starts after it"""
+
+
 def _run_local(spec: RunSpec) -> tuple[RunSpec, int, float]:
     """Run one spec in a child process; never raises (a launcher error is exit code -1 and goes to the log)."""
     start = time.time()
+    if _STOPPING.is_set():
+        return spec, 130, 0.0
     try:
         resume = spec.resumable
         if os.path.isdir(spec.run_dir) and not spec.finished and not resume:
@@ -224,7 +235,12 @@ def _run_local(spec: RunSpec) -> tuple[RunSpec, int, float]:
             log.write(f"{'resuming from the latest checkpoint: ' if resume else ''}{' '.join(command)}\n\n")
             log.flush()
             cwd = spec.cwd if spec.cwd and os.path.isdir(spec.cwd) else None
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd).returncode
+            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+            _CHILDREN.add(child)
+            try:
+                code = child.wait()
+            finally:
+                _CHILDREN.discard(child)
     except Exception:  # noqa: BLE001 - one broken run must not stop the others
         code = -1
         try:
@@ -297,9 +313,19 @@ def launch(runs: list[RunSpec], workers: int = 1, backend: str = "local", progre
         if backend == "ray" and todo:  # (nothing to do: no Ray to start)
             _run_ray(todo, on_done, workers)
         elif todo:
-            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            _STOPPING.clear()
+            pool = ThreadPoolExecutor(max_workers=max(1, workers))
+            try:
                 for future in as_completed([pool.submit(_run_local, spec) for spec in todo]):
                     on_done(*future.result())
+            except KeyboardInterrupt:  # no run starts after a Ctrl-C; the running ones checkpoint and stop
+                _STOPPING.set()
+                for child in list(_CHILDREN):
+                    if child.poll() is None:
+                        child.send_signal(signal.SIGINT)  # (a terminal's Ctrl-C reached them already; a kill -INT did not)
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
     return outcome

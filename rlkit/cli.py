@@ -244,6 +244,8 @@ def cmd_bench(argv: list[str]) -> int:
     from rlkit.bench import launch, plan_runs, reconcile
 
     runs = plan_runs(args.recipe, args.env_ids, args.seeds, args.devices, args.out, overrides)
+    for spec in {spec.label: spec for spec in runs}.values():  # a bad override: one line now, not a failed run each
+        spec.requested_config()
     reconcile(runs, refuse=args.refuse_changed)  # a finished run is skipped only if it has the requested config
     if args.batched:
         return _bench_batched(args.recipe, runs, overrides, args.out)

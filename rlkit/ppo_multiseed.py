@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
-from rlkit.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, resolve_checkpoint
+from rlkit.checkpoint import CheckpointError, checkpoint_update, list_checkpoints, load_checkpoint
 from rlkit.envs import EnvGroup, normalizer_state
 from rlkit.fast import EpochRows, FusedMLPLoss, FusedPolicyStep, NumpyStaging, stacked_mlp_forward
 from rlkit.logger import RunLogger
@@ -239,8 +239,9 @@ def open_seed_folders(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | No
     Explicit folders without a checkpoint (resume) start fresh, their files kept aside."""
     given = run_dirs is not None
     run_dirs = run_dirs or [os.path.join(cfg.run_dir, default_run_name(cfg.env_id, cfg.exp_name, s)) for s in seeds]
-    saved = _saved_checkpoints(run_dirs) if resume else None
-    folders = [open_run_folder(d, resolve_checkpoint(d), saved[i][1], enabled=log) if saved is not None else
+    found = _saved_checkpoints(run_dirs) if resume else None
+    saved, checkpoints = found if found is not None else (None, None)
+    folders = [open_run_folder(d, checkpoints[i], saved[i][1], enabled=log) if saved is not None else
                open_run_folder(d, enabled=log, if_exists="abandon" if resume else "refuse" if given else "number")
                for i, d in enumerate(run_dirs)]
     return folders, saved
@@ -374,7 +375,7 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
         results.append(TrainResult(loggers[i].run_dir, episodes[i].returns, episodes[i].lengths, episodes[i].steps,
                                    per_seed_stats[i], cursor.global_step, wall_time, agent, normalizers[i],
                                    lifecycle.interrupted, last and os.path.join(run_dirs[i], "checkpoints", os.path.basename(last)),
-                                   update_backend=learner.backend))
+                                   updates_run=lifecycle.updates_run, update_backend=learner.backend))
         if lifecycle.interrupted is None:
             loggers[i].summary({**results[-1].summary(c), "batched_seeds": seeds})
     for folder in folders:
@@ -402,8 +403,9 @@ def seed_agents(cfg: PPOConfig, seeds: list[int], envs: gym.vector.VectorEnv, de
     return agents, generators
 
 
-def _saved_checkpoints(run_dirs: list[str]) -> list[tuple[dict, dict]] | None:
-    """Every seed's newest checkpoint (None when no seed has one); refuses seeds at different updates."""
+def _saved_checkpoints(run_dirs: list[str]) -> tuple[list[tuple[dict, dict]], list[str]] | None:
+    """(every seed's (tensors, state), their checkpoint folders) at the newest update all seeds have a
+    checkpoint of; None when no seed has one."""
     found = [list_checkpoints(d) for d in run_dirs]
     if not any(found):
         return None
@@ -411,12 +413,19 @@ def _saved_checkpoints(run_dirs: list[str]) -> list[tuple[dict, dict]] | None:
         missing = [d for d, f in zip(run_dirs, found) if not f]
         raise CheckpointError(f"some seeds have checkpoints and these have none: {missing}; delete their folders to "
                               "start them fresh, or run them separately")
-    saved = [load_checkpoint(d) for d in run_dirs]  # each seed's newest complete checkpoint
-    updates = {state["iteration"] for _, state in saved}
-    if len(updates) != 1:
-        raise CheckpointError(f"the seeds' newest checkpoints are at different updates {sorted(updates)}; "
+    # the newest update every seed has: a kill while the seeds' checkpoints were being written leaves some one
+    # checkpoint ahead, and those resume from the common one (their newer checkpoint moves aside, a new lineage)
+    by_update = [{checkpoint_update(os.path.basename(path)): path for path in paths} for paths in found]
+    common = set.intersection(*(set(u) for u in by_update))
+    if not common:
+        newest = sorted({max(u) for u in by_update})
+        raise CheckpointError(f"the seeds have no checkpoint at a common update (their newest: {newest}); "
                               "resume them separately with rlkit train --resume")
-    return saved
+    update = max(common)
+    saved = [load_checkpoint(u[update]) for u in by_update]
+    if any(state["iteration"] != update for _, state in saved):
+        raise CheckpointError(f"the seeds' checkpoints at update {update} do not all say update {update}")
+    return saved, [u[update] for u in by_update]
 
 
 def clip_per_seed(params: dict[str, Tensor], max_norm: float) -> Tensor:

@@ -297,3 +297,47 @@ def test_report_compares_two_bench_folders(tmp_path, capsys):
     assert (new / "compare.md").is_file() and (new / "compare_Fake-v0.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="no env has finished runs in both"):
         cmd_report([str(new), "--compare", str(tmp_path / "new" / "Only-v0")])
+
+
+def test_a_bad_override_is_refused_before_any_run_starts(recipe, tmp_path, capsys):
+    """Bug: `rlkit bench ... -- --bogus 1` launched every run, each failing in its own log, and exited 1."""
+    from rlkit.cli import main
+
+    assert main(["bench", recipe, "--seeds", "1", "2", "--out", str(tmp_path / "out"), "--", "--bogus", "1"]) == 2
+    assert "bogus" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_rlhf_run_in_a_bench_resumes_not_restarts(tmp_path):
+    """Bug: RunSpec.resumable was False for every `rlkit rlhf` run, so a bench re-run deleted an interrupted
+    RLHF run's folder (checkpoints included) and trained it from update 0."""
+    from rlkit.bench import RunSpec
+
+    run_dir = tmp_path / "out" / "task" / "seed_1"
+    (run_dir / "checkpoints" / "update_0000004").mkdir(parents=True)
+    (run_dir / "checkpoints" / "update_0000004" / "state.json").write_text("{}")
+    spec = RunSpec(recipe="rlhf-synthetic", env_id=None, seed=1, device="cpu", run_dir=str(run_dir), overrides=[],
+                   subcommand="rlhf", label="task")
+    assert spec.resumable
+    assert spec.command(resume=True)[-4:] == ["rlhf", "--resume", str(run_dir), "--no-progress"]
+
+
+def test_ctrl_c_of_the_launcher_starts_no_further_run(recipe, tmp_path):
+    """Bug: after a Ctrl-C the launcher's pool still ran every queued run to its end before exiting 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    slow = tmp_path / "slow.toml"
+    slow.write_text(RECIPE.replace("total_timesteps = 256", "total_timesteps = 2000000"))
+    out = tmp_path / "out"
+    launcher = subprocess.Popen([sys.executable, "-m", "rlkit.cli", "bench", str(slow), "--seeds", "1", "2", "3",
+                                 "--workers", "1", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    started = out / PROBE_DIR / "seed_1" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (started.exists() and started.stat().st_size):
+        time.sleep(0.2)  # seed 1 is training
+    launcher.send_signal(signal.SIGINT)  # to the launcher alone, as `kill -INT` does
+    assert launcher.wait(timeout=120) == 130
+    assert not (out / PROBE_DIR / "seed_2").exists() and not (out / PROBE_DIR / "seed_3").exists()
+    assert (out / PROBE_DIR / "seed_1" / "checkpoints").is_dir()  # seed 1 stopped at a checkpoint

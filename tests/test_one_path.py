@@ -244,6 +244,24 @@ def test_batched_seeds_checkpoint_resume_bit_exact_and_each_seed_stands_alone(tm
     assert alone.episode_returns == pytest.approx(whole[1].episode_returns, rel=1e-5)
 
 
+def test_batched_seeds_killed_while_checkpointing_resume_from_the_update_every_seed_has(tmp_path):
+    """Bug: a kill -9 between the seeds' checkpoint writes left seed 4 one checkpoint behind, and re-running
+    refused ('newest checkpoints are at different updates [2, 4]'); every seed has update 2: resume there."""
+    cfg = PPOConfig(**{**TINY, "env_id": "CartPole-v1", "total_timesteps": 4 * 16 * 4, "checkpoint_interval": 2})
+    dirs = lambda name: [str(tmp_path / name / "s3"), str(tmp_path / name / "s4")]  # noqa: E731
+    whole = train_seeds(cfg, [3, 4], run_dirs=dirs("whole"), progress=False)
+    train_seeds(cfg, [3, 4], run_dirs=dirs("cut"), progress=False)
+    for d in dirs("cut"):
+        os.remove(os.path.join(d, "summary.json"))
+    shutil.rmtree(list_checkpoints(dirs("cut")[1])[-1])  # seed 4's update 4 never written
+    resumed = train_seeds(cfg, [3, 4], run_dirs=dirs("cut"), progress=False, resume=True)
+    for a, b in zip(whole, resumed):
+        assert b.updates_run == 2
+        for name, value in _weights(a).items():
+            assert torch.equal(_weights(b)[name], value), name
+    assert os.listdir(os.path.join(dirs("cut")[0], "abandoned"))  # seed 3's update 4 moved aside, not deleted
+
+
 def test_batched_seeds_resume_without_exact_env_state_restarts_each_seed_as_its_run_alone(tmp_path, capsys):
     """Envs whose state is not plain data (async workers here, MuJoCo in practice) restart from a seeded
     reset when resumed: batched, each seed's envs restart as that seed's checkpoint resumed alone restarts them."""
