@@ -364,8 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(argv[1:])
     except (Exception, KeyboardInterrupt) as error:
-        if debug:
-            raise
+        if debug:  # the traceback too, and the same exit code
+            import traceback
+
+            traceback.print_exc()
         return _report(error)
 
 

@@ -42,6 +42,22 @@ def _jsonable(value):
     return value
 
 
+def last_global_step(path: str) -> int | None:
+    """The global_step of the last metrics line that has one (None: none)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 65536))
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    for line in reversed(lines):
+        try:
+            step = json.loads(line).get("global_step")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(step, int):
+            return step
+    return None
+
+
 class RunLogger:
     """Writes one run's outputs into ``run_dir``; with ``enabled=False`` only the progress bar."""
 
@@ -59,19 +75,28 @@ class RunLogger:
             with open(os.path.join(self.run_dir, "config.json"), "w") as f:
                 json.dump(config, f, indent=2)
             path = os.path.join(self.run_dir, "metrics.jsonl")
+            purge_step = None
             if resume_metrics_at is not None and os.path.exists(path):
                 # Lines written after the checkpoint belong to the abandoned attempt.
                 with open(path, "r+") as f:
                     f.truncate(resume_metrics_at)
+                purge_step = last_global_step(path)
             self.metrics_file = open(path, "a", buffering=1)
             if "tensorboard" in config.get("track", ["tensorboard"]):
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(self.run_dir)
+                # purge_step: TensorBoard drops the abandoned attempt's events after the checkpoint's step
+                self.writer = SummaryWriter(self.run_dir, purge_step=None if purge_step is None else purge_step + 1)
                 table = "\n".join(f"|{k}|{v}|" for k, v in config.items())
                 self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
         self.recent_returns: deque[float] = deque(maxlen=20)
         self.bar = tqdm(total=total, unit="step", unit_scale=True, disable=not progress, dynamic_ncols=True, smoothing=0.1)
+
+    def flush(self) -> None:
+        """TensorBoard's and the trackers' buffers out (rlkit.runtime.Lifecycle calls it at each checkpoint)."""
+        if self.writer is not None:
+            self.writer.flush()
+        self.trackers.flush()
 
     def _write(self, record: dict) -> None:
         if self.metrics_file is not None:

@@ -274,6 +274,9 @@ class Lifecycle:
         stopped = {"stopped_by_callback": True} if self.stopped_by_callback else {}
         paths = [save_checkpoint(run_dir, iteration, files, {**state, **stopped}, keep=self.keep_checkpoints)
                  for run_dir, (files, state) in zip(self.run_dirs, captured)]
+        for logger in self.context.get("loggers") or [self.context.get("logger")]:  # what a resume keeps, sent out
+            if logger is not None and hasattr(logger, "flush"):
+                logger.flush()
         self.last_checkpoint = paths[0]
         return paths[0]
 

@@ -141,6 +141,9 @@ class Tracker:
         """status: finished, failed or killed (stopped by a signal; resumable)."""
         raise NotImplementedError
 
+    def flush(self) -> None:
+        """Send what is buffered (at each checkpoint: a kill -9 after it loses nothing the resume keeps)."""
+
     def state(self) -> dict:
         """What resuming needs (kept in <run>/trackers.json)."""
         return {}
@@ -207,7 +210,9 @@ class MLflowTracker(Tracker):
         from mlflow.tracking import MlflowClient
 
         self.Metric = Metric
-        self.client = MlflowClient()
+        # a resumed run talks to the store it started in, wherever the command runs now
+        uri = (resume or {}).get("tracking_uri")
+        self.client = MlflowClient(tracking_uri=uri) if uri else MlflowClient()
         self.pending: list = []
         if resume and resume.get("run_id"):
             self.run_id = resume["run_id"]
@@ -409,6 +414,10 @@ class TrackerSet:
         for path, name, kind in artifacts:
             if os.path.exists(path):
                 self._each("artifact", path, name, kind)
+
+    def flush(self) -> None:
+        if self.trackers:
+            self._each("flush")
 
     def finish(self, status: str) -> None:
         if self.finished:

@@ -142,3 +142,4 @@ def test_fuzzed_command_line_strings_give_a_config_or_a_config_error(values):
         config_from_dict(PPOConfig, values, source="command line")
     except ConfigError as error:
         assert str(error).startswith("command line")
+

@@ -480,13 +480,14 @@ def test_a_read_only_run_dir_is_one_line(tmp_path, capsys, monkeypatch):
     assert "read-only" in _one_line(capsys)
 
 
-def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    """The traceback, then the same one line and the same exit code (it once re-raised: exit code 1)."""
     argv = ["train", "cartpole", "--seed", "-1", "--run_dir", str(tmp_path)]
-    with pytest.raises(ValueError):
-        main(argv + ["--debug"])
+    assert main(argv + ["--debug"]) == EXIT_CODES["config"]
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
     monkeypatch.setenv("RLKIT_DEBUG", "1")
-    with pytest.raises(ValueError):
-        main(argv)
+    assert main(argv) == EXIT_CODES["config"]
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
 
 
 def test_each_class_of_failure_has_its_exit_code_and_one_line():

@@ -328,3 +328,39 @@ def test_a_tracker_that_cannot_start_is_one_line_naming_it(tmp_path, monkeypatch
     with pytest.raises(ValueError, match=r"^tracker mlflow could not start: .*MLFLOW_TRACKING_URI") as error:
         train(cfg, run_name="r", progress=False)
     assert "\n" not in str(error.value)
+
+
+def test_a_checkpoint_sends_the_trackers_buffers_and_a_resume_after_a_kill_keeps_tensorboard_monotone(offline,
+                                                                                                    monkeypatch):
+    """Bugs: MLflow's buffered metrics (and TensorBoard's) were sent only at the end, so a kill -9 lost what the
+    resume's checkpoint kept; and after such a kill TensorBoard held the abandoned updates twice."""
+    pytest.importorskip("mlflow", reason=f"the mlflow tracker needs {INSTALL}")
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rlkit.checkpoint import list_checkpoints
+    from rlkit.runtime import Callback
+
+    seen = {}
+
+    class AfterCheckpoint(Callback):
+        def on_update(self, run, iteration, stats):
+            if iteration == 3:  # the checkpoint of update 2 is written: its metrics are in the store already
+                client, mlflow = mlflow_run(run.run_dirs[0])
+                seen["steps"] = sorted(m.step for m in client.get_metric_history(mlflow.info.run_id, "losses/value_loss"))
+            return True
+
+    cfg = PPOConfig(env_id="CartPole-v1", num_envs=2, num_steps=32, total_timesteps=2 * 32 * 4, num_minibatches=2,
+                    update_epochs=1, device="cpu", run_dir=str(offline / "runs"), checkpoint_interval=2,
+                    keep_checkpoints=5, track=["tensorboard", "mlflow"], track_project=f"rlkit-test-{uuid.uuid4().hex[:8]}")
+    whole = train(cfg, run_name="k9", progress=False, callbacks=[AfterCheckpoint()])
+    assert seen["steps"] == [64, 128]
+    # as if killed -9 after update 4's events but before its checkpoint: resume from update 2
+    shutil.rmtree(list_checkpoints(whole.run_dir)[-1])
+    os.remove(os.path.join(whole.run_dir, "summary.json"))
+    train(resume=whole.run_dir, progress=False)
+    events = EventAccumulator(whole.run_dir)
+    events.Reload()
+    steps = [e.step for e in events.Scalars("losses/value_loss")]
+    assert steps == [64, 128, 192, 256]  # each update once, in order
