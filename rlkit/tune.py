@@ -159,6 +159,8 @@ def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
 
 
 def nearest_divisor(n: int, target: int) -> int:
+    if n < 1:
+        raise ConfigError(f"num_envs x num_steps (or batch_size) must be >= 1 to choose num_minibatches, got {n}")
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     return min(divisors, key=lambda d: (abs(d - target), -d))
 
@@ -223,6 +225,10 @@ class TuneInterrupted(Exception):
         self.signum = signum
 
 
+NOT_SETTINGS = ("device", "torch_threads", "track", "track_project", "exp_name", "run_dir", "artifacts_dir", "cache_dir")
+"""keys that do not change what a trial scores: a study may continue with other ones"""
+
+
 @dataclasses.dataclass
 class TuneSetup:
     recipe: str
@@ -237,6 +243,20 @@ class TuneSetup:
     study_name: str = ""
     rlhf: RLHFObjective | None = None
     """set for [rlhf] recipes: what a trial scores"""
+
+    def full_values(self) -> dict:
+        """Every key's value in the recipe's config (its defaults where the recipe and the command line are silent)."""
+        cls = self.config_class
+        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                    for f in dataclasses.fields(cls) if f.init}
+        return {**{k: v for k, v in defaults.items() if v is not dataclasses.MISSING}, **self.values}
+
+    def settings(self) -> dict:
+        """What a trial's score depends on besides its sampled values: a study continues only with the same."""
+        values = {k: v for k, v in self.values.items() if k not in NOT_SETTINGS}
+        return json.loads(json.dumps({"values": values, "seeds": self.seeds, "evals": self.evals,
+                                      "eval_episodes": self.eval_episodes, "table": self.table,
+                                      "objective": None if self.rlhf is None else vars(self.rlhf)}, default=str))
 
     @property
     def config_class(self):
@@ -280,7 +300,7 @@ class TuneSetup:
             try:
                 cfg, values = self.config(params, seed, trial.number)
             except ConfigError as error:
-                trial.set_user_attr(COUNTED_FAILURE, str(error))
+                trial.set_user_attr(COUNTED_FAILURE, f"invalid config: {error}")
                 raise optuna.TrialPruned(f"invalid config: {error}") from None
             if index == 0:
                 trial.set_user_attr("config", {k: v for k, v in values.items() if k in params or k == "num_minibatches"})
@@ -374,13 +394,14 @@ def tune(setup: TuneSetup, trials: int, storage: str | None = None, timeout: flo
     from tqdm.auto import tqdm
 
     study = open_study(setup.study_name, storage, sampler_seed, pruner, startup_trials, warmup)
+    check_same_settings(study, setup)
     if sampler_seed is not None:  # a resumed study must not replay the first process's random draws
         study.sampler = optuna.samplers.TPESampler(n_startup_trials=startup_trials,
                                                    seed=sampler_seed + len(study.get_trials(deepcopy=False)))
     # Trial 0 draws the recipe's values rather than being enqueued: on SQLite two processes starting together
     # can both pop one enqueued trial (no row locks; Optuna #4002) and run it into the same trial folder,
     # while trial numbers themselves are unique.
-    recipe = recipe_params(setup.space, setup.values) if start_from_recipe else None
+    recipe = recipe_params(setup.space, setup.full_values()) if start_from_recipe else None
     if recipe is not None:
         study.sampler = RecipeFirstSampler(study.sampler, recipe)
     done = sum(counted(t) for t in study.get_trials(deepcopy=False))
@@ -398,7 +419,7 @@ def tune(setup: TuneSetup, trials: int, storage: str | None = None, timeout: flo
             best = f"{study.best_value:.2f} (trial {study.best_trial.number})"
         except ValueError:
             best = "-"
-        why = trial.user_attrs.get(COUNTED_FAILURE, "") if trial.state == optuna.trial.TrialState.FAIL else ""
+        why = trial.user_attrs.get(COUNTED_FAILURE, "") if trial.state != optuna.trial.TrialState.COMPLETE else ""
         bar.write(f"trial {trial.number}: {trial.state.name.lower()}{' ' + value if value else ''} in "
                   f"{(trial.duration.total_seconds() if trial.duration else 0):.0f} s; best {best}{'; ' + why if why else ''}")
         # other processes' trials count too: stop once finished + running reach the target
@@ -460,6 +481,30 @@ def _marking_recipe_trial(objective):
         return objective(trial)
 
     return marked
+
+
+def check_same_settings(study, setup: TuneSetup) -> None:
+    """Record a new study's settings (recipe values with the overrides, seeds, evaluations); refuse to continue
+    one with others: trials scored on other budgets or seeds are not comparable, and the best recipe would mix
+    the best trial with the new command's settings."""
+    now = setup.settings()
+    before = study.user_attrs.get("rlkit_settings")
+    if before is None:
+        if study.get_trials(deepcopy=False):
+            return  # made by an older rlkit: nothing recorded to compare
+        study.set_user_attr("rlkit_settings", now)
+        return
+    differ = []
+    for key in sorted(set(before) | set(now)):
+        if key == "values":
+            old, new = before.get(key) or {}, now.get(key) or {}
+            differ += [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        elif before.get(key) != now.get(key):
+            differ.append(f"{key} {before.get(key)!r} -> {now.get(key)!r}")
+    if differ:
+        raise ConfigError(f"study {setup.study_name!r} was made with other settings ({'; '.join(differ)}): its trials "
+                          "would not be comparable; continue it with the same command, or start another study "
+                          "(--study-name, or another --storage)")
 
 
 def _non_finite():
@@ -631,6 +676,11 @@ def cmd_tune(argv: list[str]) -> int:
                    start_from_recipe=not args.no_recipe_trial)
     if outcome["interrupted"] is not None:
         return 128 + outcome["interrupted"]
+    trials = outcome["study"].trials
+    invalid = [t for t in trials if str(t.user_attrs.get(COUNTED_FAILURE, "")).startswith("invalid config")]
+    if trials and len(invalid) == len(trials):
+        raise ConfigError(f"every trial's config was invalid, e.g. trial {invalid[0].number}: "
+                          f"{invalid[0].user_attrs[COUNTED_FAILURE]}; fix the search space")
     return 0
 
 

@@ -214,3 +214,36 @@ def test_an_rlhf_recipe_is_tuned_for_gold_within_a_kl_budget(tmp_path, capsys):
         make_setup(str(recipe), [], eval_episodes=3)
     with pytest.raises(ConfigError, match="are for RLHF recipes"):
         make_setup("cartpole", [], kl_budget=3.0)
+
+
+def test_a_study_continues_only_with_its_own_settings(tmp_path, space):
+    """Bug: re-running with another budget or other seeds continued the study silently, ranked trials scored on
+    different budgets together, and wrote a best recipe mixing the best trial with the new command's settings."""
+    assert main(_args(tmp_path, space, 1, "--sampler-seed", "0")) == 0
+    assert main(_args(tmp_path, space, 2, "--sampler-seed", "0")) == 0  # the same settings: continues
+    assert len(_study(tmp_path).trials) == 2
+    other = _args(tmp_path, space, 3)
+    other[other.index("128")] = "192"  # --total_timesteps 192
+    assert main(other) == 2
+    assert main(_args(tmp_path, space, 3, "--seeds", "1", "2")) == 2
+    assert len(_study(tmp_path).trials) == 2
+
+
+def test_the_recipe_trial_takes_defaulted_keys_too_and_invalid_trials_say_why(tmp_path, capsys):
+    """Bugs: trial 0 sampled a key the recipe file leaves to its default (so it was not the recipe); a trial whose
+    config was invalid printed 'pruned' with no reason, and a study of only invalid trials exited 0."""
+    from rlkit.ppo import PPOConfig
+
+    defaulted = tmp_path / "defaulted.toml"
+    defaulted.write_text("[space]\nclip_coef = {low = 0.05, high = 0.3}\nhidden_size = 16\n")
+    assert main(_args(tmp_path, str(defaulted), 1)) == 0  # cartpole's recipe does not set clip_coef
+    assert _study(tmp_path).trials[0].params["clip_coef"] == PPOConfig().clip_coef
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[space]\nnum_envs = {choices = [0, -1]}\n')
+    capsys.readouterr()
+    code = main(["tune", "cartpole", "--trials", "2", "--space", str(bad), "--evals", "2", "--no-recipe-trial",
+                 "--storage", f"sqlite:///{tmp_path}/bad.db", "--run-dir", str(tmp_path / "bad_runs"),
+                 "--best", str(tmp_path / "bad_best.toml"), "--no-progress", *TINY])
+    out = capsys.readouterr()
+    assert code == 2 and "every trial's config was invalid" in out.err
+    assert "pruned" in out.out and "invalid config: " in out.out and "num_envs" in out.out
