@@ -17,6 +17,7 @@ Nothing is pickled; nothing here calls ``torch.load``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -163,6 +164,32 @@ def save_checkpoint(
     return final
 
 
+DIGESTS = "file_sha256"
+"""state.json's record of each tensor file's SHA-256, written with it: damage inside a file (bytes flipped,
+its size unchanged), which safetensors' own header checks cannot see, is caught when it is loaded"""
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digest_problem(folder: str, state: dict) -> str | None:
+    """The tensor file whose bytes differ from those state.json recorded, or None (also for older checkpoints,
+    which recorded none)."""
+    recorded = state.get(DIGESTS) if isinstance(state, dict) else None
+    if not isinstance(recorded, dict):
+        return None
+    for name, expected in sorted(recorded.items()):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and file_sha256(path) != expected:
+            return f"{path} is truncated or corrupted (its SHA-256 is not the one recorded when it was written)"
+    return None
+
+
 def write_checkpoint_folder(final: str, tensor_files: dict[str, dict[str, torch.Tensor]], state: dict[str, Any]) -> str:
     """One checkpoint folder, written into a temporary sibling, fsynced, then renamed into place."""
     folder = os.path.dirname(os.path.abspath(final))
@@ -171,13 +198,15 @@ def write_checkpoint_folder(final: str, tensor_files: dict[str, dict[str, torch.
     shutil.rmtree(temporary, ignore_errors=True)
     os.makedirs(temporary)
     try:
+        digests = {}
         for name, tensors in tensor_files.items():
             path = os.path.join(temporary, f"{name}.safetensors")
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path)
             _fsync_file(path)
+            digests[f"{name}.safetensors"] = file_sha256(path)
         path = os.path.join(temporary, "state.json")
         with open(path, "w") as f:
-            json.dump({"format_version": FORMAT_VERSION, **to_json(state)}, f)
+            json.dump({"format_version": FORMAT_VERSION, **to_json(state), DIGESTS: digests}, f)
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(temporary)
@@ -259,7 +288,9 @@ def folder_problem(folder: str) -> str | None:
     except OSError as error:
         return f"{state_path} cannot be read ({error.strerror or error})"
     problem = state_problem(state) or (missing_files(folder) if is_training_state(state) else None)
-    return f"{INCOMPLETE}: {problem}" if problem else None
+    if problem:
+        return f"{INCOMPLETE}: {problem}"
+    return digest_problem(folder, state)  # damage: reported, never stepped over
 
 
 def missing_files(folder: str) -> str | None:
@@ -344,6 +375,10 @@ def load_checkpoint(path: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict
     problem = state_problem(state) or (missing_files(folder) if is_training_state(state) else None)
     if problem:
         raise CheckpointError(f"{folder}: {problem}: the checkpoint is incomplete or damaged; name an older one of the run")
+    damaged = digest_problem(folder, state)
+    if damaged:
+        raise CheckpointError(f"{damaged}; name an older checkpoint of the run")
+    state.pop(DIGESTS, None)
     tensors = {}
     for name in sorted(os.listdir(folder)):
         if name.endswith(".safetensors"):

@@ -298,3 +298,26 @@ def test_eval_records_one_video_per_episode(trained_run, tmp_path, monkeypatch):
     videos = sorted(p for p in os.listdir(tmp_path / "videos") if p.endswith(".mp4"))
     assert len(result["returns"]) == 2 and videos == ["rl-video-episode-0.mp4", "rl-video-episode-1.mp4"]
     assert all(os.path.getsize(tmp_path / "videos" / v) > 10_000 for v in videos)
+
+
+def test_bytes_flipped_inside_a_tensor_file_are_caught(tmp_path):
+    """Bug: 100 bytes XOR-ed near the end of model.safetensors (its size unchanged) loaded silently and trained
+    on with weights of 16,048; each file's SHA-256 is now recorded in state.json and checked on load."""
+    from rlkit.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+    from rlkit.ppo import PPOConfig, train
+
+    cfg = PPOConfig(env_id="CartPole-v1", num_envs=2, num_steps=16, num_minibatches=2, update_epochs=1,
+                    total_timesteps=2 * 16 * 2, checkpoint_interval=1, device="cpu", run_dir=str(tmp_path))
+    run = train(cfg, run_name="r", progress=False).run_dir
+    newest = list_checkpoints(run)[-1]
+    path = os.path.join(newest, "model.safetensors")
+    data = bytearray(open(path, "rb").read())
+    for i in range(len(data) - 120, len(data) - 20):
+        data[i] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors is truncated or corrupted .*newest intact checkpoint is .*update_0000001"):
+        load_checkpoint(run)
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_checkpoint(newest)
+    tensors, state = load_checkpoint(list_checkpoints(run)[0])  # the older one is intact
+    assert "file_sha256" not in state and state["iteration"] == 1

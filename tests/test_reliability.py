@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from rlkit.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from rlkit.checkpoint import file_sha256, list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from rlkit.cli import main
 from rlkit.errors import EXIT_CODES, RunFolderError
 from rlkit.ppo import PPOConfig, train, user_fields
@@ -347,6 +347,9 @@ def test_an_export_of_nan_weights_is_refused(finished_run, tmp_path, capsys):
         name = next(iter(weights))
         weights[name] = torch.full_like(weights[name], float("nan"))
         save_file(weights, path)
+        state = json.load(open(os.path.join(folder, "state.json")))  # as a run that diverged would have written it:
+        state["file_sha256"]["model.safetensors"] = file_sha256(path)  # its recorded digest is the NaN file's
+        json.dump(state, open(os.path.join(folder, "state.json"), "w"))
     capsys.readouterr()
     assert main(["export", str(run), str(tmp_path / "out"), "--episodes", "1"]) == EXIT_CODES["export"]
     assert "NaN or inf" in _one_line(capsys)
