@@ -66,6 +66,9 @@ def cmd_train(argv: list[str]) -> int:
         parser.add_argument("--total_timesteps", "--total-timesteps", type=int, default=None,
                             help="train the run up to this many env steps in all (default: the run's own total)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if any(a in ("-h", "--help") for a in argv):  # `--resume --help`: argparse would take --help as RUN_DIR
+            parser.print_help()
+            return 0
         args = parser.parse_args(argv)
         return _run_ppo(None, None, progress=not args.no_progress, resume=args.resume, total_timesteps=args.total_timesteps)
     if not argv or argv[0].startswith("-"):
@@ -136,23 +139,29 @@ def _run_ppo(config, run_name: str | None, progress: bool, resume: str | None = 
               f"min {last.min():.2f}  max {last.max():.2f}")
     else:
         print("no episode finished during training")
-    print(f"outputs: {result.run_dir}  (config.json, metrics.jsonl, summary.json, checkpoints/, TensorBoard events)")
+    written = sorted(name for name in os.listdir(result.run_dir) if not name.startswith("."))
+    events = any(name.startswith("events.out.tfevents") for name in written)
+    shown = [n for n in ("config.json", "metrics.jsonl", "summary.json", "checkpoints", "best", "trackers.json")
+             if n in written] + (["TensorBoard events"] if events else [])
+    print(f"outputs: {result.run_dir}  ({', '.join(shown)})")
     print(f"  rlkit eval {result.run_dir} --episodes 10")
-    print(f"  tensorboard --logdir {result.run_dir}")
+    if events:
+        print(f"  tensorboard --logdir {result.run_dir}")
     return 0 if np.all(np.isfinite(last)) else 1
 
 
 def cmd_doctor(argv: list[str]) -> int:
-    parser = ArgumentParser(prog="rlkit doctor", description="Train PPO on the ten probe environments "
-                                     "(five probes x discrete/continuous actions) and check the learned value and "
-                                     "policy against the known answers. The first failing probe points at the bug.")
+    parser = ArgumentParser(prog="rlkit doctor", description="Train PPO on the probe environments (five probes x "
+                                     "discrete/continuous actions, and the MultiDiscrete, masked-action and memory "
+                                     "probes) and check the learned value and policy against the known answers. The "
+                                     "first failing probe points at the bug.")
     parser.add_argument("--seed", type=int, default=1, help="seed of every probe run")
     parser.add_argument("--only", default=None, help="comma-separated probe names to run (default: all)")
     parser.add_argument("--shared-network", action="store_true", help="check the shared-torso agent instead")
     args = parser.parse_args(argv)
     from rlkit.doctor import print_report, run_probe_suite
 
-    only = args.only.split(",") if args.only else None
+    only = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
     results = run_probe_suite(seed=args.seed, only=only, shared_network=args.shared_network, progress=True)
     return print_report(results)
 
@@ -204,7 +213,9 @@ def cmd_export(argv: list[str]) -> int:
     from rlkit.evaluate import export
 
     result = export(args.checkpoint, args.out, args.episodes, deterministic=not args.stochastic)
-    print(f"exported to {os.path.abspath(args.out)} (config.json, model.safetensors, normalizer.json, README.md)")
+    files = [f for f in ("config.json", "model.safetensors", "normalizer.json", "README.md")
+             if os.path.isfile(os.path.join(args.out, f))]
+    print(f"exported to {os.path.abspath(args.out)} ({', '.join(files)})")
     print(f"evaluation: {result['episodes']} episodes, mean {result['mean']:.2f} +- {result['std']:.2f}")
     return 0
 

@@ -1262,6 +1262,9 @@ def variant_named(name: str) -> FeedForward:
     import importlib
 
     if name not in VARIANTS:
+        if name == "ppo_lm":  # an RLHF run: its own commands
+            raise CheckpointError("this is an RLHF (language-model) checkpoint: continue it with `rlkit rlhf --resume "
+                                  "RUN`, export it with `rlkit rlhf-export RUN OUT`")
         raise CheckpointError(f"unknown training variant {name!r} in the checkpoint; known: {', '.join(VARIANTS)}")
     module, cls = VARIANTS[name]
     return getattr(importlib.import_module(module), cls)()

@@ -135,12 +135,20 @@ def check_space(space: dict[str, Any], cls: type, source: str) -> None:
         if key not in valid:
             raise unknown_key_error(key, valid, source)
         if isinstance(spec, dict):
+            allowed = {"choices"} if "choices" in spec else {"low", "high", "log"}
+            if set(spec) - allowed:
+                raise ConfigError(f"{source}: {key} has unknown field(s) {', '.join(sorted(set(spec) - allowed))}; a range "
+                                  "takes low, high and log, a list takes choices")
             if "choices" in spec:
                 if not isinstance(spec["choices"], list) or not spec["choices"]:
                     raise ConfigError(f"{source}: {key}.choices must be a non-empty list")
-            elif not ("low" in spec and "high" in spec) or not spec["low"] <= spec["high"]:
+            elif not ("low" in spec and "high" in spec) or not all(
+                    isinstance(spec[e], (int, float)) and not isinstance(spec[e], bool) for e in ("low", "high")) \
+                    or not spec["low"] <= spec["high"]:
                 raise ConfigError(f"{source}: {key} must be {{low = .., high = .., log = false}} with low <= high, "
                                   f"or {{choices = [...]}}, or a plain value (fixed)")
+            elif spec.get("log") and spec["low"] <= 0:
+                raise ConfigError(f"{source}: {key} is searched on a log scale, so low must be > 0, got {spec['low']}")
 
 
 def suggest(trial, space: dict[str, Any]) -> dict[str, Any]:
@@ -670,6 +678,8 @@ def cmd_tune(argv: list[str]) -> int:
         return 0
     if args.trials <= 0 or args.evals <= 0 or setup.eval_episodes <= 0:
         raise ConfigError("--trials, --evals and --eval-episodes must be > 0")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ConfigError(f"--timeout must be > 0 seconds, got {args.timeout}")
     storage = args.storage or f"sqlite:///{setup.study_name}.db"
     outcome = tune(setup, args.trials, storage, args.timeout, args.sampler_seed, best_path=args.best,
                    progress=not args.no_progress, startup_trials=args.startup_trials, warmup=args.warmup,

@@ -143,3 +143,31 @@ def test_fuzzed_command_line_strings_give_a_config_or_a_config_error(values):
     except ConfigError as error:
         assert str(error).startswith("command line")
 
+
+
+def test_small_cli_faces_say_what_is_true(tmp_path, capsys):
+    """Bugs: `--resume --help` was a usage error; a run without TensorBoard was summarised with 'TensorBoard
+    events' and a tensorboard command; an export without normalizer.json listed it."""
+    from rlkit.cli import main
+
+    assert main(["train", "--resume", "--help"]) == 0 and "--total_timesteps" in capsys.readouterr().out
+    assert main(["rlhf", "--resume", "--help"]) == 0 and "--num_updates" in capsys.readouterr().out
+    assert main(["train", "cartpole", "--total_timesteps", "64", "--track", "[]", "--normalize_obs", "false",
+                 "--run_dir", str(tmp_path), "--run-name", "r", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "TensorBoard" not in out and "tensorboard --logdir" not in out
+    assert main(["export", str(tmp_path / "r"), str(tmp_path / "out"), "--episodes", "1"]) == 0
+    assert "normalizer.json" not in capsys.readouterr().out
+
+
+def test_a_search_space_with_unknown_or_impossible_fields_is_refused(tmp_path):
+    pytest.importorskip("optuna")
+    from rlkit.tune import make_setup
+
+    for text, says in [("learning_rate = {low = 1e-4, high = 1e-3, lg = true}", "unknown field"),
+                       ("learning_rate = {low = -1.0, high = 1e-3, log = true}", "log scale"),
+                       ('num_steps = {low = "a", high = 2}', "low <= high")]:
+        path = tmp_path / "space.toml"
+        path.write_text(f"[space]\n{text}\n")
+        with pytest.raises(ConfigError, match=says):
+            make_setup("cartpole", [], space_file=str(path))

@@ -144,6 +144,9 @@ def _resume_rlhf(argv: list[str]) -> int:
                         help="extend the run to N updates in all (the learning-rate schedule stretches to N from the "
                              "next update on); without it the run finishes its own num_updates")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    if any(a in ("-h", "--help") for a in argv):  # `--resume --help`: argparse would take --help as RUN_DIR
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     _quiet_transformers()
     from rlkit.rlhf.ppo_lm import train
