@@ -85,12 +85,24 @@ def variant_of(cfg: PPOConfig) -> FeedForward:
 def build_agent(cfg: PPOConfig, weights: dict[str, torch.Tensor], envs, device: torch.device) -> ActorCriticBase:
     variant = variant_of(cfg)
     agent = variant.make_agent(cfg, envs)
+    expected = agent.state_dict()
+    wrong = [(k, tuple(weights[k].shape), tuple(v.shape)) for k, v in expected.items()
+             if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
+    if wrong:  # the env's spaces (or the network settings) are not the ones the agent was trained for
+        from rlkit.errors import EnvError
+
+        name, saved_shape, needed = wrong[0]
+        raise EnvError(f"the saved agent does not fit {cfg.env_id} (hidden_size={cfg.hidden_size}, shared_network="
+                       f"{cfg.shared_network}): {name} is {list(saved_shape)} in the checkpoint, {list(needed)} for "
+                       f"this env ({len(wrong)} tensor(s) differ); evaluate it on the env it was trained on")
     try:
         agent.load_state_dict(weights)
     except RuntimeError as error:
+        missing = sorted(set(expected) - set(weights))[:3]
+        unexpected = sorted(set(weights) - set(expected))[:3]
         raise CheckpointError(
             f"the saved agent does not fit {cfg.env_id} with hidden_size={cfg.hidden_size}, "
-            f"shared_network={cfg.shared_network}: {str(error).splitlines()[0]}"
+            f"shared_network={cfg.shared_network}: missing {missing}, unexpected {unexpected}"
         ) from None
     agent = agent.to(device).eval()
     if variant.flat(agent):  # the memory layout it trained in: bitwise the same actions

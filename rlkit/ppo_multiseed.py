@@ -261,12 +261,15 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
-    folders, saved = open_seed_folders(cfg, seeds, run_dirs, resume, log)
-    run_dirs = [f.path for f in folders]
-
     configs = [replace(cfg, seed=s).validate() for s in seeds]
     envs = make_envs(cfg, groups=n)  # seed k's envs are rows k*E:(k+1)*E, with normalisers of their own
-    check_batchable(cfg, envs)
+    try:
+        check_batchable(cfg, envs)  # before any run folder is claimed: a refusal leaves nothing behind
+        folders, saved = open_seed_folders(cfg, seeds, run_dirs, resume, log)
+    except BaseException:
+        envs.close()
+        raise
+    run_dirs = [f.path for f in folders]
     seed_envs = [EnvGroup(envs, i, n) for i in range(n)]
     agents, sample_generators = seed_agents(cfg, seeds, envs, device)
     shuffle_generators = [torch.Generator().manual_seed(s) for s in seeds]

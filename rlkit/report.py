@@ -352,7 +352,7 @@ def _env_line(r: EnvResult, reference: dict[str, str] | None) -> list[str]:
 
 
 def render_report(out_dir: str, reference: dict[str, str] | str | None = None, results: dict[str, EnvResult] | None = None,
-                  **aggregate_kwargs) -> str:
+                  plots: bool = True, **aggregate_kwargs) -> str:
     """The markdown report of a bench folder (``reference``: a dict from load_reference, or its path)."""
     if isinstance(reference, str):
         reference = load_reference(reference)
@@ -376,9 +376,9 @@ def render_report(out_dir: str, reference: dict[str, str] | str | None = None, r
     if left_out:
         lines += ["", "Left out:", ""]
         lines += [f"- `{env}` {os.path.relpath(d, out_dir)}: {why}" for env, d, why in left_out]
-    plots = [r for r in results.values() if r.runs]
-    if plots:
-        lines += ["", "Learning curves: " + ", ".join(f"[{r.env_id}]({r.folder}.png)" for r in plots)]
+    curves = [r for r in results.values() if r.runs]
+    if curves and plots:  # (--no-plots: no PNG, so no link to one)
+        lines += ["", "Learning curves: " + ", ".join(f"[{r.env_id}]({r.folder}.png)" for r in curves)]
     return "\n".join(lines) + "\n"
 
 
@@ -459,7 +459,7 @@ def write_report(out_dir: str, reference: dict[str, str] | str | None = None, pl
     if isinstance(reference, str):
         reference = load_reference(reference)
     results = aggregate(out_dir, **aggregate_kwargs)
-    markdown = render_report(out_dir, reference, results=results, **aggregate_kwargs)
+    markdown = render_report(out_dir, reference, results=results, plots=plots, **aggregate_kwargs)
     files = [os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.csv")]
     with open(files[0], "w") as f:
         f.write(markdown)
@@ -558,9 +558,8 @@ def cmd_report(argv: list[str]) -> int:
     results, markdown, files = write_report(args.out, args.reference, plots=not args.no_plots, last=args.last,
                                             metric=args.metric, reps=args.reps, bins=args.bins)
     print(markdown)
-    if not results:
-        print(f"rlkit report: no OUT/<env>/seed_<s>/ runs under {args.out}")
-        return 1
+    if not results:  # a wrong folder: a usage error (exit 1 means non-finite returns)
+        raise ConfigError(f"no OUT/<env>/seed_<s>/ runs under {args.out}: give the folder `rlkit bench --out` wrote")
     if args.compare is not None:
         compared, compare_files = compare_reports(args.out, args.compare, plots=not args.no_plots,
                                                   reps=min(args.reps, 2000), last=args.last, metric=args.metric,

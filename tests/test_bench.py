@@ -247,6 +247,16 @@ def test_report_cli_help_and_missing_folder(tmp_path, capsys):
     assert exit_info.value.code == 0 and "IQM" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="no benchmark folder"):
         cmd_report([str(tmp_path / "nope")])
+    (tmp_path / "empty").mkdir()  # bug: an empty folder exited 1, the code of non-finite returns
+    with pytest.raises(ConfigError, match="no OUT/<env>/seed_<s>/ runs under"):
+        cmd_report([str(tmp_path / "empty")])
+
+
+def test_report_without_plots_links_no_png(bench):
+    """Bug: --no-plots wrote no PNG but report.md still linked one."""
+    assert cmd_report([bench["out"], "--no-plots", "--reps", "200"]) == 0
+    report = open(os.path.join(bench["out"], "report.md")).read()
+    assert ".png" not in report
 
 
 # ---------------------------------------------------------------------------------

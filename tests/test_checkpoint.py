@@ -220,7 +220,11 @@ def test_readme_plain_torch_snippet_loads_the_export(trained_run, tmp_path):
 
 
 def test_checkpoint_from_another_env_or_architecture_is_refused(trained_run):
-    with pytest.raises(CheckpointError, match="does not fit"):
+    """An env that does not fit the agent is exit code 4 (README), naming the tensor and both shapes."""
+    from rlkit.errors import EnvError
+
+    with pytest.raises(EnvError, match=r"does not fit MountainCarContinuous-v0 .*: actor\.0\.weight is \[64, \d+\] in "
+                                       r"the checkpoint, \[64, 2\] for this env"):
         evaluate(str(trained_run), episodes=1, env_id="MountainCarContinuous-v0")
 
 

@@ -115,3 +115,15 @@ def test_bench_batched_refuses_the_settings_it_cannot_use(tmp_path, capsys):
                      "--", "--total_timesteps", "64"])
         assert code == 2 and "would do nothing" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()  # refused before any run folder was claimed
+
+
+def test_a_refused_batched_run_claims_no_run_folder(tmp_path):
+    """Bug: check_batchable ran after the seeds' folders were claimed, leaving seed_k/rlkit.lock behind."""
+    from rlkit.ppo import PPOConfig
+    from rlkit.ppo_multiseed import train_seeds
+
+    cfg = PPOConfig(env_id="CartPole-v1", num_envs=2, num_steps=16, num_minibatches=2, total_timesteps=64,
+                    target_kl=0.01, device="cpu", run_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="target_kl"):
+        train_seeds(cfg, [1, 2], run_dirs=[str(tmp_path / "s1"), str(tmp_path / "s2")], progress=False)
+    assert not (tmp_path / "s1").exists() and not (tmp_path / "s2").exists()
