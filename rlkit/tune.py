@@ -531,7 +531,9 @@ def summary_table(study, top: int = 5, value: str = "mean final eval return over
         return "no trial has completed yet"
     keys = list(complete[0].params)
     header = ["trial", "value", *keys]
-    rows = [[str(t.number), f"{t.value:.2f}", *(_short(t.params.get(k)) for k in keys)] for t in complete]
+    # what the trial trained with: num_minibatches is rounded to a divisor of the batch (user_attrs["config"])
+    rows = [[str(t.number), f"{t.value:.2f}", *(_short(t.user_attrs.get("config", {}).get(k, t.params.get(k)))
+                                                   for k in keys)] for t in complete]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]

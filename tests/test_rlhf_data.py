@@ -437,6 +437,16 @@ def test_a_tokenizer_reaching_past_the_models_embedding_is_refused(chat_model, t
         load_policy(str(tmp_path / "mismatch"))
 
 
+def test_csv_number_columns_reach_reward_functions_as_numbers(tmp_path):
+    """Bug: a CSV's extra columns reached reward functions as strings ('6'), JSONL's and Parquet's as numbers."""
+    from rlkit.rlhf.data import read_splits
+
+    path = tmp_path / "p.csv"
+    path.write_text("prompt,n,weight,name\n42,6,1.5,a\nhi,,2,b\n")
+    rows = read_splits(str(path))["train"]
+    assert rows == [{"prompt": "42", "n": 6, "weight": 1.5, "name": "a"}, {"prompt": "hi", "n": None, "weight": 2.0, "name": "b"}]
+
+
 def test_a_functions_nan_or_text_is_an_error_and_all_none_scores_zero():
     """Bugs: a function returning NaN was silently dropped from the sum (the README: NaN stops the run), '7e3'
     scored 7000, and a completion every function returned None for stopped the run as 'non-finite rewards'."""

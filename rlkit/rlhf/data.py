@@ -93,7 +93,8 @@ def _read_json(path: str) -> list[dict]:
 
 
 def _read_csv(path: str, delimiter: str) -> list[dict]:
-    """CSV rows; a cell holding a JSON list of {"role", "content"} messages becomes that conversation."""
+    """CSV rows; a cell holding a JSON list of {"role", "content"} messages becomes that conversation, and a
+    column (other than the text ones) whose every cell is an int (or a float) holds numbers, empty cells None."""
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter=delimiter))
     for row in rows:
@@ -105,6 +106,18 @@ def _read_csv(path: str, delimiter: str) -> list[dict]:
                     continue
                 if is_conversation(parsed):
                     row[key] = parsed
+    text_columns = {"prompt", "messages", "chosen", "rejected"}
+    for key in {k for row in rows for k in row} - text_columns:  # numbers as numbers, as datasets' CSV reader types them
+        cells = [row.get(key) for row in rows]
+        for kind in (int, float):
+            try:
+                typed = [None if c is None or c == "" else kind(c) for c in cells]
+            except (TypeError, ValueError):
+                continue
+            if any(t is not None for t in typed):
+                for row, value in zip(rows, typed):
+                    row[key] = value
+            break
     return rows
 
 
