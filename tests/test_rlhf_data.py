@@ -437,6 +437,27 @@ def test_a_tokenizer_reaching_past_the_models_embedding_is_refused(chat_model, t
         load_policy(str(tmp_path / "mismatch"))
 
 
+def test_reward_label_picks_the_logit_of_several_label_models_beside_one_label_ones(chat_model, tmp_path):
+    """Bug: reward_label applied to every reward model, so a 2-label classifier and a 1-label reward model could
+    not be summed ('rmfixed has one label ('LABEL_0'), not reward_label 'POS'')."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlkit.rlhf.ppo_lm import make_reward
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_model)
+    for name, labels in (("one", {0: "LABEL_0"}), ("two", {0: "NEG", 1: "POS"})):
+        model = AutoModelForSequenceClassification.from_pretrained(chat_model, num_labels=len(labels), id2label=labels,
+                                                                   label2id={v: k for k, v in labels.items()})
+        model.save_pretrained(str(tmp_path / name))
+        tokenizer.save_pretrained(str(tmp_path / name))
+    cfg = _cfg(tmp_path, chat_model, reward_funcs=[str(tmp_path / "one"), str(tmp_path / "two")], reward_label="POS")
+    reward, _, _ = make_reward(cfg, chat_model, "cpu", progress=False, log=lambda *a: None)
+    assert [c.fn.label_index for c in reward.components] == [0, 1]
+    alone = _cfg(tmp_path, chat_model, reward_funcs=[str(tmp_path / "one")], reward_label="POS")
+    with pytest.raises(ValueError, match="has one label"):  # alone, a label the model lacks is still an error
+        make_reward(alone, chat_model, "cpu", progress=False, log=lambda *a: None)
+
+
 def test_csv_number_columns_reach_reward_functions_as_numbers(tmp_path):
     """Bug: a CSV's extra columns reached reward functions as strings ('6'), JSONL's and Parquet's as numbers."""
     from rlkit.rlhf.data import read_splits

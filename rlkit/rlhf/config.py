@@ -44,7 +44,7 @@ class RLHFConfig:
     reward_append_eos: bool = True
     """append the reward tokenizer's EOS to non-conversational (prompt + response) text, when training on preferences and when scoring (TRL RewardTrainer's convention); a reward model rlkit trained records its own setting (the built-in tasks' models: without) and is scored with it"""
     reward_label: str = ""
-    """an existing reward model with several labels (e.g. a sentiment classifier) scores the logit of this label, e.g. 'POSITIVE' ('' : the model must have one label)"""
+    """an existing reward model with several labels (e.g. a sentiment classifier) scores the logit of this label, e.g. 'POSITIVE' ('' : the model must have one label); with several reward models in reward_funcs it applies to the several-label ones, a 1-label one scores its own logit"""
     reward_funcs: list[str] = field(default_factory=list)
     """several rewards summed with reward_weights: each 'model' (the reward model), 'gold', a reward-model folder, or 'package.module:function' ([] : the single `reward`); each is logged as reward/<name>"""
     reward_weights: list[float] = field(default_factory=list)

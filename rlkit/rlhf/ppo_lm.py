@@ -494,6 +494,7 @@ def make_reward(cfg: RLHFConfig, policy_path: str, device: torch.device, progres
     """
     gold = gold_reward_of(cfg)
     components, descriptions, taken = [], [], set()
+    models = [spec for spec, _ in cfg.reward_specs if spec == "model" or (":" not in spec and os.path.isdir(spec))]
     for spec, weight in cfg.reward_specs:
         name = component_name(spec, taken)
         if spec == "gold":
@@ -503,7 +504,10 @@ def make_reward(cfg: RLHFConfig, policy_path: str, device: torch.device, progres
             descriptions.append("gold reward (callable)")
         elif spec == "model" or (":" not in spec and os.path.isdir(spec)):
             path = resolve_reward_model_path(cfg, policy_path, progress, log)[0] if spec == "model" else spec
-            load = dict(append_eos=cfg.reward_append_eos, label=cfg.reward_label, dtype=cfg.dtype)
+            # several reward models: reward_label picks the logit of the several-label ones; a 1-label model
+            # has only its own (alone, a reward_label it lacks is an error naming both)
+            label = cfg.reward_label if len(models) == 1 or label_count(path) > 1 else ""
+            load = dict(append_eos=cfg.reward_append_eos, label=label, dtype=cfg.dtype)
             if cfg.reward_model_resident:
                 components.append(RewardComponent(name, load_reward_model(path, device, **load), weight, "model"))
                 descriptions.append(f"reward model {path}")
@@ -519,6 +523,16 @@ def make_reward(cfg: RLHFConfig, policy_path: str, device: torch.device, progres
         return CombinedReward(components), gold, descriptions[0]
     combined = CombinedReward(components)
     return combined, gold, f"{combined.describe()} ({'; '.join(f'{c.name}: {d}' for c, d in zip(components, descriptions))})"
+
+
+def label_count(path: str) -> int:
+    """num_labels of a reward-model folder's config.json (1 when it does not say)."""
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return 1
+    return int(config.get("num_labels") or len(config.get("id2label") or {}) or 1)
 
 
 def sample_prompts(cfg: RLHFConfig, n: int, seed: int, split: str = "train") -> list[str]:
