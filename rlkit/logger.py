@@ -81,6 +81,8 @@ class RunLogger:
                 with open(path, "r+") as f:
                     f.truncate(resume_metrics_at)
                 purge_step = last_global_step(path)
+                if purge_step is not None:  # a resume that trains nothing logs its summary at the run's step, not 0
+                    self.trackers.last_step = max(self.trackers.last_step, purge_step)
             self.metrics_file = open(path, "a", buffering=1)
             if "tensorboard" in config.get("track", ["tensorboard"]):
                 from torch.utils.tensorboard import SummaryWriter
