@@ -300,6 +300,7 @@ class TuneSetup:
 
     def objective(self, trial) -> float:
         optuna = require_optuna()
+        from rlkit.errors import RunFolderError
         from rlkit.runtime import NonFiniteError
 
         params = suggest(trial, self.space)
@@ -316,6 +317,10 @@ class TuneSetup:
             prune = PruneOnEval(trial, index, budget, self.rlhf)
             try:
                 result = self.train(cfg, run_name=f"seed_{seed}", progress=False, callbacks=[prune])
+            except RunFolderError as error:
+                raise RunFolderError(f"{error}. For rlkit tune: that trial folder holds a run of an earlier study named "
+                                     f"{self.study_name!r} (another --storage?): give this study another --study-name "
+                                     "or --run-dir, or move the old folder away") from None
             except NonFiniteError as error:
                 trial.set_user_attr(COUNTED_FAILURE, str(error).splitlines()[0])
                 raise

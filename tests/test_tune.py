@@ -247,3 +247,14 @@ def test_the_recipe_trial_takes_defaulted_keys_too_and_invalid_trials_say_why(tm
     out = capsys.readouterr()
     assert code == 2 and "every trial's config was invalid" in out.err
     assert "pruned" in out.out and "invalid config: " in out.out and "num_envs" in out.out
+
+
+def test_a_second_study_of_the_same_name_in_another_storage_says_how_to_separate_them(tmp_path, space, capsys):
+    """Bug: its trial 0 found the first study's trial_000 folder and the refusal suggested rlkit train's
+    --resume / --run-name / --new-folder, none of which rlkit tune takes."""
+    assert main(_args(tmp_path, space, 1)) == 0
+    other = _args(tmp_path, space, 1)
+    other[other.index(f"sqlite:///{tmp_path}/study.db")] = f"sqlite:///{tmp_path}/other.db"
+    capsys.readouterr()
+    assert main(other) == 7
+    assert "another --study-name or --run-dir" in capsys.readouterr().err
