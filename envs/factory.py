@@ -437,7 +437,11 @@ def _dicts_change(base: gym.vector.SyncVectorEnv, steps: int = 64) -> bool:
 
     changed, before = False, None
     if dicts(base.envs[0]):
-        probe = copy.deepcopy(base.envs[0])
+        try:
+            probe = copy.deepcopy(base.envs[0])
+        except Exception:  # noqa: BLE001  (a lock, a socket, a simulator handle in there: not plain data)
+            _DICTS_CHANGE[base] = True
+            return True
 
         def observe() -> bool:
             nonlocal changed, before

@@ -116,6 +116,8 @@ class PPO:
         """
         from rlkit.ppo import train
 
+        if isinstance(total_timesteps, (float, np.floating)) and float(total_timesteps).is_integer():
+            total_timesteps = int(total_timesteps)  # learn(1e5), as SB3 takes it
         if isinstance(total_timesteps, bool) or not isinstance(total_timesteps, (int, np.integer)):
             raise ValueError(f"total_timesteps must be a whole number of env steps, got {total_timesteps!r}")
         if total_timesteps <= 0:

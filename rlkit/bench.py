@@ -213,9 +213,24 @@ def reconcile(runs: list[RunSpec], refuse: bool = False, echo=print) -> list[Run
 
 
 _CHILDREN: set = set()
-"""the runs' child processes now running (local backend): a Ctrl-C of the launcher is passed on to them"""
+"""the runs' child processes now running (local backend), each in a session of its own: the launcher passes a
+Ctrl-C (or SIGTERM) on to them exactly once (a second SIGINT would make a run abort without its checkpoint)"""
 _STOPPING = threading.Event()
 """set by a Ctrl-C of the launcher: no run starts after it"""
+_LOCK = threading.Lock()
+"""the stop flag and the children set change together: no child starts unsignalled after a stop"""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM of the launcher, handled as its Ctrl-C (its runs get SIGTERM)."""
+
+
+def _stop_children(signum: int) -> None:
+    with _LOCK:
+        _STOPPING.set()
+        for child in list(_CHILDREN):
+            if child.poll() is None:
+                child.send_signal(signum)
 
 
 def _run_local(spec: RunSpec) -> tuple[RunSpec, int, float]:
@@ -235,8 +250,11 @@ def _run_local(spec: RunSpec) -> tuple[RunSpec, int, float]:
             log.write(f"{'resuming from the latest checkpoint: ' if resume else ''}{' '.join(command)}\n\n")
             log.flush()
             cwd = spec.cwd if spec.cwd and os.path.isdir(spec.cwd) else None
-            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
-            _CHILDREN.add(child)
+            with _LOCK:
+                if _STOPPING.is_set():
+                    return spec, 130, 0.0
+                child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+                _CHILDREN.add(child)
             try:
                 code = child.wait()
             finally:
@@ -315,17 +333,22 @@ def launch(runs: list[RunSpec], workers: int = 1, backend: str = "local", progre
         elif todo:
             _STOPPING.clear()
             pool = ThreadPoolExecutor(max_workers=max(1, workers))
+            previous = None
+            if threading.current_thread() is threading.main_thread():
+                def terminate(signum, frame):
+                    raise _Terminated()
+
+                previous = signal.signal(signal.SIGTERM, terminate)
             try:
                 for future in as_completed([pool.submit(_run_local, spec) for spec in todo]):
                     on_done(*future.result())
-            except KeyboardInterrupt:  # no run starts after a Ctrl-C; the running ones checkpoint and stop
-                _STOPPING.set()
-                for child in list(_CHILDREN):
-                    if child.poll() is None:
-                        child.send_signal(signal.SIGINT)  # (a terminal's Ctrl-C reached them already; a kill -INT did not)
+            except KeyboardInterrupt as stop:  # no run starts after a Ctrl-C; the running ones checkpoint and stop
+                _stop_children(signal.SIGTERM if isinstance(stop, _Terminated) else signal.SIGINT)
                 raise
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+                if previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
     finally:
         bar.close()
     return outcome

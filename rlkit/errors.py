@@ -126,13 +126,13 @@ def classify(error: BaseException) -> tuple[str, str]:
         return "config", f"a dependency is missing: {message}"
     if module.startswith("gymnasium") or type(error).__name__ == "DependencyNotInstalled":
         return "env", message
+    if isinstance(error, OSError) and not isinstance(error, UnicodeDecodeError):  # a disk, a folder: wherever raised
+        return "filesystem", filesystem_message(error)
     origin = env_code_origin(error)
     if origin is not None:  # the user's env (its __init__, reset or step) raised: not a bug in rlkit
         return "env", f"the environment raised {type(error).__name__}: {message} ({origin})"
     if isinstance(error, UnicodeDecodeError):
         return "config", f"a file is not UTF-8 text ({message})"
-    if isinstance(error, OSError):
-        return "filesystem", filesystem_message(error)
     if isinstance(error, ValueError):
         return "config", message
     return "internal", f"unexpected {type(error).__name__}: {message} (a bug in rlkit: rerun with --debug and report the traceback)"
