@@ -239,23 +239,26 @@ def test_resume_pins_the_runs_inputs_works_from_any_folder_and_a_finished_run_is
     assert (tmp_path / "runs" / "cut" / "metrics.jsonl").read_text() == metrics
 
 
-def test_a_cached_reward_model_is_refused_for_other_settings(chat_model, files, tmp_path):
-    """Bug: the proxy reward model trained for one policy / rm_* settings was reused silently for others."""
+def test_a_cached_reward_model_is_reused_only_for_its_own_settings(chat_model, files, tmp_path):
+    """Bug: the proxy reward model trained for one policy / rm_* settings was reused silently for others.  Now a
+    cached folder is reused only for the settings it records; others train their own sibling folder (so a run
+    pinned to the first keeps it)."""
     from rlkit.errors import ConfigError
-    from rlkit.rlhf.ppo_lm import default_reward_model_path, resolve_reward_model_path
+    from rlkit.rlhf.ppo_lm import check_cached_reward_model, default_reward_model_path, resolve_reward_model_path
 
+    quiet = dict(progress=False, log=lambda *a: None)
     cfg = _cfg(tmp_path, chat_model, preferences=files["preferences"])
-    path, report = resolve_reward_model_path(cfg, chat_model, progress=False, log=lambda *a: None)
+    path, report = resolve_reward_model_path(cfg, chat_model, **quiet)
     assert report is not None and os.path.isfile(os.path.join(path, "rlkit_reward_model_settings.json"))
-    again, report = resolve_reward_model_path(cfg, chat_model, progress=False, log=lambda *a: None)
+    again, report = resolve_reward_model_path(cfg, chat_model, **quiet)
     assert again == path and report is None  # the same settings: reused
     other = _cfg(tmp_path, chat_model, preferences=files["preferences"], rm_epochs=3)
-    assert default_reward_model_path(other) != path  # a preference file's model: its own folder per settings
-    record = json.load(open(os.path.join(path, "rlkit_reward_model_settings.json")))
-    record["rm_epochs"] = 7  # as if this folder had been built with other settings
-    json.dump(record, open(os.path.join(path, "rlkit_reward_model_settings.json"), "w"))
-    with pytest.raises(ConfigError, match="rm_epochs 7 -> 1"):
-        resolve_reward_model_path(cfg, chat_model, progress=False, log=lambda *a: None)
+    sibling, report = resolve_reward_model_path(other, chat_model, **quiet)
+    assert sibling != path and report is not None and "_rm_" in os.path.basename(sibling)
+    assert resolve_reward_model_path(cfg, chat_model, **quiet) == (path, None)  # the first is still the first's
+    with pytest.raises(ConfigError, match="rm_epochs 3 -> 1"):  # a folder that says other settings is refused
+        check_cached_reward_model(cfg, sibling)
+    assert default_reward_model_path(other) == sibling
 
 
 # ---------------------------------------------------------------------------------

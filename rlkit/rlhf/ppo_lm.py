@@ -341,18 +341,35 @@ def resolve_policy_path(cfg: RLHFConfig, log=print) -> str:
 
 
 def default_reward_model_path(cfg: RLHFConfig) -> str:
-    """<artifacts_dir>/<task>_rm__seed<task_seed>; for a preferences file <task>_<file stem>_<hash>_rm__seed<k>,
-    the hash of its path, size and modification time (an edited file trains a new model)."""
-    if cfg.preferences:
-        import hashlib
+    """Where the proxy reward model of ``cfg`` lives in artifacts_dir: <task>_rm__seed<k> (for a preferences file
+    <task>_<file stem>_<hash of its path, size and time>_rm__seed<k>, so an edited file trains a new model), when
+    that folder was built from the same settings (or records none: an older rlkit's); else a sibling keyed by the
+    settings too (<...>_rm_<settings hash>__seed<k>), so other rm_* settings or another backbone train their own."""
+    import hashlib
 
+    settings = json.dumps(reward_model_settings(cfg), sort_keys=True)
+    if cfg.preferences:
         path = os.path.abspath(cfg.preferences)
         stat = os.stat(path) if os.path.exists(path) else None
-        settings = json.dumps(reward_model_settings(cfg), sort_keys=True)
-        key = f"{path}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}|{settings}"
+        data = f"{path}|{stat.st_size if stat else ''}|{stat.st_mtime_ns if stat else ''}"
         stem = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
-        return os.path.join(cfg.artifacts_dir, f"{cfg.task}_{stem}_{hashlib.sha1(key.encode()).hexdigest()[:8]}_rm__seed{cfg.task_seed}")
-    return os.path.join(cfg.artifacts_dir, f"{cfg.task}_rm__seed{cfg.task_seed}")
+        digest = hashlib.sha1(f"{data}|{cfg.rm_backbone}|{cfg.reward_append_eos}".encode()).hexdigest()[:8]
+        base = f"{cfg.task}_{stem}_{digest}"
+    else:
+        base = cfg.task
+    plain = os.path.join(cfg.artifacts_dir, f"{base}_rm__seed{cfg.task_seed}")
+    record = os.path.join(plain, RM_SETTINGS_FILE)
+    if not os.path.isdir(plain) or not os.path.isfile(record):
+        return plain
+    try:
+        with open(record) as f:
+            same = json.load(f) == json.loads(settings)
+    except (OSError, ValueError):
+        same = False
+    if same:
+        return plain
+    keyed = hashlib.sha1(settings.encode()).hexdigest()[:8]
+    return os.path.join(cfg.artifacts_dir, f"{base}_rm_{keyed}__seed{cfg.task_seed}")
 
 
 RM_SETTINGS_FILE = "rlkit_reward_model_settings.json"
@@ -420,17 +437,19 @@ def input_fingerprints(cfg: RLHFConfig) -> dict[str, dict]:
     if not cfg.reward_model and "model" in (cfg.reward_funcs or [cfg.reward]):
         paths["proxy reward model"] = default_reward_model_path(cfg)
     paths.update({f"reward_funcs {spec}": spec for spec in cfg.reward_funcs if ":" not in spec and spec not in ("model", "gold")})
-    out = {}
-    for what, path in paths.items():
-        if not path or not os.path.exists(path):
-            continue
-        files = [path] if os.path.isfile(path) else sorted(  # not datasets' own cache files, which reading may add
-            os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-            if not name.startswith("cache-"))[:1000]
-        stats = [os.stat(f) for f in files]
-        out[what] = {"path": os.path.abspath(path), "files": len(files), "bytes": sum(st.st_size for st in stats),
-                     "mtime_ns": max((st.st_mtime_ns for st in stats), default=0)}
-    return out
+    return {what: found for what, path in paths.items() if path and (found := fingerprint_of(path)) is not None}
+
+
+def fingerprint_of(path: str) -> dict | None:
+    """{path, files, bytes, mtime_ns} of a file or folder (None when it is not there)."""
+    if not os.path.exists(path):
+        return None
+    files = [path] if os.path.isfile(path) else sorted(  # not datasets' own cache files, which reading may add
+        os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+        if not name.startswith("cache-"))[:1000]
+    stats = [os.stat(f) for f in files]
+    return {"path": os.path.abspath(path), "files": len(files), "bytes": sum(st.st_size for st in stats),
+            "mtime_ns": max((st.st_mtime_ns for st in stats), default=0)}
 
 
 def check_inputs_unchanged(saved: dict[str, Any], cfg: RLHFConfig) -> None:
@@ -438,10 +457,10 @@ def check_inputs_unchanged(saved: dict[str, Any], cfg: RLHFConfig) -> None:
     before = saved.get("inputs")
     if not before:
         return  # a checkpoint of an older rlkit
-    now = input_fingerprints(cfg)
-    for what, fingerprint in before.items():
-        if now.get(what) != fingerprint:
-            state = "is gone" if what not in now else "changed"
+    for what, fingerprint in before.items():  # each at the path recorded when the run started
+        now = fingerprint_of(fingerprint["path"])
+        if now != fingerprint:
+            state = "is gone" if now is None else "changed"
             raise CheckpointError(f"{saved['checkpoint']}: the run's {what} ({fingerprint['path']}) {state} since the run "
                                   "started; resuming would continue on other data or rewards: put it back, or start a new run")
 
@@ -1055,6 +1074,11 @@ def prepare_models(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.
             policy_path = resolve_policy_path(cfg, log=say)
         if reward_fn is not None:
             return policy_path, reward_fn, gold_reward_of(cfg), REWARD_FN_ARGUMENT
+        pinned = ((saved or {}).get("inputs") or {}).get("proxy reward model")
+        if pinned and not cfg.reward_model:  # a resume scores with the very reward model the run started with
+            from dataclasses import replace
+
+            cfg = replace(cfg, reward_model=pinned["path"])
         reward_fn, gold, reward_desc = make_reward(cfg, policy_path, device, progress, log=say)
     return policy_path, reward_fn, gold, reward_desc
 
