@@ -169,7 +169,20 @@ DIGESTS = "file_sha256"
 its size unchanged), which safetensors' own header checks cannot see, is caught when it is loaded"""
 
 
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+"""(real path, size, mtime_ns) -> SHA-256 already computed in this process: a resume resolves its checkpoint
+several times, and each file is hashed once"""
+
+
 def file_sha256(path: str) -> str:
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = _sha256(path)
+    return _VERIFIED[key]
+
+
+def _sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -1356,6 +1356,12 @@ def restore_training_state(saved: dict, tensors: dict, agent: nn.Module, optimiz
     Envs whose state cannot be restored exactly restart from a reset seeded ``resume_reset_seed``;
     ``reset_envs=False`` leaves that reset to the caller (batched seeds reset all seeds' envs at once)."""
     shape = list(envs.single_observation_space.shape)
+    if saved["spaces"]["observation_shape"] == shape and "start=" in saved["spaces"]["action_space"] and \
+            saved["spaces"]["action_space"] != str(envs.single_action_space):
+        raise CheckpointError(
+            f"checkpoint was made for actions {saved['spaces']['action_space']} by an rlkit that sent the agent's "
+            "0-based actions to the env unshifted (now they are shifted to the space's start): its policy does not "
+            "carry over; start a new run")
     if saved["spaces"]["observation_shape"] != shape or saved["spaces"]["action_space"] != str(envs.single_action_space):
         raise CheckpointError(
             f"checkpoint was made for observations {saved['spaces']['observation_shape']} / actions "

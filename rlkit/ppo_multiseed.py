@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, stack_module_state, vmap
 
-from rlkit.checkpoint import CheckpointError, checkpoint_update, list_checkpoints, load_checkpoint
+from rlkit.checkpoint import CheckpointError, checkpoint_update, folder_problem, list_checkpoints, load_checkpoint
 from rlkit.envs import EnvGroup, normalizer_state
 from rlkit.fast import EpochRows, FusedMLPLoss, FusedPolicyStep, NumpyStaging, stacked_mlp_forward
 from rlkit.logger import RunLogger
@@ -418,7 +418,8 @@ def _saved_checkpoints(run_dirs: list[str]) -> tuple[list[tuple[dict, dict]], li
                               "start them fresh, or run them separately")
     # the newest update every seed has: a kill while the seeds' checkpoints were being written leaves some one
     # checkpoint ahead, and those resume from the common one (their newer checkpoint moves aside, a new lineage)
-    by_update = [{checkpoint_update(os.path.basename(path)): path for path in paths} for paths in found]
+    by_update = [{checkpoint_update(os.path.basename(path)): path for path in paths if folder_problem(path) is None}
+                 for paths in found]  # complete ones only (a kill mid-write leaves a folder without state.json)
     common = set.intersection(*(set(u) for u in by_update))
     if not common:
         newest = sorted({max(u) for u in by_update})

@@ -318,9 +318,11 @@ class TuneSetup:
             try:
                 result = self.train(cfg, run_name=f"seed_{seed}", progress=False, callbacks=[prune])
             except RunFolderError as error:
-                raise RunFolderError(f"{error}. For rlkit tune: that trial folder holds a run of an earlier study named "
-                                     f"{self.study_name!r} (another --storage?): give this study another --study-name "
-                                     "or --run-dir, or move the old folder away") from None
+                if "already holds a run" not in str(error):  # in use by a live process: its own message says so
+                    raise
+                raise RunFolderError(f"{str(error).split(':')[0]}: that trial folder holds a run of an earlier study "
+                                     f"named {self.study_name!r} (another --storage?): give this study another "
+                                     "--study-name or --run-dir, or move the old folder away") from None
             except NonFiniteError as error:
                 trial.set_user_attr(COUNTED_FAILURE, str(error).splitlines()[0])
                 raise

@@ -260,6 +260,13 @@ def test_batched_seeds_killed_while_checkpointing_resume_from_the_update_every_s
         for name, value in _weights(a).items():
             assert torch.equal(_weights(b)[name], value), name
     assert os.listdir(os.path.join(dirs("cut")[0], "abandoned"))  # seed 3's update 4 moved aside, not deleted
+    # both seeds' newest checkpoints incomplete (state.json never written): resume from the complete update 2
+    train_seeds(cfg, [3, 4], run_dirs=dirs("both"), progress=False)
+    for d in dirs("both"):
+        os.remove(os.path.join(d, "summary.json"))
+        os.remove(os.path.join(list_checkpoints(d)[-1], "state.json"))
+    again = train_seeds(cfg, [3, 4], run_dirs=dirs("both"), progress=False, resume=True)
+    assert [r.updates_run for r in again] == [2, 2]
 
 
 def test_batched_seeds_resume_without_exact_env_state_restarts_each_seed_as_its_run_alone(tmp_path, capsys):
