@@ -356,3 +356,25 @@ def test_ctrl_c_of_the_launcher_starts_no_further_run(recipe, tmp_path):
     log = (out / PROBE_DIR / "seed_1.log").read_text()
     assert "stopped by SIGINT" in log, log[-500:]
     assert (out / PROBE_DIR / "seed_1" / "checkpoints").is_dir()
+
+
+def test_an_rlhf_run_saved_with_absolute_paths_is_its_recipes_run(tmp_path, monkeypatch):
+    """Bug: RLHF runs save their paths absolute, the recipe's are relative, so a bench re-run saw 'another
+    config' and moved every finished or interrupted RLHF run aside."""
+    from rlkit.bench import RunSpec
+    from rlkit.rlhf.config import RLHFConfig
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    (tmp_path / "r.toml").write_text('[rlhf]\ntask = "custom"\nprompts = "data/p.jsonl"\n'
+                                  'reward = "rlkit.rlhf.example:mentions_noun"\n')
+    run_dir = tmp_path / "out" / "task" / "seed_1"
+    run_dir.mkdir(parents=True)
+    spec = RunSpec(recipe=str(tmp_path / "r.toml"), env_id=None, seed=1, device="cpu", run_dir=str(run_dir),
+                   overrides=[], subcommand="rlhf", label="task", cwd=str(tmp_path))
+    saved = RLHFConfig(task="custom", prompts=str(tmp_path / "data" / "p.jsonl"),
+                       reward="rlkit.rlhf.example:mentions_noun", seed=1,
+                       run_dir=str(run_dir.parent), artifacts_dir=str(tmp_path / "artifacts")).to_dict()
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    assert spec.config_changes() == []
