@@ -50,6 +50,9 @@ def final_tensors(run: str) -> dict:
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     root = tempfile.mkdtemp(prefix="rlkit-resume-")
     common = ["--total_timesteps", str(STEPS), "--run_dir", root, "--checkpoint_interval", "1", "--keep_checkpoints",
               "100", "--no-progress"]

@@ -149,6 +149,10 @@ def freeze_normalizer(envs: gym.vector.VectorEnv, cfg: PPOConfig, normalizer: di
     set_normalizer_updates(envs, False)
 
 
+EVAL_STEP_LIMIT = 1_000_000
+"""steps an evaluation episode may take before it is refused as endless (Atari's longest: 27,000 agent steps)"""
+
+
 def run_episodes(agent: ActorCriticBase, cfg: PPOConfig, envs: gym.vector.VectorEnv, episodes: int, deterministic: bool,
                  seed: int, device: torch.device) -> dict:
     """Play ``episodes`` episodes on a one-env vector env; mean/std/min/max, returns and lengths.
@@ -161,7 +165,15 @@ def run_episodes(agent: ActorCriticBase, cfg: PPOConfig, envs: gym.vector.Vector
         policy = variant_of(cfg).rollout_policy(agent, cfg, 1)  # carries a recurrent agent's state
         obs, infos = envs.reset(seed=seed)
         returns, lengths = [], []
+        steps = 0  # of the current episode
         while len(returns) < episodes:
+            steps += 1
+            if steps > EVAL_STEP_LIMIT:
+                from rlkit.errors import EnvError
+
+                raise EnvError(f"an evaluation episode of {cfg.env_id} ran {EVAL_STEP_LIMIT:,} steps without ending: "
+                               "the env has no time limit; wrap it in gymnasium.wrappers.TimeLimit (or register it with "
+                               "max_episode_steps)")
             with torch.inference_mode():
                 action, _, _ = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device),
                                           action_mask_from_info(infos, device), deterministic=deterministic)
@@ -170,6 +182,7 @@ def run_episodes(agent: ActorCriticBase, cfg: PPOConfig, envs: gym.vector.Vector
             if "_episode" in infos and infos["_episode"][0]:
                 returns.append(float(infos["episode"]["r"][0]))
                 lengths.append(int(infos["episode"]["l"][0]))
+                steps = 0
     values = np.asarray(returns)
     return {"env_id": cfg.env_id, "episodes": episodes, "deterministic": deterministic, "mean": float(values.mean()),
             "std": float(values.std()), "min": float(values.min()), "max": float(values.max()),

@@ -1161,40 +1161,44 @@ def train(
     # locked for this run; a new run never lands in another run's folder; an older checkpoint branches
     folder = open_run_folder(run_dir, resume and resolve_checkpoint(resume), saved, run_name, cfg.new_folder, enabled=log)
     run_dir = folder.path
-    seed_everything(cfg.seed, cfg.torch_deterministic)
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    device = resolve_device(cfg.device)
+    try:  # a refusal before the run starts (a setting, a space) leaves no folder behind
+        seed_everything(cfg.seed, cfg.torch_deterministic)
+        if cfg.torch_threads:
+            torch.set_num_threads(cfg.torch_threads)
+        device = resolve_device(cfg.device)
 
-    envs = make_envs(cfg)
-    envs.action_space.seed(cfg.seed)
-    variant.check(cfg, envs)
-    agent = variant.make_agent(cfg, envs).to(device)
-    optimizer = variant.make_optimizer(agent, cfg)
-    shuffle_generator = torch.Generator().manual_seed(cfg.seed)
-    episodes = EpisodeLog()
-    cursor = EnvCursor.reset(envs, cfg.seed, device)  # the mask: invalid-action masking, when the env provides masks
-    check_memory("the rollout buffer", 4 * cfg.num_steps * cfg.num_envs * (int(np.prod(envs.single_observation_space.shape)) + 8))
-    rollout = Rollout.allocate(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape, agent, device,
-                               masked=cursor.mask is not None)
-    staging = NumpyStaging(cfg.num_steps, cfg.num_envs)
-    policy = variant.rollout_policy(agent, cfg, cfg.num_envs)
-    learner = variant.learner(agent, optimizer, cfg, shuffle_generator, policy)
-    start_iteration, elapsed_before, notes = 1, 0.0, []
-    if saved is not None:
-        notes.append(restore_training_state(saved, tensors, agent, optimizer, {"shuffle": shuffle_generator}, envs,
-                                            cursor, policy, cfg, device))
-        start_iteration, elapsed_before, episodes = saved["iteration"] + 1, saved["wall_time"], EpisodeLog.from_state(saved["episodes"])
-        if start_iteration > cfg.num_iterations:
-            notes.append(f"the run is already complete at update {saved['iteration']} ({cfg.num_iterations} updates of "
-                         f"{cfg.batch_size} steps); nothing to train: give a larger total_timesteps to extend it")
-        elif saved.get("stopped_by_callback") and total_timesteps is None:
-            start_iteration = cfg.num_iterations + 1  # it ended where a callback (or stop_at_return) stopped it
-            notes.append(f"the run ended at update {saved['iteration']}, stopped by a callback or stop_at_return; "
-                         "nothing to train: give total_timesteps to continue it")
+        envs = make_envs(cfg)
+        envs.action_space.seed(cfg.seed)
+        variant.check(cfg, envs)
+        agent = variant.make_agent(cfg, envs).to(device)
+        optimizer = variant.make_optimizer(agent, cfg)
+        shuffle_generator = torch.Generator().manual_seed(cfg.seed)
+        episodes = EpisodeLog()
+        cursor = EnvCursor.reset(envs, cfg.seed, device)  # the mask: invalid-action masking, when the env provides masks
+        check_memory("the rollout buffer", 4 * cfg.num_steps * cfg.num_envs * (int(np.prod(envs.single_observation_space.shape)) + 8))
+        rollout = Rollout.allocate(cfg.num_steps, cfg.num_envs, envs.single_observation_space.shape, agent, device,
+                                   masked=cursor.mask is not None)
+        staging = NumpyStaging(cfg.num_steps, cfg.num_envs)
+        policy = variant.rollout_policy(agent, cfg, cfg.num_envs)
+        learner = variant.learner(agent, optimizer, cfg, shuffle_generator, policy)
+        start_iteration, elapsed_before, notes = 1, 0.0, []
+        if saved is not None:
+            notes.append(restore_training_state(saved, tensors, agent, optimizer, {"shuffle": shuffle_generator}, envs,
+                                                cursor, policy, cfg, device))
+            start_iteration, elapsed_before, episodes = saved["iteration"] + 1, saved["wall_time"], EpisodeLog.from_state(saved["episodes"])
+            if start_iteration > cfg.num_iterations:
+                notes.append(f"the run is already complete at update {saved['iteration']} ({cfg.num_iterations} updates of "
+                             f"{cfg.batch_size} steps); nothing to train: give a larger total_timesteps to extend it")
+            elif saved.get("stopped_by_callback") and total_timesteps is None:
+                start_iteration = cfg.num_iterations + 1  # it ended where a callback (or stop_at_return) stopped it
+                notes.append(f"the run ended at update {saved['iteration']}, stopped by a callback or stop_at_return; "
+                             "nothing to train: give total_timesteps to continue it")
 
-    logger = RunLogger(run_dir, cfg.to_dict(), enabled=log, progress=progress, total=cfg.num_iterations * cfg.batch_size,
-                       resume_metrics_at=saved["metrics_offset"] if saved is not None else None)
+        logger = RunLogger(run_dir, cfg.to_dict(), enabled=log, progress=progress, total=cfg.num_iterations * cfg.batch_size,
+                           resume_metrics_at=saved["metrics_offset"] if saved is not None else None)
+    except BaseException:
+        folder.discard_if_unused()
+        raise
     logger.advance(cursor.global_step, cursor.global_step, 0.0)
     for note in folder.notes + notes + ([cfg.rounding_note()] if cfg.rounding_note() and saved is None else []):
         logger.note(note)

@@ -223,6 +223,15 @@ class RunFolder:
         if self.lock is not None:
             self.lock.release()
 
+    def discard_if_unused(self) -> None:
+        """Release the folder, and remove it when it holds only its lock (a run refused before it began)."""
+        self.release()
+        try:
+            if self.lock is not None and set(os.listdir(self.path)) <= {LOCK_FILE}:
+                shutil.rmtree(self.path, ignore_errors=True)
+        except OSError:
+            pass
+
 
 def claim_new(path: str, *, if_exists: str = "refuse", enabled: bool = True, resume_command: str = "rlkit train --resume",
               new_folder_flag: str | None = "--new-folder") -> RunFolder:

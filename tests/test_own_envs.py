@@ -292,3 +292,31 @@ def test_predict_refuses_masks_and_states_that_do_not_fit(tmp_path):
     _, state = recurrent.predict(obs)
     with pytest.raises(ValueError, match="LSTM states of shape"):
         recurrent.predict(np.zeros((2, 4), np.float32), state=state)
+
+
+def test_an_evaluation_of_an_env_that_never_ends_is_refused_not_a_hang(tmp_path, monkeypatch):
+    """Bug: the README's PPO.load(path, env=PointMass) (the class: no registered time limit) evaluated forever."""
+    import rlkit.evaluate as evaluate_module
+
+    class Endless(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.zeros(2, np.float32), {}
+
+        def step(self, action):
+            return np.zeros(2, np.float32), 0.0, False, False, {}
+
+    model = PPO(Endless(), run_dir=str(tmp_path), **TINY).learn(64, progress=False)
+    monkeypatch.setattr(evaluate_module, "EVAL_STEP_LIMIT", 500)
+    with pytest.raises(ValueError, match="ran 500 steps without ending: the env has no time limit"):
+        model.evaluate(episodes=1)
+
+
+def test_a_run_refused_before_it_starts_leaves_no_folder(tmp_path):
+    """Bug: `--network nature_cnn` on CartPole was refused (exit 2) but left a run folder holding only rlkit.lock."""
+    code = main(["train", "cartpole", "--network", "nature_cnn", "--run_dir", str(tmp_path), "--run-name", "r",
+                 "--no-progress"])
+    assert code == 2 and not (tmp_path / "r").exists()
