@@ -456,16 +456,21 @@ def _dicts_change(base: gym.vector.SyncVectorEnv, steps: int = 64) -> bool:
     return changed
 
 
-def _random_steps(probe, steps: int, observe) -> None:
+def _random_steps(probe, steps: int, observe, until_an_episode_ends: int = 0) -> None:
     """A seeded reset and ``steps`` random steps of ``probe`` (a copy: an env or a vector env), ``observe()`` after
-    each until it returns True; an env that refuses random actions ends it early.  The probe is closed."""
+    each until it returns True; with ``until_an_episode_ends``, on past ``steps`` until an episode has ended (so
+    the episode counters change too), at most that many steps.  An env that refuses random actions ends it early.
+    The probe is closed."""
     try:
         probe.action_space.seed(12345)
         probe.reset(seed=12345)
         if observe():
             return
-        for _ in range(steps):
+        ended, step = False, 0
+        while step < steps or (not ended and step < until_an_episode_ends):
+            step += 1
             _, _, terminated, truncated, _ = probe.step(probe.action_space.sample())
+            ended = ended or bool(np.any(terminated) or np.any(truncated))
             if observe():
                 return
             if not isinstance(probe, gym.vector.VectorEnv) and (terminated or truncated):
@@ -602,7 +607,7 @@ def state_fields(envs: gym.vector.VectorEnv, steps: int = 64) -> dict[tuple, set
             changed.setdefault(key, set()).update(name for name, value in now.items() if name not in was or was[name] != value)
         return False
 
-    _random_steps(probe, steps, compare)
+    _random_steps(probe, steps, compare, until_an_episode_ends=2000)
     for key in [k for k in changed if k[0] == "sub"]:  # every copy of the env has the same fields
         changed[key] = set().union(*(v for k, v in changed.items() if k[0] == "sub" and k[2] == key[2]))
     return changed

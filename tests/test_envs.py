@@ -268,3 +268,18 @@ def test_the_sync_vector_env_step_is_gymnasiums(env_id, num_envs, steps):
         assert _same_infos(a[4], b[4]), (step, a[4], b[4])
         ends += int(np.sum(a[2] | a[3]))
     assert ends > 0
+
+
+def test_an_untouched_checkpoint_resumes_without_a_not_restored_note(tmp_path, capsys):
+    """Bug: a Pendulum resume said '(not restored, as they are not the env's state:
+    RecordEpisodeStatistics.episode_count)': the allow-list probe stepped 64 steps, too few for an episode to
+    end, so the episode counters looked like constants."""
+    from rlkit.ppo import PPOConfig, train
+
+    cfg = PPOConfig(env_id="Pendulum-v1", num_envs=1, num_steps=256, num_minibatches=2, update_epochs=1,
+                    total_timesteps=256, device="cpu", run_dir=str(tmp_path))
+    run = train(cfg, run_name="p", progress=False).run_dir
+    capsys.readouterr()
+    train(resume=run, progress=False, total_timesteps=512)
+    out = capsys.readouterr().out
+    assert "exact env state restored" in out and "not restored" not in out
