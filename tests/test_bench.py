@@ -347,10 +347,15 @@ def test_ctrl_c_of_the_launcher_starts_no_further_run(recipe, tmp_path):
                                  start_new_session=True)  # its own process group, as a terminal's job
     started = out / PROBE_DIR / "seed_1" / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and not (started.exists() and started.stat().st_size):
-        time.sleep(0.2)  # seed 1 is training
+    while time.time() < deadline and not (started.exists() and '"kind": "update"' in started.read_text()):
+        time.sleep(0.2)  # seed 1 is in its training loop (its first update logged)
     os.killpg(launcher.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole process group
-    assert launcher.wait(timeout=120) == 130
+    try:
+        code = launcher.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        launcher.kill()
+        raise AssertionError(f"the launcher did not stop: {launcher.communicate()[0][-2000:]!r}") from None
+    assert code == 130
     assert not (out / PROBE_DIR / "seed_2").exists() and not (out / PROBE_DIR / "seed_3").exists()
     # seed 1 got one SIGINT (a second would abort it without a checkpoint): it finished its update and checkpointed
     log = (out / PROBE_DIR / "seed_1.log").read_text()
