@@ -344,7 +344,9 @@ def test_ctrl_c_of_the_launcher_starts_no_further_run(recipe, tmp_path):
     out = tmp_path / "out"
     launcher = subprocess.Popen([sys.executable, "-m", "rlkit.cli", "bench", str(slow), "--seeds", "1", "2", "3",
                                  "--workers", "1", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 start_new_session=True)  # its own process group, as a terminal's job
+                                 start_new_session=True,  # its own process group, as a terminal's job
+                                 # SIGINT as at a terminal: a `cmd &` of a non-interactive shell (CI) ignores it
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started = out / PROBE_DIR / "seed_1" / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (started.exists() and '"kind": "update"' in started.read_text()):
