@@ -125,22 +125,9 @@ class RunSpec:
         defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
                     for f in dataclasses.fields(getattr(importlib.import_module(module), name)) if f.init}
         if table == "rlhf":  # an RLHF run saves its paths absolute (resumable from anywhere); the recipe's are relative
-            from rlkit.rlhf.ppo_lm import PATH_KEYS
+            from rlkit.rlhf.ppo_lm import absolute_paths
 
-            base = self.cwd or os.getcwd()
-
-            def absolute(value):
-                if isinstance(value, list):
-                    return [absolute(v) for v in value]
-                if isinstance(value, str) and value and ":" not in value and not os.path.isabs(value) \
-                        and os.path.exists(os.path.join(base, value)):
-                    return os.path.abspath(os.path.join(base, value))
-                return value
-
-            requested = {k: absolute(v) if k in PATH_KEYS or k in ("reward", "reward_funcs") else v
-                         for k, v in requested.items()}
-            if requested.get("artifacts_dir") and not os.path.isabs(requested["artifacts_dir"]):
-                requested["artifacts_dir"] = os.path.abspath(os.path.join(base, requested["artifacts_dir"]))
+            requested = {**requested, **absolute_paths(requested, self.cwd or os.getcwd())}
         changes = []
         for key, value in requested.items():
             if key in NOT_COMPARED:

@@ -126,7 +126,7 @@ def classify(error: BaseException) -> tuple[str, str]:
         return "config", f"a dependency is missing: {message}"
     if module.startswith("gymnasium") or type(error).__name__ == "DependencyNotInstalled":
         return "env", message
-    if isinstance(error, OSError) and not isinstance(error, UnicodeDecodeError):  # a disk, a folder: wherever raised
+    if isinstance(error, OSError):  # a disk, a folder: wherever it was raised
         return "filesystem", filesystem_message(error)
     origin = env_code_origin(error)
     if origin is not None:  # the user's env (its __init__, reset or step) raised: not a bug in rlkit

@@ -413,21 +413,29 @@ PATH_KEYS = ("policy", "prompts", "eval_prompts", "preferences", "eval_preferenc
 """config keys that may name a local file or folder: saved absolute, so a run resumes from any folder"""
 
 
+def absolute_paths(values: dict, base: str) -> dict:
+    """The path-valued keys of config ``values`` (:data:`PATH_KEYS`, ``reward``, ``reward_funcs``) that name a local
+    file or folder relative to ``base``, made absolute (hub names, 'offline:' models, 'model', 'gold' and
+    'module:function' stay as they are); ``artifacts_dir``, made on demand, always."""
+    def absolute(value):
+        if isinstance(value, str) and value and ":" not in value and value not in ("model", "gold") \
+                and os.path.exists(os.path.join(base, value)):
+            return os.path.abspath(os.path.join(base, value))
+        return value
+
+    out = {key: absolute(values[key]) for key in (*PATH_KEYS, "reward") if key in values}
+    if "reward_funcs" in values:
+        out["reward_funcs"] = [absolute(spec) for spec in values["reward_funcs"]]
+    if values.get("artifacts_dir"):
+        out["artifacts_dir"] = os.path.abspath(os.path.join(base, values["artifacts_dir"]))
+    return out
+
+
 def with_absolute_paths(cfg: RLHFConfig) -> RLHFConfig:
-    """``cfg`` with every local path among :data:`PATH_KEYS` and ``reward_funcs`` made absolute (hub names and
-    'offline:' models stay as they are)."""
+    """``cfg`` with its local paths absolute (:func:`absolute_paths`, from the current folder)."""
     import dataclasses
 
-    def absolute(value: str) -> str:
-        return os.path.abspath(value) if value and os.path.exists(value) else value
-
-    changes = {key: absolute(getattr(cfg, key)) for key in PATH_KEYS}
-    if cfg.artifacts_dir:  # a folder made on demand: relative to where the run started
-        changes["artifacts_dir"] = os.path.abspath(cfg.artifacts_dir)
-    changes["reward_funcs"] = [absolute(spec) if ":" not in spec else spec for spec in cfg.reward_funcs]
-    if ":" not in cfg.reward and cfg.reward not in ("model", "gold"):
-        changes["reward"] = absolute(cfg.reward)
-    return dataclasses.replace(cfg, **changes)
+    return dataclasses.replace(cfg, **absolute_paths(cfg.to_dict(), os.getcwd()))
 
 
 def input_fingerprints(cfg: RLHFConfig) -> dict[str, dict]:
