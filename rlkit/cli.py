@@ -224,7 +224,9 @@ def cmd_bench(argv: list[str]) -> int:
     parser = ArgumentParser(
         prog="rlkit bench", description="Run RECIPE over env ids x seeds, one process per run; finished runs are "
         "skipped, so re-running the same command resumes. Recipe overrides go after --, e.g. "
-        "rlkit bench mujoco --env-ids Hopper-v5 --seeds 1 2 3 -- --total_timesteps 100000")
+        "rlkit bench mujoco --env-ids Hopper-v5 --seeds 1 2 3 -- --total_timesteps 100000. The launcher sets "
+        "seed, device, run_dir and env_id per run: after -- they are refused (use --seeds, --devices, --out, "
+        "--env-ids).")
     parser.add_argument("recipe", help="recipe name or .toml path")
     parser.add_argument("--env-ids", nargs="+", default=None, help="env ids to run (default: the recipe's)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="seeds (default: 1 2 3)")
@@ -354,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes (README, "Faults and what you see"): 0 done, 1 finished with non-finite returns,
     2 config / usage error, 3 a NaN / inf stopped training, 4 environment, 5 checkpoint, 6 export,
     7 run folder in use or taken, 8 file system (full disk, permissions), 9 device, 10 reward
-    function, 70 a bug in rlkit, 130 interrupted, 128 + N stopped by signal N (checkpoint written).
+    function, 70 a bug in rlkit, 130 interrupted, 128 + N stopped by signal N (checkpoint written), 141 stdout
+    closed by its reader (as SIGPIPE's 128 + 13, silently).
     Every failure is one line on stderr; ``--debug`` or ``RLKIT_DEBUG=1`` shows the traceback."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("RLKIT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
@@ -374,12 +377,33 @@ def main(argv: list[str] | None = None) -> int:
     command, _ = COMMANDS[argv[0]]
     try:
         return command(argv[1:])
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        return EXIT_CODES["stdout_closed"]  # the reader (`| head`) has gone: nothing to tell it
     except (Exception, KeyboardInterrupt) as error:
         if debug:  # the traceback too, and the same exit code
             import traceback
 
             traceback.print_exc()
         return _report(error)
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe or socket whose reader has gone (poll says POLLERR / POLLHUP); if so, stdout goes
+    to /dev/null so that the exit-time flush stays quiet.  A broken pipe elsewhere (an env worker) is not this."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        closed = any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no file descriptor (captured), or no poll on this platform
+        return False
+    if closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return closed
 
 
 def _report(error: BaseException) -> int:

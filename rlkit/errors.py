@@ -26,6 +26,7 @@ EXIT_CODES = {
     "reward": 10,
     "internal": 70,
     "interrupted": 130,
+    "stdout_closed": 141,
 }
 """Exit codes of the ``rlkit`` command; 128 + N when signal N stopped a run (its checkpoint written)."""
 

@@ -42,14 +42,15 @@ from rlkit.envs.observations import ObservationLayout, is_image_space
 from rlkit.envs.sources import resolve_env_id
 from rlkit.fast import flatten_parameters
 from rlkit.runtime import Callback
-from rlkit.ppo import ActorCriticBase, FeedForward, PPOConfig, action_mask_from_info, resolve_device, user_fields, variant_named
+from rlkit.ppo import (ActorCriticBase, FeedForward, PPOConfig, action_mask_from_info, resolve_device, saved_config_values,
+                       user_fields, variant_named)
 
 EXPORT_FILES = ("config.json", "model.safetensors")
 
 
 def _config(values: dict, variant: FeedForward) -> PPOConfig:
     known = set(user_fields(variant.config_class))
-    return variant.config_class(**{k: v for k, v in values.items() if k in known}).validate()
+    return variant.config_class(**{k: v for k, v in saved_config_values(values).items() if k in known}).validate()
 
 
 def load_agent(path: str) -> tuple[PPOConfig, dict[str, torch.Tensor], dict[str, np.ndarray]]:
@@ -255,14 +256,19 @@ AGENT_FORMAT = "rlkit-ppo-agent/1"
 AGENT_FILES = {"README.md", "config.json", "model.safetensors", "normalizer.json"}
 
 
-def is_agent_folder(path: str) -> bool:
-    """An earlier export / save: its config.json says so and it holds nothing else (it may be replaced whole)."""
+def agent_folder_extras(path: str) -> list[str] | None:
+    """The files an earlier export / save holds that rlkit did not write there; None if it is not one."""
     try:
         with open(os.path.join(path, "config.json")) as f:
             fmt = json.load(f).get("format", "")
     except (OSError, ValueError, AttributeError):
-        return False
-    return str(fmt).startswith("rlkit-ppo-agent/") and set(os.listdir(path)) <= AGENT_FILES
+        return None
+    return sorted(set(os.listdir(path)) - AGENT_FILES) if str(fmt).startswith("rlkit-ppo-agent/") else None
+
+
+def is_agent_folder(path: str) -> bool:
+    """An earlier export / save holding nothing else: it may be replaced whole."""
+    return agent_folder_extras(path) == []
 
 
 def check_finite_agent(weights: dict[str, torch.Tensor], normalizer: dict[str, np.ndarray], where: str) -> None:
@@ -288,7 +294,7 @@ def write_agent_folder(out: str, cfg: PPOConfig, weights: dict[str, torch.Tensor
     from rlkit.runfolder import replace_folder
 
     check_finite_agent(weights, normalizer, "the agent")
-    with replace_folder(out, is_agent_folder) as staging:
+    with replace_folder(out, is_agent_folder, extras=agent_folder_extras) as staging:
         _write_agent_files(staging, cfg, weights, normalizer, spaces)
 
 
@@ -310,7 +316,7 @@ def export(path: str, out: str, episodes: int = 10, deterministic: bool = True) 
 
     cfg, weights, normalizer = load_agent(path)
     check_finite_agent(weights, normalizer, path)  # NaN weights: no export (and no model card of garbage)
-    with replace_folder(out, is_agent_folder) as staging:  # new, empty, or an earlier export replaced whole
+    with replace_folder(out, is_agent_folder, extras=agent_folder_extras) as staging:  # new, empty, or an earlier export replaced whole
         _write_agent_files(staging, cfg, weights, normalizer, agent_spaces(cfg))
         result = evaluate(staging, episodes=episodes, deterministic=deterministic)  # the exported files themselves
         with open(os.path.join(staging, "README.md"), "w") as f:

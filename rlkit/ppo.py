@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -132,12 +133,13 @@ class PPOConfig:
     """global gradient-norm clip [core 11]"""
     target_kl: float | None = None
     """stop the epochs of an update early once approx_kl exceeds this (None: never)"""
-    shared_network: bool = False
-    """the mlp network: one torso for actor and critic (True) or two separate networks [core 13]; the CNNs and
-    multi_input always share one torso (as SB3's CnnPolicy / MultiInputPolicy), whatever this says"""
-    hidden_size: int = 64
-    """width of the mlp network's two hidden layers (and of multi_input's MLP for the non-image parts); the CNNs'
-    layers are fixed (nature_cnn 512, small_cnn 256)"""
+    shared_network: bool | None = None
+    """one torso for actor and critic (true) or two separate networks (false) [core 13]; unset: the network's own
+    form (separate for mlp; nature_cnn, small_cnn, multi_input and the LSTM always share one torso, as SB3's
+    CnnPolicy / MultiInputPolicy, so false is refused for them)"""
+    hidden_size: int | None = None
+    """width of the mlp network's two hidden layers (and of multi_input's MLP for the non-image parts, and of the
+    LSTM's encoder); unset: 64.  Refused for nature_cnn and small_cnn, whose layers are fixed (512 and 256 units)"""
     network: str = "auto"
     """auto (picked from the observation space when the agent is built: mlp for vectors, nature_cnn for images of at
     least 36x36, small_cnn for smaller ones, multi_input for Tuple/Dict with images; see rlkit.networks),
@@ -214,7 +216,7 @@ class PPOConfig:
         positive = ["total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "hidden_size",
                     "log_interval", "keep_checkpoints"]
         for key in positive:
-            if getattr(self, key) <= 0:
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
         for key in ["learning_rate", "obs_clip", "reward_clip", "max_grad_norm", "clip_coef"]:
             if not getattr(self, key) > 0:
@@ -507,13 +509,46 @@ def make_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.S
     check_spaces(observation_space, action_space)
     name = networks.resolve_network(observation_space) if cfg.network == "auto" else cfg.network
     networks.check_network(name, observation_space)
+    check_network_settings(cfg, name)
+    hidden_size = DEFAULT_HIDDEN_SIZE if cfg.hidden_size is None else cfg.hidden_size
     if name == "nature_cnn":
         return NatureCNNAgent(observation_space, action_space)
     if name == "small_cnn":
         return networks.SmallCNNAgent(observation_space, action_space)
     if name == "multi_input":
-        return networks.MultiInputAgent(observation_space, action_space, cfg.hidden_size)
-    return Agent(observation_space, action_space, cfg.hidden_size, cfg.shared_network)
+        return networks.MultiInputAgent(observation_space, action_space, hidden_size)
+    return Agent(observation_space, action_space, hidden_size, bool(cfg.shared_network))
+
+
+DEFAULT_HIDDEN_SIZE = 64
+SHARED_TORSO_NETWORKS = {"nature_cnn": "512-unit", "small_cnn": "256-unit", "multi_input": None}
+
+
+def check_network_settings(cfg: PPOConfig, network: str) -> None:
+    """Refuse the settings a network cannot honour instead of building it without them."""
+    if network not in SHARED_TORSO_NETWORKS:
+        return
+    problems = []
+    if cfg.shared_network is False:
+        problems.append(f"shared_network = false ({network} always shares one torso between actor and critic)")
+    if cfg.hidden_size is not None and SHARED_TORSO_NETWORKS[network] is not None:
+        problems.append(f"hidden_size = {cfg.hidden_size} ({network}'s layers are fixed: "
+                        f"{SHARED_TORSO_NETWORKS[network]} feature layer)")
+    if problems:
+        where = "network = 'auto' picks it for these observations" if cfg.network == "auto" else "network = " + repr(network)
+        raise ValueError(f"{network} ({where}) cannot take {'; '.join(problems)}: leave the key unset or use "
+                         "network = 'mlp'")
+
+
+def saved_config_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's or export's config as this version reads it.  Earlier versions saved shared_network = false
+    and hidden_size = 64 where nothing was set, which for every network means the same as leaving them unset now."""
+    values = dict(values)
+    if values.get("shared_network") is False:
+        values["shared_network"] = None
+    if values.get("hidden_size") == DEFAULT_HIDDEN_SIZE:
+        values["hidden_size"] = None
+    return values
 
 
 # ---------------------------------------------------------------------------------
@@ -1289,7 +1324,7 @@ def open_run(cfg: PPOConfig | None, run_name: str | None, resume: str | None, co
     if resume is not None:
         tensors, saved = load_checkpoint(resume)
         known = set(user_fields(config_class))
-        values = {k: v for k, v in saved["config"].items() if k in known}
+        values = {k: v for k, v in saved_config_values(saved["config"]).items() if k in known}
         if total_timesteps is not None:
             values["total_timesteps"] = total_timesteps
         return (config_class(**values).validate(), os.path.dirname(os.path.dirname(resolve_checkpoint(resume))), tensors,

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from rlkit.envs import ObservationLayout
 from rlkit.ppo import (
+    DEFAULT_HIDDEN_SIZE,
     ActorCriticBase,
     Batch,
     FeedForward,
@@ -55,14 +56,15 @@ class RecurrentPPOConfig(PPOConfig):
 
     lstm_hidden_size: int = 64
     """units of the LSTM layer between the torso and the heads"""
-    shared_network: bool = True
-    """the recurrent agent's encoder and LSTM are shared by actor and critic (separate ones are not implemented)"""
+    shared_network: bool | None = None
+    """the recurrent agent's encoder and LSTM are always shared by actor and critic: unset or true (false is
+    refused: separate ones are not implemented)"""
 
     def validate(self) -> RecurrentPPOConfig:
         super().validate()
         refuse("recurrent PPO (ppo_lstm)",
                [problem for bad, problem in (
-                   (not self.shared_network, "shared_network = false (the encoder and LSTM are shared by both heads)"),
+                   (self.shared_network is False, "shared_network = false (the encoder and LSTM are shared by both heads)"),
                    (self.torch_compile, "torch_compile = true"),
                    (self.update_backend == "fused", "update_backend = 'fused' (the LSTM's gradient is autograd's)"),
                    (self.network not in ("auto", "mlp"), f"network = {self.network!r} (its encoder is one tanh layer)"),
@@ -217,7 +219,8 @@ class Recurrent(FeedForward):
     config_class = RecurrentPPOConfig
 
     def make_agent(self, cfg: RecurrentPPOConfig, envs: gym.vector.VectorEnv) -> LSTMAgent:
-        return LSTMAgent(envs.single_observation_space, envs.single_action_space, cfg.hidden_size, cfg.lstm_hidden_size)
+        hidden_size = DEFAULT_HIDDEN_SIZE if cfg.hidden_size is None else cfg.hidden_size
+        return LSTMAgent(envs.single_observation_space, envs.single_action_space, hidden_size, cfg.lstm_hidden_size)
 
     def make_optimizer(self, agent: LSTMAgent, cfg: PPOConfig) -> torch.optim.Optimizer:
         return make_optimizer(agent, cfg.learning_rate)

@@ -397,11 +397,13 @@ def remove_temporaries(run_dir: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def replace_folder(out: str, is_previous: Callable[[str], bool], what: str = "an rlkit export"):
+def replace_folder(out: str, is_previous: Callable[[str], bool], what: str = "an rlkit export",
+                   extras: Callable[[str], list[str] | None] | None = None):
     """Write a folder atomically: yields a temporary sibling to fill; on success it becomes ``out``.
 
     ``out`` must be new, an empty folder, or one ``is_previous`` recognises (an earlier output of
-    the same kind), which is then replaced completely, never merged with (no stale file survives).
+    the same kind), which is then replaced completely, never merged with (no stale file survives);
+    one that also holds files of someone else's (``extras`` names them) is refused saying so.
     Anything else is refused with an ExportError before a byte is written.  On an error the
     temporary folder is removed and ``out`` is as it was."""
     out = os.path.abspath(out)
@@ -409,6 +411,11 @@ def replace_folder(out: str, is_previous: Callable[[str], bool], what: str = "an
         if not os.path.isdir(out):
             raise ExportError(f"{out} is a file; give a new folder (or an empty one) to write {what} to")
         if os.listdir(out) and not is_previous(out):
+            foreign = extras(out) if extras is not None else None
+            if foreign:  # an earlier output, plus files someone put there: replacing it whole would delete them
+                shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+                raise ExportError(f"{out} is {what} that also holds files rlkit did not write ({shown}); replacing it "
+                                  "would delete them, so nothing was written: move them out or give a new folder")
             names = sorted(os.listdir(out))
             shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
             raise ExportError(f"{out} is not empty ({shown}) and is not {what}; nothing was written: give a new or "

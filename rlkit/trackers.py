@@ -19,8 +19,9 @@ Where each tracker writes, and how to keep it local:
   ``TRACKIO_DIR`` (read when trackio is first imported; default ``~/.cache/huggingface/trackio``),
   ``trackio show --project rlkit`` opens the dashboard.
 
-A resumed run continues the same tracker runs: their ids are kept in ``<run>/trackers.json``.  A tracker
-that fails while a run is training is reported once and dropped; the run goes on (its TensorBoard and
+A resumed run continues the same tracker runs: their ids are kept in ``<run>/trackers.json``; settings that
+changed on the way (``total_timesteps`` of an extension) update W&B's config, and in MLflow, whose params cannot
+change, go in the tag ``rlkit.now.<key>`` beside the first value.  A tracker that fails while a run is training is reported once and dropped; the run goes on (its TensorBoard and
 ``metrics.jsonl`` have everything).  A missing package is refused before training starts, with the
 install line.
 """
@@ -217,6 +218,7 @@ class MLflowTracker(Tracker):
         if resume and resume.get("run_id"):
             self.run_id = resume["run_id"]
             self.client.update_run(self.run_id, status="RUNNING")
+            self._resume_params(config, Param)
             return
         experiment = self.client.get_experiment_by_name(project)
         if experiment is None:
@@ -231,6 +233,19 @@ class MLflowTracker(Tracker):
         params = [Param(k[:250], str(v)[:6000]) for k, v in flatten(config).items()]
         for i in range(0, len(params), 100):  # at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])
+
+    def _resume_params(self, config: dict, Param) -> None:
+        """A resumed run's settings that changed (an extension's total_timesteps) or are new.  MLflow refuses to
+        change a logged param, so a changed one keeps its first value and its value now goes in the tag
+        ``rlkit.now.<key>``; new ones are logged as params."""
+        logged = self.client.get_run(self.run_id).data.params
+        now = {k[:250]: str(v)[:6000] for k, v in flatten(config).items()}
+        new = [Param(k, v) for k, v in now.items() if k not in logged]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[i:i + 100])
+        for k, v in now.items():
+            if k in logged and logged[k] != v:
+                self.client.set_tag(self.run_id, f"rlkit.now.{k}"[:250], v)
 
     @staticmethod
     def key(name: str) -> str:

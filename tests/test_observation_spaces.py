@@ -277,6 +277,48 @@ def test_networks_that_cannot_take_the_observations_are_refused():
         LSTMAgent(make_vector_env(DICT_PROBE, 1).single_observation_space, action)
 
 
+def test_network_settings_a_network_cannot_honour_are_refused_not_ignored():
+    action = spaces.Discrete(2)
+    image, small_image = spaces.Box(0, 255, (3, 36, 36), np.uint8), spaces.Box(0, 255, (3, 10, 10), np.uint8)
+    layout = make_vector_env(DICT_PROBE, 1).single_observation_space
+    for space, name in ((image, "nature_cnn"), (small_image, "small_cnn"), (layout, "multi_input")):
+        with pytest.raises(ValueError, match=f"{name} \\(network = 'auto' picks it.*cannot take shared_network = false"):
+            make_agent(PPOConfig(shared_network=False).validate(), space, action)
+        make_agent(PPOConfig(shared_network=True).validate(), space, action)  # what they are: accepted
+    for space, name in ((image, "nature_cnn"), (small_image, "small_cnn")):
+        with pytest.raises(ValueError, match=f"cannot take hidden_size = 128 \\({name}'s layers are fixed"):
+            make_agent(PPOConfig(network=name, hidden_size=128).validate(), space, action)
+    wide = make_agent(PPOConfig(hidden_size=128).validate(), layout, action)  # multi_input's MLP honours it
+    assert any(p.shape[0] == 128 for p in wide.parameters())
+    mlp = make_agent(PPOConfig(hidden_size=32, shared_network=True).validate(), spaces.Box(-1, 1, (3,)), action)
+    assert mlp.shared and mlp.actor_head.in_features == 32
+    with pytest.raises(ValueError, match="ppo_lstm.*shared_network = false"):
+        from rlkit.ppo_lstm import RecurrentPPOConfig
+        RecurrentPPOConfig(shared_network=False).validate()
+
+
+def test_a_checkpoint_of_an_image_agent_saved_with_the_old_defaults_still_loads(tmp_path):
+    """Earlier versions wrote shared_network = false and hidden_size = 64 into every config; for a CNN that meant
+    nothing set, and it must still resume and evaluate rather than be refused as an explicit false."""
+    import json
+
+    from rlkit.checkpoint import load_checkpoint, resolve_checkpoint
+
+    cfg = PPOConfig(env_id=IMAGE_PROBE, seed=1, total_timesteps=256, run_dir=str(tmp_path), **PROBE)
+    result = train(cfg, run_name="image", progress=False)
+    checkpoint = resolve_checkpoint(result.run_dir)
+    state_file = os.path.join(checkpoint, "state.json")
+    state = json.loads(open(state_file).read())
+    assert state["config"]["shared_network"] is None and state["config"]["hidden_size"] is None
+    state["config"].update(shared_network=False, hidden_size=64)
+    open(state_file, "w").write(json.dumps(state))
+    _, saved = load_checkpoint(checkpoint)
+    assert saved["config"]["shared_network"] is False
+    assert evaluate(result.run_dir, episodes=2, deterministic=True)["episodes"] == 2
+    resumed = train(resume=result.run_dir, total_timesteps=512, progress=False)
+    assert isinstance(resumed.agent, SmallCNNAgent)
+
+
 def test_frozen_lake_env_state_round_trips_through_json(tmp_path):
     """FrozenLake's map is a bytes array: the exact env state (checkpoints, resume) must survive JSON."""
     import json

@@ -374,6 +374,12 @@ def test_an_export_writes_only_into_a_new_or_empty_folder_or_replaces_an_earlier
     assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors"]
     assert "| 2 episodes" in (out / "README.md").read_text() or "2 episodes" in (out / "README.md").read_text()
     assert not [n for n in os.listdir(tmp_path) if n.startswith((".tmp-", ".old-"))]
+    (out / "notes.txt").write_text("mine\n")  # an earlier export with the user's file: kept, and said why
+    capsys.readouterr()
+    assert main(["export", str(finished_run), str(out), "--episodes", "1"]) == EXIT_CODES["export"]
+    line = _one_line(capsys)  # it once said the folder "is not an rlkit export"
+    assert "is an rlkit export that also holds files rlkit did not write (notes.txt)" in line, line
+    assert (out / "notes.txt").read_text() == "mine\n"
 
 
 # ---------------------------------------------------------------------------------
@@ -491,6 +497,19 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RLKIT_DEBUG", "1")
     assert main(argv) == EXIT_CODES["config"]
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_a_closed_stdout_ends_quietly_with_141_not_a_file_system_error(monkeypatch, capsys):
+    """`rlkit recipes | head -1`: the reader has gone; this once said "Broken pipe: check the path", exit 8."""
+    import io
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    closed = io.TextIOWrapper(io.FileIO(write_end, "w"), write_through=True)
+    monkeypatch.setattr(sys, "stdout", closed)
+    assert main(["recipes"]) == EXIT_CODES["stdout_closed"] == 141
+    assert capsys.readouterr().err == ""
+    closed.close()
 
 
 def test_each_class_of_failure_has_its_exit_code_and_one_line():

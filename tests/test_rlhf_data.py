@@ -214,7 +214,7 @@ def test_resume_pins_the_runs_inputs_works_from_any_folder_and_a_finished_run_is
 
     data = tmp_path / "data"
     data.mkdir()
-    shutil.copy2(files["prompts"], data / "prompts.jsonl")  # copy2: the source's mtime, restored below
+    shutil.copy2(files["prompts"], data / "prompts.jsonl")
     monkeypatch.chdir(tmp_path)  # relative paths, as a user types them
     cfg = _cfg(tmp_path, chat_model, prompts="data/prompts.jsonl", reward="rlkit.rlhf.example:mentions_noun",
                run_dir="runs", num_updates=2)
@@ -228,7 +228,7 @@ def test_resume_pins_the_runs_inputs_works_from_any_folder_and_a_finished_run_is
     (data / "prompts.jsonl").write_text("\n".join(lines[:20]) + "\n")  # the file changed underneath the run
     with pytest.raises(CheckpointError, match="prompts .* changed since the run started"):
         train(resume=str(tmp_path / "runs" / "cut"), progress=False)
-    shutil.copy2(files["prompts"], data / "prompts.jsonl")  # put back as it was
+    shutil.copy(files["prompts"], data / "prompts.jsonl")  # put back: the same bytes, a new mtime (once refused)
     done = train(resume=str(tmp_path / "runs" / "cut"), progress=False)  # from another folder: absolute paths
     assert done.updates == 2 and done.trained is None
     summary = (tmp_path / "runs" / "cut" / "summary.json").read_text()

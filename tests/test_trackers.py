@@ -53,13 +53,16 @@ def offline(tmp_path, monkeypatch, mlflow_uri):
 # ---------------------------------------------------------------------------------
 
 
-def wandb_records(run_dir: str) -> list:
+def wandb_records(run_dir: str, latest: bool = False) -> list:
     """The records of a W&B offline run (<run>/wandb/offline-run-*/run-*.wandb), decoded with W&B's own
     protobuf schema.  The file is a LevelDB-style log: a 7-byte header, then 32 KiB blocks of records,
     each with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb"))
+    paths = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb"))
+    if latest:  # a resumed run's last segment
+        paths = [max(paths, key=os.path.getmtime)]
+    (path,) = paths
     data = open(path, "rb").read()
     assert data[:4] == b":W&B"
     block, position, pending, chunks = 32768, 7, b"", []
@@ -89,10 +92,10 @@ def wandb_records(run_dir: str) -> list:
     return records
 
 
-def wandb_run(run_dir: str) -> dict:
-    """config, history rows, summary and artefacts of an offline W&B run."""
+def wandb_run(run_dir: str, latest: bool = False) -> dict:
+    """config, history rows, summary and artefacts of an offline W&B run (``latest``: its last segment)."""
     config, history, summary, artifacts = {}, [], {}, []
-    for record in wandb_records(run_dir):
+    for record in wandb_records(run_dir, latest):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             config.update({item.key: json.loads(item.value_json) for item in record.run.config.update})
@@ -318,6 +321,14 @@ def test_a_resumed_run_continues_the_same_tracker_runs(offline):
     ids = {re.match(r"offline-run-\d{8}_\d{6}-([^-]+)", os.path.basename(p)).group(1)
            for p in glob.glob(os.path.join(cut.run_dir, "wandb", "offline-run-*"))}
     assert len(ids) == 1  # the W&B run resumed under the same id (two offline segments)
+    assert "rlkit.now.total_timesteps" not in again.data.tags  # nothing changed
+
+    extended = train(resume=resumed.run_dir, total_timesteps=2 * 32 * 5, progress=False)
+    client, longer = mlflow_run(extended.run_dir)
+    assert longer.info.run_id == run.info.run_id and longer.info.status == "FINISHED"
+    # MLflow keeps a param's first value; the extension's is beside it (it once stayed at the first, unsaid)
+    assert longer.data.params["total_timesteps"] == "256" and longer.data.tags["rlkit.now.total_timesteps"] == "320"
+    assert wandb_run(extended.run_dir, latest=True)["config"]["total_timesteps"] == 320
 
 
 def test_a_tracker_that_cannot_start_is_one_line_naming_it(tmp_path, monkeypatch):

@@ -439,7 +439,7 @@ def with_absolute_paths(cfg: RLHFConfig) -> RLHFConfig:
 
 
 def input_fingerprints(cfg: RLHFConfig) -> dict[str, dict]:
-    """{what: {path, files, bytes, mtime_ns}} of the data and reward models a run reads (the cached proxy reward
+    """{what: {path, files, bytes, mtime_ns, sha256}} of the data and reward models a run reads (the cached proxy reward
     model too, once trained): a resume checks that none changed underneath it."""
     paths = {key: getattr(cfg, key) for key in ("prompts", "eval_prompts", "preferences", "eval_preferences", "reward_model")}
     if not cfg.reward_model and "model" in (cfg.reward_funcs or [cfg.reward]):
@@ -448,29 +448,58 @@ def input_fingerprints(cfg: RLHFConfig) -> dict[str, dict]:
     return {what: found for what, path in paths.items() if path and (found := fingerprint_of(path)) is not None}
 
 
-def fingerprint_of(path: str) -> dict | None:
-    """{path, files, bytes, mtime_ns} of a file or folder (None when it is not there)."""
+def fingerprint_of(path: str, digest: bool = True) -> dict | None:
+    """{path, files, bytes, mtime_ns, sha256} of a file or folder (None when it is not there); ``digest=False``
+    leaves out the content hash (the stat fields alone)."""
     if not os.path.exists(path):
         return None
-    files = [path] if os.path.isfile(path) else sorted(  # not datasets' own cache files, which reading may add
-        os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-        if not name.startswith("cache-"))[:1000]
+    files = _fingerprint_files(path)
     stats = [os.stat(f) for f in files]
-    return {"path": os.path.abspath(path), "files": len(files), "bytes": sum(st.st_size for st in stats),
-            "mtime_ns": max((st.st_mtime_ns for st in stats), default=0)}
+    found = {"path": os.path.abspath(path), "files": len(files), "bytes": sum(st.st_size for st in stats),
+             "mtime_ns": max((st.st_mtime_ns for st in stats), default=0)}
+    if digest:
+        found["sha256"] = _content_sha256(path, files)
+    return found
+
+
+def _fingerprint_files(path: str) -> list[str]:
+    if os.path.isfile(path):
+        return [path]
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                  if not name.startswith("cache-"))[:1000]  # not datasets' own cache files, which reading may add
+
+
+def _content_sha256(path: str, files: list[str]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(os.path.relpath(name, path).encode() + b"\0")
+        with open(name, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+STAT_FIELDS = ("files", "bytes", "mtime_ns")
 
 
 def check_inputs_unchanged(saved: dict[str, Any], cfg: RLHFConfig) -> None:
-    """Refuse a resume whose prompt / preference files or reward models changed since the run started."""
+    """Refuse a resume whose prompt / preference files or reward models changed since the run started.  Equal
+    stat fields pass at once; otherwise the contents decide (a copy or a `touch` of the same bytes passes)."""
     before = saved.get("inputs")
     if not before:
         return  # a checkpoint of an older rlkit
     for what, fingerprint in before.items():  # each at the path recorded when the run started
-        now = fingerprint_of(fingerprint["path"])
-        if now != fingerprint:
-            state = "is gone" if now is None else "changed"
-            raise CheckpointError(f"{saved['checkpoint']}: the run's {what} ({fingerprint['path']}) {state} since the run "
-                                  "started; resuming would continue on other data or rewards: put it back, or start a new run")
+        now = fingerprint_of(fingerprint["path"], digest=False)
+        if now is not None and all(now[k] == fingerprint[k] for k in STAT_FIELDS):
+            continue
+        if now is not None and "sha256" in fingerprint and now["files"] == fingerprint["files"] and \
+                _content_sha256(fingerprint["path"], _fingerprint_files(fingerprint["path"])) == fingerprint["sha256"]:
+            continue
+        state = "is gone" if now is None else "changed"
+        raise CheckpointError(f"{saved['checkpoint']}: the run's {what} ({fingerprint['path']}) {state} since the run "
+                              "started; resuming would continue on other data or rewards: put it back, or start a new run")
 
 
 def build_reward_model(cfg: RLHFConfig, policy_path: str, out_dir: str, progress: bool = True, log=print) -> dict:
@@ -948,15 +977,17 @@ def train(cfg: RLHFConfig | None = None, run_name: str | None = None, progress: 
         torch.set_num_threads(cfg.torch_threads)
     return_freed_memory_to_os()
     ctx, device = distributed.init_distributed(cfg.device)
-    folder = None
+    folder, completed = None, False
     try:
         folder = claim_run_folder(run_dir, run_name, saved, ctx, log and ctx.is_main)
-        return _train(cfg, ctx, device, start_time, folder.path, progress and ctx.is_main, log and ctx.is_main, reward_fn,
-                      echo, list(callbacks), tensors, saved, folder)
+        result = _train(cfg, ctx, device, start_time, folder.path, progress and ctx.is_main, log and ctx.is_main,
+                        reward_fn, echo, list(callbacks), tensors, saved, folder)
+        completed = True
+        return result
     finally:
         if folder is not None:
             folder.release()
-        distributed.cleanup(ctx)
+        distributed.cleanup(ctx, completed)
 
 
 def finished_result(cfg: RLHFConfig, run_dir: str, saved: dict[str, Any]) -> RLHFResult:
