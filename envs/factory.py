@@ -84,7 +84,7 @@ def make_vector_env(
         num_envs=num_envs,
         vectorization_mode=vectorization,
         vector_kwargs=vector_kwargs,
-        wrappers=[*(sub_env_wrappers or []), adapt_observations, zero_based_actions],
+        wrappers=[*(sub_env_wrappers or []), adapt_observations, flat_discrete_actions, zero_based_actions],
         **(env_kwargs or {}),
     )
     if vectorization == "sync" and SameStepSyncVectorEnv.takes(envs):
@@ -239,6 +239,48 @@ def zero_based_actions(env: gym.Env) -> gym.Env:
     if isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)) and np.any(np.asarray(space.start) != 0):
         return ZeroBasedActions(env)
     return env
+
+
+class FlatDiscreteActions(gym.ActionWrapper):
+    """MultiBinary actions (of any shape) and MultiDiscrete actions of more than one dimension as the 1-d
+    MultiDiscrete the agent samples: MultiBinary(shape) is MultiDiscrete([2] * size) (a categorical over {0, 1}
+    per entry is a Bernoulli: the softmax of two logits is the sigmoid of their difference, as SB3's MultiBinary
+    policy), a [k, m] MultiDiscrete its k * m entries in row-major order.  The env gets its own shape and dtype
+    back; rlkit.api's ``predict`` does the same (the agent folder records ``env_shape``)."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        space = env.action_space
+        self.binary = isinstance(space, gym.spaces.MultiBinary)
+        self.env_shape, self.env_dtype = tuple(space.shape), space.dtype
+        if self.binary:
+            self.action_space = gym.spaces.MultiDiscrete(np.full(int(np.prod(space.shape)), 2), dtype=np.int64)
+        else:
+            self.action_space = gym.spaces.MultiDiscrete(space.nvec.reshape(-1), dtype=space.dtype,
+                                                         start=np.asarray(space.start).reshape(-1))
+
+    def action(self, action):
+        return np.asarray(action).reshape(self.env_shape).astype(self.env_dtype, copy=False)
+
+
+def flat_discrete_actions(env: gym.Env) -> gym.Env:
+    """``env`` with :class:`FlatDiscreteActions` when its actions are MultiBinary or a MultiDiscrete of ndim > 1."""
+    space = env.action_space
+    if isinstance(space, gym.spaces.MultiBinary) or (isinstance(space, gym.spaces.MultiDiscrete) and space.nvec.ndim > 1):
+        return FlatDiscreteActions(env)
+    return env
+
+
+def env_action_shape(envs: gym.vector.VectorEnv) -> tuple[str, list[int]] | None:
+    """("MultiBinary" or "MultiDiscrete", the env's own action shape) where :class:`FlatDiscreteActions` flattens
+    it (None: the agent's actions are the env's, or not knowable from this process: async sub-envs)."""
+    subs = getattr(envs.unwrapped, "envs", None)
+    env = subs[0] if subs else None
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, FlatDiscreteActions):
+            return ("MultiBinary" if env.binary else "MultiDiscrete"), list(env.env_shape)
+        env = env.env
+    return None
 
 
 def action_start(envs: gym.vector.VectorEnv) -> list[int] | int | None:

@@ -70,10 +70,23 @@ def spaces_from_json(spaces: dict) -> tuple[gym.Space, gym.Space]:
     action = spaces["action"]
     if action["type"] == "Discrete":
         return observation, gym.spaces.Discrete(action["n"], start=action.get("start", 0))
-    if action["type"] == "MultiDiscrete":
+    if action["type"] == "MultiDiscrete":  # the agent's: 1-d (a MultiBinary env's too: env_action_space)
         return observation, gym.spaces.MultiDiscrete(action["nvec"], start=action.get("start"))
     return observation, gym.spaces.Box(np.asarray(action["low"], dtype=np.float32),
                                        np.asarray(action["high"], dtype=np.float32), dtype=np.float32)
+
+
+def env_action_space(spaces: dict) -> gym.Space:
+    """The env's own action space an agent folder records: the agent's, except where rlkit.envs' FlatDiscreteActions
+    flattened a MultiBinary or many-dimensional MultiDiscrete one."""
+    agent = spaces_from_json(spaces)[1]
+    action = spaces["action"]
+    if action.get("env_type") == "MultiBinary":
+        return gym.spaces.MultiBinary(action["env_shape"])
+    if action.get("env_type") == "MultiDiscrete":
+        shape = tuple(action["env_shape"])
+        return gym.spaces.MultiDiscrete(np.reshape(agent.nvec, shape), start=np.reshape(agent.start, shape))
+    return agent
 
 
 class PPO:
@@ -241,6 +254,9 @@ class PPO:
             action = np.clip(action, space.low, space.high)
         else:  # the agent's actions start at 0, the env's at its space's start (rlkit.envs.factory.ZeroBasedActions)
             action = action + np.asarray(space.start, dtype=action.dtype)
+            if "env_type" in self.spaces["action"]:  # MultiBinary or a many-dimensional MultiDiscrete: its shape, dtype
+                env_space = env_action_space(self.spaces)
+                action = action.reshape(len(action), *env_space.shape).astype(env_space.dtype)
         return (action[0] if single else action), state
 
     def _checked_mask(self, action_mask, n: int) -> np.ndarray:

@@ -37,7 +37,7 @@ from rlkit.envs import (
     set_normalizer_updates,
 )
 from rlkit.envs.atari import VIDEO_FPS
-from rlkit.envs.factory import action_start
+from rlkit.envs.factory import action_start, env_action_shape
 from rlkit.envs.observations import ObservationLayout, is_image_space
 from rlkit.envs.sources import resolve_env_id
 from rlkit.fast import flatten_parameters
@@ -246,6 +246,9 @@ def spaces_of(envs: gym.vector.VectorEnv) -> dict:
     elif hasattr(space, "nvec"):
         spaces["action"] = {"type": "MultiDiscrete", "nvec": [int(k) for k in space.nvec],
                             **({"start": start} if start is not None else {})}
+        flattened = env_action_shape(envs)  # MultiBinary / a many-dimensional MultiDiscrete (FlatDiscreteActions)
+        if flattened is not None:
+            spaces["action"].update(env_type=flattened[0], env_shape=flattened[1])
     else:
         base = envs.unwrapped.single_action_space  # before ClipAction widened it to +-inf
         spaces["action"] = {"type": "Box", "shape": list(base.shape), "low": base.low.tolist(), "high": base.high.tolist()}

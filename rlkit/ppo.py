@@ -318,12 +318,12 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
         if len(action_space.shape) != 1:
             raise EnvError(f"Box actions must be 1-d, got shape {action_space.shape}")
     elif isinstance(action_space, gym.spaces.MultiDiscrete):
-        if len(action_space.shape) != 1:
+        if len(action_space.shape) != 1:  # rlkit.envs.make_vector_env flattens them (FlatDiscreteActions)
             raise EnvError(f"MultiDiscrete actions must be 1-d, got shape {action_space.shape}")
     elif not isinstance(action_space, gym.spaces.Discrete):
         raise EnvError(
-            f"unsupported action space {type(action_space).__name__}: rlkit.ppo takes Discrete, MultiDiscrete "
-            "or 1-d Box actions"
+            f"unsupported action space {type(action_space).__name__}: rlkit.ppo takes Discrete, MultiDiscrete, "
+            "MultiBinary or 1-d Box actions"
         )
 
 

@@ -22,7 +22,7 @@ sum in another order; tested).  Each seed's checkpoint is an ordinary rlkit.ppo 
 ``rlkit eval``, ``rlkit export`` and ``rlkit train --resume`` take it alone.
 
 Refused up front (``check_batchable``): target_kl (seeds would stop at different epochs),
-MultiDiscrete actions, the Nature CNN, torch_compile.  Action masks work.
+MultiDiscrete (and MultiBinary) actions, the Nature CNN, torch_compile.  Action masks work.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from rlkit.checkpoint import CheckpointError, checkpoint_update, folder_problem,
 from rlkit.envs import EnvGroup, normalizer_state
 from rlkit.fast import EpochRows, FusedMLPLoss, FusedPolicyStep, NumpyStaging, stacked_mlp_forward
 from rlkit.logger import RunLogger
+from rlkit.envs.factory import env_action_shape
 from rlkit.networks import resolve_network
 from rlkit.ppo import (
     Batch,
@@ -87,7 +88,9 @@ def check_batchable(cfg: PPOConfig, envs: gym.vector.VectorEnv) -> None:
     if cfg.eval_interval:
         problems.append("eval_interval (evaluate the seeds' checkpoints with rlkit eval)")
     if isinstance(envs.single_action_space, gym.spaces.MultiDiscrete):
-        problems.append("MultiDiscrete actions")
+        flattened = env_action_shape(envs)
+        problems.append("MultiDiscrete actions" if flattened is None or flattened[0] == "MultiDiscrete"
+                        else "MultiBinary actions (the agent takes them as MultiDiscrete)")
     if "trackio" in cfg.track:
         problems.append("track=['trackio'] (trackio keeps one open run per process; wandb and mlflow work)")
     refuse("batched multi-seed training", problems, "run the seeds as separate processes (rlkit bench without --batched)")
