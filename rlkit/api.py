@@ -27,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rlkit.checkpoint import CheckpointError, resolve_checkpoint
+from rlkit.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from rlkit.config import config_from_dict, read_recipe
 from rlkit.envs.observations import ObservationLayout, Part, adapt_observations, real_valued_entries
 from rlkit.envs.sources import register_env_object, resolve_env_id
@@ -222,7 +222,8 @@ class PPO:
                 deterministic: bool = True, action_mask: np.ndarray | None = None) -> tuple[np.ndarray, tuple | None]:
         """(action, next state) for a raw observation or a batch of them, like SB3's ``predict``.
 
-        Box actions are clipped to the action bounds.  The recurrent agent takes and returns its LSTM
+        Box actions are clipped to the action bounds (as the env clipped them in training; not with
+        ``clip_actions = false``).  The recurrent agent takes and returns its LSTM
         ``state`` (None at the start) and ``episode_start`` (1 where an episode begins), as
         sb3-contrib's RecurrentPPO; the feed-forward agent returns None as the state.
         """
@@ -251,7 +252,8 @@ class PPO:
         action = action.cpu().numpy()
         space = self.action_space()
         if isinstance(space, gym.spaces.Box):
-            action = np.clip(action, space.low, space.high)
+            if self.config.clip_actions:  # what the env got in training; unclipped there, unclipped here
+                action = np.clip(action, space.low, space.high)
         else:  # the agent's actions start at 0, the env's at its space's start (rlkit.envs.factory.ZeroBasedActions)
             action = action + np.asarray(space.start, dtype=action.dtype)
             if "env_type" in self.spaces["action"]:  # MultiBinary or a many-dimensional MultiDiscrete: its shape, dtype
@@ -327,7 +329,7 @@ class PPO:
         fake_envs = SimpleNamespace(single_observation_space=observation_space, single_action_space=action_space)
         model.agent = build_agent(config, weights, fake_envs, resolve_device(device))
         model.run_dir = _saved_run_dir(path)
-        model.num_timesteps = config.total_timesteps
+        model.num_timesteps = _reached_steps(model.run_dir, config.total_timesteps)
         return model
 
     def __repr__(self) -> str:
@@ -351,6 +353,18 @@ def _saved_run_dir(path: str) -> str | None:
         return os.path.dirname(os.path.dirname(resolve_checkpoint(path)))
     except CheckpointError:
         return None
+
+
+def _reached_steps(run_dir: str | None, configured: int) -> int:
+    """The steps of the checkpoint ``learn`` continues from (the run's newest): a run stopped early (a signal, a
+    callback, stop_at_return) reached fewer than it was configured for.  ``configured`` without a run."""
+    if run_dir is None:
+        return configured
+    try:
+        _, state = load_checkpoint(run_dir)
+    except (CheckpointError, OSError):
+        return configured
+    return int(state.get("global_step", configured))
 
 
 def _is_one(space: gym.Space, observation: Any) -> bool:

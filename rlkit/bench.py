@@ -142,8 +142,9 @@ class RunSpec:
 
         ``resume``: continue from the run's latest checkpoint (``rlkit train --resume``, its saved config).
         """
-        if resume:
-            return [sys.executable, "-m", "rlkit.cli", self.subcommand, "--resume", self.run_dir, "--no-progress"]
+        if resume:  # on the device this launch assigns, which may not be the one the run started on
+            return [sys.executable, "-m", "rlkit.cli", self.subcommand, "--resume", self.run_dir, "--device", self.device,
+                    "--no-progress"]
         parent, name = os.path.split(self.run_dir)
         command = [sys.executable, "-m", "rlkit.cli", self.subcommand, self.recipe, "--seed", str(self.seed),
                    "--device", self.device, "--run_dir", parent, "--run-name", name, "--no-progress"]

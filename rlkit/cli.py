@@ -65,12 +65,14 @@ def cmd_train(argv: list[str]) -> int:
         parser.add_argument("--resume", required=True, metavar="RUN_DIR", help="run folder (or a checkpoint folder in it)")
         parser.add_argument("--total_timesteps", "--total-timesteps", type=int, default=None,
                             help="train the run up to this many env steps in all (default: the run's own total)")
+        parser.add_argument("--device", default=None, help="continue on this device (default: the run's own)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
         if any(a in ("-h", "--help") for a in argv):  # `--resume --help`: argparse would take --help as RUN_DIR
             parser.print_help()
             return 0
         args = parser.parse_args(argv)
-        return _run_ppo(None, None, progress=not args.no_progress, resume=args.resume, total_timesteps=args.total_timesteps)
+        return _run_ppo(None, None, progress=not args.no_progress, resume=args.resume, total_timesteps=args.total_timesteps,
+                        device=args.device)
     if not argv or argv[0].startswith("-"):
         if argv and argv[0] in ("-h", "--help"):
             from rlkit.ppo import PPOConfig
@@ -110,7 +112,7 @@ def read_saved_config(path: str) -> tuple[str, dict, str]:
 
 
 def _run_ppo(config, run_name: str | None, progress: bool, resume: str | None = None, module: str = "rlkit.ppo",
-             total_timesteps: int | None = None) -> int:
+             total_timesteps: int | None = None, device: str | None = None) -> int:
     import importlib
     import signal
 
@@ -118,7 +120,8 @@ def _run_ppo(config, run_name: str | None, progress: bool, resume: str | None = 
 
     train = importlib.import_module(module).train
     if resume is not None:
-        result = train(config, run_name=run_name, progress=progress, resume=resume, total_timesteps=total_timesteps)
+        result = train(config, run_name=run_name, progress=progress, resume=resume, total_timesteps=total_timesteps,
+                       device=device)
         if result.updates_run == 0:
             print(f"\n{result.run_dir} is already complete ({result.global_step:,} steps); nothing trained. "
                   "Extend it with: rlkit train --resume RUN --total_timesteps N")

@@ -244,6 +244,11 @@ class PPOConfig:
             raise ValueError(f"network must be one of {NETWORKS}, got {self.network!r}")
         if self.atari_backend not in ATARI_BACKENDS:
             raise ValueError(f"atari_backend must be one of {ATARI_BACKENDS}, got {self.atari_backend!r}")
+        if is_atari_id(self.env_id) and (self.env_kwargs or self.vectorization != "sync"):
+            keys = [k for k, bad in (("env_kwargs", self.env_kwargs), ("vectorization", self.vectorization != "sync")) if bad]
+            raise ValueError(f"{' and '.join(keys)} are not used for Atari ids: rlkit's Atari stack (atari_backend "
+                             "ale_vector: C++ threads; python: gymnasium's wrappers in one process) fixes the game's "
+                             "settings and its own parallelism; remove them")
         if is_atari_id(self.env_id) and (self.normalize_obs or self.normalize_reward):
             raise ValueError("normalize_obs and normalize_reward must be false for Atari: the network scales pixels "
                              "by 1/255 and rewards are sign-clipped (the `atari` recipe sets both)")
@@ -323,7 +328,7 @@ def check_spaces(observation_space: gym.Space, action_space: gym.Space) -> None:
     elif not isinstance(action_space, gym.spaces.Discrete):
         raise EnvError(
             f"unsupported action space {type(action_space).__name__}: rlkit.ppo takes Discrete, MultiDiscrete, "
-            "MultiBinary or 1-d Box actions"
+            "MultiBinary (as MultiDiscrete, through rlkit.envs.make_vector_env) or 1-d Box actions"
         )
 
 
@@ -509,7 +514,7 @@ def make_agent(cfg: PPOConfig, observation_space: gym.Space, action_space: gym.S
     check_spaces(observation_space, action_space)
     name = networks.resolve_network(observation_space) if cfg.network == "auto" else cfg.network
     networks.check_network(name, observation_space)
-    check_network_settings(cfg, name)
+    check_network_settings(cfg, name, observation_space)
     hidden_size = DEFAULT_HIDDEN_SIZE if cfg.hidden_size is None else cfg.hidden_size
     if name == "nature_cnn":
         return NatureCNNAgent(observation_space, action_space)
@@ -524,7 +529,7 @@ DEFAULT_HIDDEN_SIZE = 64
 SHARED_TORSO_NETWORKS = {"nature_cnn": "512-unit", "small_cnn": "256-unit", "multi_input": None}
 
 
-def check_network_settings(cfg: PPOConfig, network: str) -> None:
+def check_network_settings(cfg: PPOConfig, network: str, observation_space: gym.Space | None = None) -> None:
     """Refuse the settings a network cannot honour instead of building it without them."""
     if network not in SHARED_TORSO_NETWORKS:
         return
@@ -534,6 +539,11 @@ def check_network_settings(cfg: PPOConfig, network: str) -> None:
     if cfg.hidden_size is not None and SHARED_TORSO_NETWORKS[network] is not None:
         problems.append(f"hidden_size = {cfg.hidden_size} ({network}'s layers are fixed: "
                         f"{SHARED_TORSO_NETWORKS[network]} feature layer)")
+    parts = getattr(observation_space, "parts", None)
+    if cfg.hidden_size is not None and network == "multi_input" and parts is not None and \
+            all(p.kind == "image" for p in parts):
+        problems.append(f"hidden_size = {cfg.hidden_size} (it sizes the MLP for the non-image parts, and these "
+                        "observations are all images)")
     if problems:
         where = "network = 'auto' picks it for these observations" if cfg.network == "auto" else "network = " + repr(network)
         raise ValueError(f"{network} ({where}) cannot take {'; '.join(problems)}: leave the key unset or use "
@@ -1178,6 +1188,7 @@ def train(
     callbacks: list[Callback] = (),
     variant: FeedForward | None = None,
     total_timesteps: int | None = None,
+    device: str | None = None,
 ) -> TrainResult:
     """Train a PPO agent; writes to <run_dir>/<run_name> when ``log``.
 
@@ -1187,12 +1198,13 @@ def train(
     says so.  SIGINT / SIGTERM finish the current update, write a checkpoint and return with
     ``result.interrupted`` set to the signal number.  ``variant`` (default: feed-forward) supplies
     the network, the rollout policy and the learner; the recurrent variant is rlkit.ppo_lstm's.
-    ``total_timesteps`` with ``resume`` extends (or just finishes) the run to that many steps.
+    ``total_timesteps`` with ``resume`` extends (or just finishes) the run to that many steps; ``device``
+    with ``resume`` continues it on another device (e.g. the one ``rlkit bench --devices`` assigns).
     """
     from rlkit.evaluate import PeriodicEvaluation  # evaluate builds on this module
 
     variant = variant or saved_variant(resume)
-    cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume, variant.config_class, total_timesteps)
+    cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume, variant.config_class, total_timesteps, device)
     # locked for this run; a new run never lands in another run's folder; an older checkpoint branches
     folder = open_run_folder(run_dir, resume and resolve_checkpoint(resume), saved, run_name, cfg.new_folder, enabled=log)
     run_dir = folder.path
@@ -1318,19 +1330,21 @@ def saved_variant(resume: str | None) -> FeedForward:
 
 
 def open_run(cfg: PPOConfig | None, run_name: str | None, resume: str | None, config_class=PPOConfig,
-             total_timesteps: int | None = None) -> tuple[PPOConfig, str, dict, dict | None]:
+             total_timesteps: int | None = None, device: str | None = None) -> tuple[PPOConfig, str, dict, dict | None]:
     """(config, run folder, checkpoint tensors, checkpoint state): a new run, or the run ``resume`` names
-    (with ``total_timesteps``, extended to that many steps)."""
+    (with ``total_timesteps``, extended to that many steps; with ``device``, on that device)."""
     if resume is not None:
         tensors, saved = load_checkpoint(resume)
         known = set(user_fields(config_class))
         values = {k: v for k, v in saved_config_values(saved["config"]).items() if k in known}
         if total_timesteps is not None:
             values["total_timesteps"] = total_timesteps
+        if device is not None:
+            values["device"] = device
         return (config_class(**values).validate(), os.path.dirname(os.path.dirname(resolve_checkpoint(resume))), tensors,
                 saved)
-    if total_timesteps is not None:
-        raise ValueError("total_timesteps= is for resume=; a new run takes it from its config")
+    if total_timesteps is not None or device is not None:
+        raise ValueError("total_timesteps= and device= are for resume=; a new run takes them from its config")
     if cfg is None:
         raise ValueError("train() needs a config or a run to resume")
     cfg.validate()

@@ -264,6 +264,7 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     device = resolve_device(cfg.device)
+    torch.backends.cudnn.deterministic = cfg.torch_deterministic  # what seed_everything sets (seeds: seed_agents)
     configs = [replace(cfg, seed=s).validate() for s in seeds]
     envs = make_envs(cfg, groups=n)  # seed k's envs are rows k*E:(k+1)*E, with normalisers of their own
     try:
@@ -296,6 +297,11 @@ def train_seeds(cfg: PPOConfig, seeds: list[int], run_dirs: list[str] | None = N
         elif len(exact) > 1:
             raise CheckpointError("some seeds' env state was saved exactly and some not; resume them separately")
         start_iteration, elapsed_before = saved[0][1]["iteration"] + 1, saved[0][1]["wall_time"]
+        same_length = all(state["config"].get("total_timesteps") == cfg.total_timesteps for _, state in saved)
+        if any(state.get("stopped_by_callback") for _, state in saved) and same_length:
+            start_iteration = cfg.num_iterations + 1  # it ended where a callback stopped it, as rlkit.ppo.train's
+            notes.append(f"the seeds' run ended at update {saved[0][1]['iteration']}, stopped by a callback; nothing "
+                         "to train: give a larger total_timesteps to continue it")
         if len({c.mask is None for c in cursors}) > 1:
             raise CheckpointError("some seeds' checkpoints hold an action mask and some not; resume them separately")
         cursor = EnvCursor(torch.cat([c.obs for c in cursors]), None if cursors[0].mask is None else

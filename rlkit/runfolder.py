@@ -322,19 +322,25 @@ def check_metrics_offset(run_dir: str, checkpoint: str, offset: object) -> None:
 
 def branch(run_dir: str, checkpoint: str, metrics_offset: int) -> str | None:
     """Resuming from ``checkpoint``: when newer checkpoints exist, move them (and summary.json, and the
-    metrics written after the checkpoint) into abandoned/<time>/; returns the note, or None."""
+    metrics written after the checkpoint, and best/ when it was written after the checkpoint) into
+    abandoned/<time>/; returns the note, or None."""
     update = checkpoint_update(checkpoint)
     folder = os.path.join(run_dir, CHECKPOINT_DIR)
     if update is None or os.path.dirname(os.path.abspath(checkpoint)) != os.path.abspath(folder):
         return None  # a checkpoint from elsewhere (best/, another folder): the run's own stay as they are
     newer = sorted(n for n in os.listdir(folder) if n.startswith(PREFIX) and (checkpoint_update(n) or -1) > update)
-    if not newer:
+    best = os.path.join(run_dir, BEST_DIR)
+    best_is_newer = _saved_update(best) > update  # evaluated after the checkpoint: not this lineage's
+    if not newer and not best_is_newer:
         return None
     target = abandoned_folder(run_dir)
     os.makedirs(os.path.join(target, CHECKPOINT_DIR))
     for name in newer:
         os.rename(os.path.join(folder, name), os.path.join(target, CHECKPOINT_DIR, name))
     moved = [f"checkpoints/{n}" for n in newer]
+    if best_is_newer:
+        os.rename(best, os.path.join(target, BEST_DIR))
+        moved.append(f"{BEST_DIR}/")
     summary = os.path.join(run_dir, "summary.json")
     if os.path.exists(summary):
         os.rename(summary, os.path.join(target, "summary.json"))
@@ -350,6 +356,19 @@ def branch(run_dir: str, checkpoint: str, metrics_offset: int) -> str | None:
                    "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=2)
     return (f"resumed from {os.path.basename(checkpoint)} (update {update}), older than the newest checkpoint: a new "
             f"lineage starts here; moved {', '.join(moved)} to {os.path.relpath(target, run_dir)}/ (nothing deleted)")
+
+
+BEST_DIR = "best"  # rlkit.evaluate.PeriodicEvaluation's best weights so far
+
+
+def _saved_update(folder: str) -> int:
+    """The update a checkpoint-form folder (best/) was written at; -1 when there is none."""
+    try:
+        with open(os.path.join(folder, "state.json")) as f:
+            state = json.load(f)
+        return int(state["iteration"] if "iteration" in state else state["update"])  # rlkit.ppo's / rlkit.rlhf's
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
 
 
 def abandoned_folder(run_dir: str) -> str:

@@ -73,6 +73,13 @@ RECIPE_SPACES: dict[str, dict[str, dict]] = {
 """Rollout and minibatch choices of the shipped recipes (every num_minibatches divides every batch);
 None removes a key of COMMON_SPACE."""
 
+TRIAL_SETTINGS = {
+    "ppo": {"exp_name": "the trial's own name", "eval_deterministic": "trials are scored on deterministic evaluations",
+            "checkpoint_interval": "trials keep no checkpoints", "stop_at_return": "a trial runs its whole budget"},
+    "rlhf": {"checkpoint_interval": "trials keep no checkpoints"},
+}
+"""Settings TuneSetup.config fixes for every trial, and why (an override of one is refused)."""
+
 DEFAULT_STUDY = "{recipe}-tune"
 COUNTED_FAILURE = "rlkit_error"  # user attribute of a trial that failed for a reason of its own (counted)
 
@@ -114,7 +121,33 @@ def default_space(recipe: str, values: dict, table: str = "ppo") -> dict[str, An
         steps, minibatches = int(values.get("num_steps", 2048)), int(values.get("num_minibatches", 32))
         space["num_steps"] = {"choices": sorted({max(1, steps // 2), steps, steps * 2})}
         space["num_minibatches"] = {"choices": sorted({max(1, minibatches // 2), minibatches, minibatches * 2})}
+    if "hidden_size" in space and recipe_network(values) in ("nature_cnn", "small_cnn"):
+        del space["hidden_size"]  # their layers are fixed (rlkit.ppo.check_network_settings refuses it)
     return space
+
+
+def recipe_network(values: dict) -> str | None:
+    """The network a recipe's agent gets (``auto`` resolved on one env of it); None when the env cannot be built
+    here (its trial then says why)."""
+    from rlkit.envs import make_vector_env
+    from rlkit.envs.atari import is_atari_id
+    from rlkit.envs.sources import resolve_env_id
+    from rlkit.networks import resolve_network
+
+    network = values.get("network", "auto")
+    if network != "auto":
+        return network
+    try:
+        env_id = resolve_env_id(values.get("env_id", "CartPole-v1"), values.get("env_module", []))
+        if is_atari_id(env_id):
+            return "nature_cnn"
+        envs = make_vector_env(env_id, 1, env_kwargs=values.get("env_kwargs"))
+    except Exception:  # noqa: BLE001 - a bad env is the trial's error to report, not the space's
+        return None
+    try:
+        return resolve_network(envs.single_observation_space)
+    finally:
+        envs.close()
 
 
 def read_space(path: str) -> dict[str, Any]:
@@ -733,6 +766,11 @@ def make_setup(recipe: str, overrides: list[str], seeds: list[int] | None = None
     for key in ("seed", "run_dir", "eval_interval", "eval_episodes"):
         if key in extra:
             raise ConfigError(f"--{key} is set by rlkit tune per trial; use its own options (--seeds, --run-dir, --evals, --eval-episodes)")
+    fixed = TRIAL_SETTINGS[table if table == "rlhf" else "ppo"]
+    for key in fixed:
+        if key in extra:  # TuneSetup.config sets it for every trial: the override would be dropped, unsaid
+            raise ConfigError(f"--{key} is fixed by rlkit tune for every trial ({fixed[key]}); remove it (it may be "
+                              "set in the best recipe tune writes, for rlkit train)")
     merged = {**values, **extra}
     config_from_dict(cls, merged, source=f"{source} + command line")  # every key checked before a trial starts
     space = default_space(recipe, merged, table)

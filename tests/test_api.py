@@ -105,6 +105,21 @@ def test_learn_again_continues_the_same_run(tmp_path):
     assert [u["iteration"] for u in _metrics(run_dir, "update")] == [1, 2, 3, 4]
 
 
+def test_a_resume_on_another_device_takes_it_and_a_new_run_refuses_the_argument(tmp_path):
+    from rlkit.cli import main
+    from rlkit.ppo import PPOConfig, open_run, train
+
+    cfg = PPOConfig(env_id="CartPole-v1", num_steps=32, num_minibatches=2, update_epochs=1, total_timesteps=64,
+                    device="auto", run_dir=str(tmp_path))
+    run = train(cfg, run_name="r", progress=False)
+    assert open_run(None, None, run.run_dir, device="cpu")[0].device == "cpu"
+    assert open_run(None, None, run.run_dir)[0].device == "auto"
+    with pytest.raises(ValueError, match="device= are for resume="):
+        train(cfg, run_name="s", progress=False, device="cpu")
+    assert main(["train", "--resume", run.run_dir, "--device", "cpu", "--total_timesteps", "128", "--no-progress"]) == 0
+    assert json.load(open(os.path.join(run.run_dir, "config.json")))["total_timesteps"] == 128
+
+
 def test_an_env_object_or_factory_trains_and_predicts(tmp_path):
     model = PPO(gym.make("CartPole-v1"), num_steps=64, num_minibatches=2, update_epochs=1, run_dir=str(tmp_path))
     model.learn(128, progress=False)
@@ -132,6 +147,11 @@ def test_a_callback_stops_learn_early(tmp_path):
     model = PPO("CartPole-v1", recipe="cartpole", run_dir=str(tmp_path)).learn(512 * 10, callbacks=[stop], progress=False)
     assert model.num_timesteps == 2 * 512 and stop.rollouts == 2
     assert os.path.isfile(os.path.join(model.run_dir, "summary.json"))
+    # loaded again, it knows the steps the run reached, not the 5,120 asked for: learn(n) is n more (it once
+    # went to 5,120 + n)
+    loaded = PPO.load(model.run_dir)
+    assert loaded.num_timesteps == 2 * 512
+    assert loaded.learn(512, progress=False).num_timesteps == 3 * 512
 
 
 def test_periodic_evaluation_logs_eval_curve_keeps_best_and_stops_at_threshold(tmp_path):

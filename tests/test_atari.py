@@ -218,6 +218,12 @@ def test_atari_config_refuses_normalisation():
         PPOConfig(env_id=BREAKOUT, network="nature_cnn").validate()
     with pytest.raises(ValueError, match="atari_backend"):
         PPOConfig(atari_backend="envpool").validate()
+    plain = dict(env_id=BREAKOUT, network="nature_cnn", normalize_obs=False, normalize_reward=False)
+    # both were accepted and never reached the game (the Atari stack builds its own envs)
+    with pytest.raises(ValueError, match="env_kwargs are not used for Atari ids"):
+        PPOConfig(**plain, env_kwargs={"repeat_action_probability": 0.25}).validate()
+    with pytest.raises(ValueError, match="vectorization are not used for Atari ids"):
+        PPOConfig(**plain, vectorization="async").validate()
 
 
 @pytest.mark.parametrize("backend", ["ale_vector", "python"])

@@ -328,7 +328,8 @@ def test_an_interrupted_rlhf_run_in_a_bench_resumes_not_restarts(tmp_path):
     spec = RunSpec(recipe="rlhf-synthetic", env_id=None, seed=1, device="cpu", run_dir=str(run_dir), overrides=[],
                    subcommand="rlhf", label="task")
     assert spec.resumable
-    assert spec.command(resume=True)[-4:] == ["rlhf", "--resume", str(run_dir), "--no-progress"]
+    # on the device this launch assigns (the run's own was once kept, whatever --devices said)
+    assert spec.command(resume=True)[-6:] == ["rlhf", "--resume", str(run_dir), "--device", "cpu", "--no-progress"]
 
 
 def test_ctrl_c_of_the_launcher_starts_no_further_run(recipe, tmp_path):

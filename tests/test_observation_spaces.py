@@ -289,6 +289,11 @@ def test_network_settings_a_network_cannot_honour_are_refused_not_ignored():
         with pytest.raises(ValueError, match=f"cannot take hidden_size = 128 \\({name}'s layers are fixed"):
             make_agent(PPOConfig(network=name, hidden_size=128).validate(), space, action)
     wide = make_agent(PPOConfig(hidden_size=128).validate(), layout, action)  # multi_input's MLP honours it
+    images_only = adapted_space(spaces.Dict({"a": spaces.Box(0, 255, (8, 8, 3), np.uint8),
+                                             "b": spaces.Box(0, 255, (8, 8, 3), np.uint8)}))
+    make_agent(PPOConfig().validate(), images_only, action)
+    with pytest.raises(ValueError, match="hidden_size = 999 \\(it sizes the MLP for the non-image parts, and these"):
+        make_agent(PPOConfig(hidden_size=999).validate(), images_only, action)
     assert any(p.shape[0] == 128 for p in wide.parameters())
     mlp = make_agent(PPOConfig(hidden_size=32, shared_network=True).validate(), spaces.Box(-1, 1, (3,)), action)
     assert mlp.shared and mlp.actor_head.in_features == 32

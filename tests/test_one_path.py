@@ -148,6 +148,19 @@ def test_a_callback_stops_the_run_with_a_checkpoint(variant, tmp_path):
     assert more.updates_run == 1 and more.global_step == 3 * 4 * 16
 
 
+def test_batched_seeds_stopped_by_a_callback_stay_stopped_on_a_plain_resume(tmp_path):
+    """Bug: a resume of batched seeds a callback had stopped trained on to the end (rlkit.ppo.train's did not)."""
+    values = {**TINY, "env_id": "CartPole-v1", "run_dir": str(tmp_path), "total_timesteps": 4 * 16 * 4}
+    dirs = [str(tmp_path / "s1"), str(tmp_path / "s2")]
+    first = train_seeds(PPOConfig(**values), [1, 2], run_dirs=dirs, progress=False, callbacks=[StopAt(2)])
+    assert [r.global_step for r in first] == [2 * 64, 2 * 64]
+    again = train_seeds(PPOConfig(**values), [1, 2], run_dirs=dirs, progress=False, resume=True)
+    assert [r.global_step for r in again] == [2 * 64, 2 * 64] and again[0].updates_run == 0
+    more = train_seeds(PPOConfig(**{**values, "total_timesteps": 4 * 16 * 5}), [1, 2], run_dirs=dirs, progress=False,
+                       resume=True)
+    assert [r.global_step for r in more] == [5 * 64, 5 * 64]
+
+
 def test_batched_seeds_callbacks_see_each_rollout_and_the_runs_context(tmp_path):
     """Bug: train_seeds never called on_rollout (returning False from it could not stop) and run.context was {}."""
     class Probe(Callback):
@@ -188,6 +201,29 @@ def test_a_resumed_run_keeps_its_best_and_its_evaluations(variant, tmp_path):
     resumed = train(resume=first.run_dir, progress=False, total_timesteps=4 * 16 * 4)
     assert [e["iteration"] for e in resumed.evaluations] == [1, 2, 3, 4]
     assert json.load(open(state))["eval"]["mean_return"] == 1e9 and best < 1e9  # not replaced by a worse one
+
+
+def test_a_resume_from_an_older_checkpoint_moves_aside_a_best_evaluated_after_it(tmp_path):
+    """Bug: best/ written after the checkpoint a resume starts from stayed, and its score (from the abandoned
+    lineage, whose evaluations metrics.jsonl no longer holds) kept every evaluation of the new lineage out."""
+    import glob
+    import json
+
+    values = {**TINY, "env_id": "CartPole-v1", "run_dir": str(tmp_path), "total_timesteps": 4 * 16 * 4,
+              "eval_interval": 1, "eval_episodes": 2, "checkpoint_interval": 1}
+    first = train(PPOConfig(**values), run_name="r", progress=False)
+    state = os.path.join(first.run_dir, "best", "state.json")
+    record = json.load(open(state))
+    record.update(iteration=4)
+    record["eval"]["mean_return"] = 1e9  # as if update 4 had scored higher than anything before it
+    json.dump(record, open(state, "w"))
+    older = os.path.join(first.run_dir, "checkpoints", "update_0000002")
+    resumed = train(resume=older, progress=False, total_timesteps=4 * 16 * 4)
+    assert [e["iteration"] for e in resumed.evaluations] == [1, 2, 3, 4]
+    (moved,) = glob.glob(os.path.join(first.run_dir, "abandoned", "*", "best", "state.json"))
+    assert json.load(open(moved))["eval"]["mean_return"] == 1e9
+    kept = json.load(open(state))  # the new lineage's own best: of its evaluations since the resume
+    assert kept["eval"]["mean_return"] == max(e["mean_return"] for e in resumed.evaluations if e["iteration"] > 2)
 
 
 def _weights(result) -> dict[str, torch.Tensor]:

@@ -114,6 +114,27 @@ def test_multibinary_actions_in_the_recurrent_agent_and_refused_by_batched_seeds
         gym.registry.pop("rlkit-test/SignPattern-v0")
 
 
+class NarrowBox(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Box(-0.01, 0.01, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, True, {}
+
+
+@pytest.mark.parametrize("clip_actions", [True, False])
+def test_predict_clips_box_actions_as_the_env_did_in_training(clip_actions, tmp_path):
+    """Bug: predict clipped to the bounds even with clip_actions = false, which sent the env unclipped actions."""
+    model = PPO(NarrowBox(), clip_actions=clip_actions, run_dir=str(tmp_path), **TINY).learn(64, progress=False)
+    actions = np.array([model.predict(np.zeros(2, np.float32), deterministic=False)[0] for _ in range(50)])
+    outside = np.mean(np.abs(actions) > 0.01)
+    assert outside == 0.0 if clip_actions else outside > 0.5  # std ~1 against a bound of 0.01
+
+
 class Counter(gym.Env):
     """Terminates after exactly 10 steps; observation t / 10."""
 

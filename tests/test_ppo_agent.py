@@ -70,7 +70,7 @@ def test_continuous_log_prob_matches_torch_normal():
 
 
 def test_unsupported_spaces_are_refused_with_the_supported_ones_named():
-    with pytest.raises(ValueError, match="Discrete or 1-d Box"):
+    with pytest.raises(ValueError, match="MultiBinary \\(as MultiDiscrete, through rlkit.envs.make_vector_env\\) or 1-d Box"):
         Agent(BOX, gym.spaces.MultiBinary(3))
     with pytest.raises(ValueError, match="adapted observations of rlkit.envs.make_vector_env"):
         Agent(gym.spaces.Dict({"a": BOX}), gym.spaces.Discrete(2))

@@ -204,6 +204,15 @@ def test_estimator_errors_name_the_key_and_the_valid_values():
         config_from_dict(RLHFConfig, {"advantage_estimator": "rloo", "whiten_rewards": True}, "test")
     with pytest.raises(ConfigError, match="kl_mode 'k1_loss' is refused"):
         config_from_dict(RLHFConfig, {"advantage_estimator": "grpo", "kl_mode": "k1_loss"}, "test")
+    # the group estimators have no value head and no GAE: these were taken and changed nothing (identical runs)
+    for key, value in (("gamma", 0.9), ("lam", 0.0), ("vf_coef", 1.0), ("cliprange_value", 0.5)):
+        with pytest.raises(ConfigError, match=f"{key} = {value}: GAE / value-head settings, and advantage_estimator 'grpo'"):
+            config_from_dict(RLHFConfig, {"advantage_estimator": "grpo", key: value}, "test")
+    config_from_dict(RLHFConfig, {"advantage_estimator": "rloo", "gamma": 1.0, "vf_coef": 0.1}, "test")  # the defaults
+    # held-out files and the prompt-length limit were ignored with the task's own prompts / preferences
+    for key, value in (("eval_prompts", "held_out.jsonl"), ("max_prompt_tokens", 8), ("eval_preferences", "p.jsonl")):
+        with pytest.raises(ConfigError, match=f"{key} = .* apply to your own prompts / preferences file, and none is set"):
+            config_from_dict(RLHFConfig, {key: value}, "test")
     with pytest.raises(ConfigError, match="kl_mode must be one of k1_in_reward, k2_loss, k3_loss"):
         config_from_dict(RLHFConfig, {"kl_mode": "k4_loss"}, "test")
     defaults = {e: config_from_dict(RLHFConfig, {"advantage_estimator": e}, "test").group_size

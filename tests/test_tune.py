@@ -143,6 +143,16 @@ def test_search_spaces_and_refusals(tmp_path):
     assert rlhf.space["learning_rate"] == {"low": 1e-5, "high": 1e-3, "log": True} and "kl_coef" in rlhf.space
     with pytest.raises(ConfigError, match="--seed is set by rlkit tune"):
         make_setup("cartpole", ["--seed", "3"])
+    # an image env's CNN has no hidden_size: not searched (a study of one once died on trial 0)
+    assert "hidden_size" not in default_space("images.toml", {"env_id": "rlkit/HWCImageProbe-v0"})
+    assert "hidden_size" in default_space("dict.toml", {"env_id": "rlkit/DictImageVectorProbe-v0"})  # multi_input's MLP
+    # settings every trial overrides were once taken and dropped (and written into the best recipe)
+    for key, value in (("exp_name", "mine"), ("eval_deterministic", "false"), ("checkpoint_interval", "5"),
+                       ("stop_at_return", "400")):
+        with pytest.raises(ConfigError, match=f"--{key} is fixed by rlkit tune for every trial"):
+            make_setup("cartpole", [f"--{key}", value])
+    with pytest.raises(ConfigError, match="--checkpoint_interval is fixed by rlkit tune"):
+        make_setup("rlhf-synthetic", ["--checkpoint_interval", "5"])
     bad = tmp_path / "bad.toml"
     bad.write_text("[space]\nlearning_rat = {low = 1e-4, high = 1e-3}\n")
     with pytest.raises(ConfigError, match="learning_rate"):

@@ -143,6 +143,7 @@ def _resume_rlhf(argv: list[str]) -> int:
     parser.add_argument("--num_updates", "--num-updates", type=int, default=None, metavar="N",
                         help="extend the run to N updates in all (the learning-rate schedule stretches to N from the "
                              "next update on); without it the run finishes its own num_updates")
+    parser.add_argument("--device", default=None, help="continue on this device (default: the run's own)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     if any(a in ("-h", "--help") for a in argv):  # `--resume --help`: argparse would take --help as RUN_DIR
         parser.print_help()
@@ -151,7 +152,8 @@ def _resume_rlhf(argv: list[str]) -> int:
     _quiet_transformers()
     from rlkit.rlhf.ppo_lm import train
 
-    return _report(train(None, resume=args.resume, progress=not args.no_progress, num_updates=args.num_updates))
+    return _report(train(None, resume=args.resume, progress=not args.no_progress, num_updates=args.num_updates,
+                         device=args.device))
 
 
 def _report(result) -> int:

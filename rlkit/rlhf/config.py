@@ -8,6 +8,7 @@ apply; the synthetic recipe scales sizes down to run on 2 CPU cores.
 from __future__ import annotations
 
 import os
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from rlkit.ppo import resolve_device
@@ -21,6 +22,10 @@ DEFAULT_GROUP_SIZE = 4
 LR_SCHEDULES = ("constant", "linear", "cosine")
 TASKS = ("synthetic", "sentiment", "custom")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+VALUE_HEAD_SETTINGS = ("gamma", "lam", "vf_coef", "cliprange_value")
+"""what only the gae estimator (a value head, per-token GAE) reads"""
 
 
 @dataclass
@@ -191,6 +196,13 @@ class RLHFConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        unused = [f"{key} = {getattr(self, key)!r}" for key, needs in (("eval_prompts", "prompts"), ("max_prompt_tokens", "prompts"),
+                                                                        ("eval_preferences", "preferences"))
+                  if getattr(self, key) and not getattr(self, needs)]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} apply to your own prompts / preferences file, and none is set (task "
+                             f"{self.task!r} uses its own, with its own held-out split): set prompts / preferences, "
+                             "or remove them")
         if self.max_prompt_tokens < 0:
             raise ValueError(f"max_prompt_tokens must be >= 0 (0: no limit), got {self.max_prompt_tokens}")
         self._validate_rewards()
@@ -233,6 +245,12 @@ class RLHFConfig:
             if self.whiten_rewards:
                 raise ValueError(f"whiten_rewards is per-token reward whitening before GAE; advantage_estimator "
                                  f"{self.advantage_estimator!r} has no per-token rewards: set whiten_rewards = false")
+            defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in VALUE_HEAD_SETTINGS}
+            changed = [f"{k} = {getattr(self, k)}" for k in VALUE_HEAD_SETTINGS if getattr(self, k) != defaults[k]]
+            if changed:
+                raise ValueError(f"{', '.join(changed)}: GAE / value-head settings, and advantage_estimator "
+                                 f"{self.advantage_estimator!r} has neither (its baseline is the other responses to "
+                                 "the prompt): remove them, or use advantage_estimator = 'gae'")
         if self.batch_size > 0 and self.batch_size % self.group_size:
             raise ValueError(f"samples_per_prompt ({self.group_size}) must divide batch_size ({self.batch_size}): "
                              f"batch_size counts responses, batch_size / samples_per_prompt prompts per update")

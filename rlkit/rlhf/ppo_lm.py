@@ -950,7 +950,7 @@ def trainable_tensors(policy: PolicyWithValue) -> dict[str, Tensor]:
 
 def train(cfg: RLHFConfig | None = None, run_name: str | None = None, progress: bool = True, log: bool = True,
           reward_fn: RewardFn | None = None, echo=print, resume: str | None = None,
-          callbacks: Sequence[Callback] = (), num_updates: int | None = None) -> RLHFResult:
+          callbacks: Sequence[Callback] = (), num_updates: int | None = None, device: str | None = None) -> RLHFResult:
     """Run PPO on a language model; returns an RLHFResult (history has one dict per update).
 
     ``reward_fn`` (prompts, responses) -> scores overrides cfg.reward (e.g. a lambda in a notebook).
@@ -958,7 +958,8 @@ def train(cfg: RLHFConfig | None = None, run_name: str | None = None, progress: 
     on CPU the continued run ends bitwise where the uninterrupted one would.  SIGINT / SIGTERM finish
     the current update, write a checkpoint and return with ``result.interrupted`` set to the signal.
     ``num_updates`` with ``resume`` extends the run to that many updates (the learning-rate schedule is
-    stretched to the new length from the next update on, as ``rlkit train --resume --total_timesteps`` does).
+    stretched to the new length from the next update on, as ``rlkit train --resume --total_timesteps`` does);
+    ``device`` with ``resume`` continues it on another device.
     ``callbacks`` (rlkit.runtime.Callback) run after every update; one returning False stops the run.
     Under torchrun (WORLD_SIZE > 1) it runs data parallel; every rank returns the same (reduced)
     numbers, and only rank 0 writes (run folder, checkpoints, summary, progress bars).
@@ -966,7 +967,7 @@ def train(cfg: RLHFConfig | None = None, run_name: str | None = None, progress: 
     second training or resume of it is refused, a dead owner's lock taken over), never another run's
     (a generated name that collides is numbered), and a resume from an older checkpoint starts a lineage.
     """
-    cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume, num_updates)
+    cfg, run_dir, tensors, saved = open_run(cfg, run_name, resume, num_updates, device)
     ended = saved is not None and (saved["update"] >= cfg.num_updates or saved.get("stopped_by_callback") and num_updates is None)
     if ended and os.path.isfile(os.path.join(run_dir, "summary.json")):
         return finished_result(cfg, run_dir, saved)
@@ -1024,12 +1025,12 @@ def claim_run_folder(run_dir: str, run_name: str | None, saved: dict[str, Any] |
     return RunFolder(shared)
 
 
-def open_run(cfg: RLHFConfig | None, run_name: str | None, resume: str | None, num_updates: int | None = None
-             ) -> tuple[RLHFConfig, str, dict[str, dict[str, Tensor]], dict[str, Any] | None]:
+def open_run(cfg: RLHFConfig | None, run_name: str | None, resume: str | None, num_updates: int | None = None,
+             device: str | None = None) -> tuple[RLHFConfig, str, dict[str, dict[str, Tensor]], dict[str, Any] | None]:
     """(config, run folder, checkpoint tensors, checkpoint state): a new run, or the run ``resume`` names
     (with ``num_updates``, extended to that many updates)."""
-    if num_updates is not None and resume is None:
-        raise ValueError("num_updates= is for resume=; a new run takes it from its config")
+    if (num_updates is not None or device is not None) and resume is None:
+        raise ValueError("num_updates= and device= are for resume=; a new run takes them from its config")
     if resume is None:
         if cfg is None:
             raise ValueError("train() needs a config or a run to resume")
@@ -1050,6 +1051,8 @@ def open_run(cfg: RLHFConfig | None, run_name: str | None, resume: str | None, n
 
             raise ConfigError(f"num_updates {num_updates} is below the {saved['update']} updates {folder} has run")
         values["num_updates"] = num_updates
+    if device is not None:
+        values["device"] = device
     try:
         cfg = RLHFConfig(**values).validate()
     except (TypeError, ValueError) as error:
