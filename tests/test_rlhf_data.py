@@ -84,10 +84,14 @@ def test_prompt_files_jsonl_csv_parquet_and_datasets_folder_read_alike(files, to
         writer = csv.DictWriter(f, ["prompt", "noun"])
         writer.writeheader()
         writer.writerows({"prompt": json.dumps(r["prompt"]), "noun": r["noun"]} for r in rows)
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(tmp_path / "pandas.csv", index=False)  # cells as Python reprs: [{'role': ...}] (once strings)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "prompts.parquet")
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "prompts_ds"))
     loaded = []
-    for path in (files["prompts"], str(csv_path), str(tmp_path / "prompts.parquet"), str(tmp_path / "prompts_ds")):
+    for path in (files["prompts"], str(csv_path), str(tmp_path / "pandas.csv"), str(tmp_path / "prompts.parquet"),
+                 str(tmp_path / "prompts_ds")):
         train_set, held = load_prompt_sets(RLHFConfig(prompts=path, eval_fraction=0.1), tokenizer, log=None)
         loaded.append((train_set.texts, held.texts, train_set.columns["noun"]))
         assert train_set.conversational and train_set.raw[0] == rows[[r["prompt"] for r in rows].index(train_set.raw[0])]["prompt"]
@@ -714,3 +718,162 @@ def test_the_same_through_the_python_api(tmp_path, monkeypatch):
     assert result.final["reward/model"] > result.initial["reward/model"] + 1.0
     rlhf.export_policy(result.run_dir, "demo/export-py", merge=True)
     assert os.path.isfile(os.path.join("demo", "export-py", "config.json"))
+
+
+def test_float16_training_is_refused_and_a_nan_reward_model_is_never_saved(chat_model, files, tmp_path, monkeypatch):
+    """Bugs: dtype = 'float16' trained with Adam in float16 (its epsilon underflows): the reward model came out all
+    NaN, was saved and cached, and `rlkit reward-model` exited 0; a full fine-tune took steps ~100x too large."""
+    from rlkit.rlhf import reward
+    from rlkit.rlhf.ppo_lm import default_reward_model_path, resolve_reward_model_path
+    from rlkit.runtime import NonFiniteError
+
+    quiet = dict(progress=False, log=lambda *a: None)
+    with pytest.raises(ConfigError, match="dtype = 'float16' cannot train the policy.*or lora = true"):
+        train(_cfg(tmp_path, chat_model, prompts=files["prompts"], reward="rlkit.rlhf.example:mentions_noun",
+                   dtype="float16", lora=False), progress=False)
+    half = _cfg(tmp_path, chat_model, preferences=files["preferences"], dtype="float16")
+    with pytest.raises(ConfigError, match="dtype = 'float16' cannot train the reward model"):
+        resolve_reward_model_path(half, chat_model, **quiet)
+    monkeypatch.setattr(reward, "bradley_terry_loss", lambda chosen, rejected: (chosen - rejected).sum() * float("nan"))
+    cfg = _cfg(tmp_path, chat_model, preferences=files["preferences"])
+    with pytest.raises(NonFiniteError, match="the reward model's loss is nan at step 1; nothing was saved"):
+        resolve_reward_model_path(cfg, chat_model, **quiet)
+    assert not os.path.exists(default_reward_model_path(cfg))
+
+
+def test_reward_model_training_never_overwrites_a_folder_of_someone_elses(chat_model, files, tmp_path):
+    """Bug: `rlkit reward-model` with reward_model (or --out) naming an existing model trained into it, silently."""
+    victim = tmp_path / "my-model"
+    shutil.copytree(chat_model, victim)
+    before = sorted(os.listdir(victim))
+    code = main(["reward-model", "rlhf-synthetic", "--task", "custom", "--policy", chat_model, "--preferences",
+                 files["preferences"], "--rm_epochs", "1", "--rm_norm_samples", "8", "--device", "cpu",
+                 "--out", str(victim), "--no-progress"])
+    assert code == 6 and sorted(os.listdir(victim)) == before
+
+
+def test_a_cached_reward_model_is_keyed_by_what_its_normalisation_sampled(chat_model, files, tmp_path):
+    """Bug: the gain / bias are fitted on policy samples of the prompts with the sampling settings, and a cached
+    model was reused for other prompts, temperature or max_new_tokens."""
+    from rlkit.rlhf.ppo_lm import default_reward_model_path, reward_model_settings
+
+    cfg = _cfg(tmp_path, chat_model, preferences=files["preferences"], prompts=files["prompts"])
+    paths = {default_reward_model_path(_cfg(tmp_path, chat_model, preferences=files["preferences"], **change))
+             for change in ({}, {"temperature": 1.5}, {"max_new_tokens": 4}, {"prompts": files["prompts"]})}
+    assert len(paths) == 1  # nothing trained yet: the plain folder for all
+    settings = reward_model_settings(cfg)
+    assert settings["prompts"] == os.path.abspath(files["prompts"]) and settings["policy"] == os.path.abspath(chat_model)
+    assert reward_model_settings(_cfg(tmp_path, chat_model, preferences=files["preferences"], temperature=1.5)) != \
+        reward_model_settings(_cfg(tmp_path, chat_model, preferences=files["preferences"]))
+
+
+def test_rlhf_export_keeps_the_runs_dtype_and_names_a_missing_base(chat_model, files, tmp_path, capsys):
+    """Bugs: a bfloat16 LoRA run merged into float32 weights (not the model that was trained and evaluated, twice
+    the size); with its base folder gone the export said only "OSError: check the path"."""
+    base = tmp_path / "base"
+    shutil.copytree(chat_model, base)
+    result = train(_cfg(tmp_path, str(base), prompts=files["prompts"], reward="rlkit.rlhf.example:mentions_noun",
+                        lora=True, lora_r=4, lora_alpha=8, dtype="bfloat16", num_updates=1), run_name="bf16",
+                   progress=False)
+    assert main(["rlhf-export", result.run_dir, str(tmp_path / "merged"), "--merge"]) == 0
+    assert json.load(open(tmp_path / "merged" / "config.json"))["dtype"] == "bfloat16"
+    shutil.rmtree(base)
+    capsys.readouterr()
+    assert main(["rlhf-export", result.run_dir, str(tmp_path / "again"), "--merge"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "the run's base policy (policy_resolved)" in err and str(base) in err and len(err.splitlines()) == 1
+
+
+def test_a_trl_style_reward_fn_argument_is_called_as_reward_funcs_are(chat_model, files, tmp_path):
+    """Bug: train(cfg, reward_fn=f) called every f as f(rendered_prompts, completions), positionally: rlkit's own
+    example (prompts, completions, noun, **kwargs) raised, and so did TRL's f(completions, **kwargs)."""
+    from rlkit.rlhf.example import mentions_noun
+
+    seen = {}
+
+    def by_length(completions, **kwargs):
+        seen.update(kwargs)
+        return [float(len(c[0]["content"])) for c in completions]
+
+    for fn in (mentions_noun, by_length, lambda prompts, responses: [0.5] * len(responses)):
+        result = train(_cfg(tmp_path, chat_model, prompts=files["prompts"], num_updates=1), run_name=None,
+                       progress=False, reward_fn=fn)
+        assert result.updates == 1
+    assert {"prompts", "completion_ids", "noun"} <= set(seen)
+
+
+def test_a_string_prompt_beside_conversational_pairs_is_taken_as_implicit_as_trl_does():
+    """Bug: {"prompt": "The sky is", "chosen": [user, assistant], "rejected": [user, assistant]}, a row TRL's
+    maybe_extract_prompt reads (the prompt extracted from the pair), was refused."""
+    user = {"role": "user", "content": "The sky is"}
+    row = {"prompt": "The sky is", "chosen": [user, {"role": "assistant", "content": "blue."}],
+           "rejected": [user, {"role": "assistant", "content": "green."}]}
+    ((prompt, chosen, rejected),) = preference_triples([row], "prefs.jsonl")
+    assert prompt == [user] and chosen == [{"role": "assistant", "content": "blue."}]
+    assert rejected == [{"role": "assistant", "content": "green."}]
+    with pytest.raises(DataError, match="'prompt' must be a string or a list"):
+        preference_triples([{**row, "prompt": 3}], "prefs.jsonl")
+
+
+def test_text_longer_than_the_models_context_is_one_line_not_a_bug_in_rlkit(chat_model, tmp_path, capsys):
+    """Bug: a prompt (or preference text) past a GPT-2's n_positions ended in 'unexpected IndexError ... a bug in
+    rlkit', exit 70."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(chat_model)
+    short = tmp_path / "short-gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=24, n_embd=16, n_layer=1, n_head=2)).save_pretrained(short)
+    tokenizer.save_pretrained(short)
+    prompts = tmp_path / "long.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": "the cat sat on the mat " * (8 + i % 3), "noun": "cat"}) + "\n"
+                               for i in range(20)))
+    capsys.readouterr()
+    code = main(["rlhf", "rlhf-synthetic", "--task", "custom", "--policy", str(short), "--prompts", str(prompts),
+                 "--reward", "rlkit.rlhf.example:mentions_noun", "--batch_size", "4", "--num_minibatches", "1",
+                 "--num_updates", "1", "--max_new_tokens", "4", "--eval_samples", "4", "--device", "cpu",
+                 "--run_dir", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "more than the model's context of 24 positions: set max_prompt_tokens" in err, err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_prefilled_assistant_turn_is_continued_and_rewarded_as_trl_does(chat_model, tokenizer):
+    """Bug: a conversational prompt ending with an assistant message (the start of the answer) was closed and a new
+    assistant turn opened; reward functions got the continuation alone and the prefill still in the prompt."""
+    from rlkit.rlhf.data import render_chat
+
+    prompt = [{"role": "user", "content": "Describe the cat."}, {"role": "assistant", "content": "The cat is"}]
+    text = render_chat(tokenizer, prompt, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\nThe cat is") and text.count("<|im_start|>assistant") == 1
+    seen = {}
+
+    def judge(prompts, completions, **kwargs):
+        seen.update(prompts=prompts, completions=completions)
+        return [1.0] * len(completions)
+
+    RewardComponent("judge", judge, 1.0, "batched")([text], [prompt], {}, [" sleepy."])
+    assert seen["prompts"] == [prompt[:1]] and seen["completions"] == [[{"role": "assistant", "content": "The cat is sleepy."}]]
+    from transformers import AutoModelForSequenceClassification
+
+    scorer = RewardModel(AutoModelForSequenceClassification.from_pretrained(chat_model, num_labels=1), tokenizer)
+    model_text = scorer.text(prompt, " sleepy.")
+    assert model_text.count("<|im_start|>assistant") == 1 and "The cat is sleepy." in model_text
+
+
+def test_a_misspelled_lora_target_module_is_refused_and_a_reward_module_beside_the_recipe_imports(chat_model, tmp_path,
+                                                                                                     monkeypatch):
+    """Bugs: peft took 'q_proj,vproj' and adapted q_proj alone, unsaid; `reward = "myrewards:great"` for a file in
+    the current folder failed under the `rlkit` console script (its sys.path lacks the current folder)."""
+    import subprocess
+
+    from transformers import AutoModelForCausalLM
+
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in AutoModelForCausalLM.from_pretrained(chat_model).named_modules()
+                     if isinstance(m, torch.nn.Linear) and n})
+    with pytest.raises(ConfigError, match="lora_target_modules names 'vproj', which no module"):
+        load_policy(chat_model, lora=True, lora_target_modules=f"{linear[0]},vproj")
+    (tmp_path / "myrewards.py").write_text("def great(prompt, response):\n    return 1.0\n")
+    probe = ("import sys; sys.path = [p for p in sys.path if p not in ('', '.')]; "
+             "from rlkit.rlhf.reward import load_callable; print(load_callable('myrewards:great')('p', 'r'))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "1.0", out.stderr[-500:]

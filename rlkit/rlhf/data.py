@@ -26,6 +26,7 @@ import csv
 import json
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,18 +93,31 @@ def _read_json(path: str) -> list[dict]:
     return rows
 
 
+def _message_list(text: str):
+    """A CSV cell's list of messages: JSON, or the Python repr that ``pandas.DataFrame.to_csv`` writes for a column
+    of lists of dicts (single quotes); None when it is neither."""
+    import ast
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
 def _read_csv(path: str, delimiter: str) -> list[dict]:
-    """CSV rows; a cell holding a JSON list of {"role", "content"} messages becomes that conversation, and a
+    """CSV rows; a cell holding a list of {"role", "content"} messages (JSON, or pandas' Python repr) becomes that
+    conversation, and a
     column (other than the text ones) whose every cell is an int (or a float) holds numbers, empty cells None."""
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter=delimiter))
     for row in rows:
         for key, value in row.items():
-            if isinstance(value, str) and value.lstrip().startswith("[{"):
-                try:
-                    parsed = json.loads(value)
-                except json.JSONDecodeError:
-                    continue
+            if isinstance(value, str) and re.match(r"\s*\[\s*\{", value):
+                parsed = _message_list(value)
                 if is_conversation(parsed):
                     row[key] = parsed
     text_columns = {"prompt", "messages", "chosen", "rejected"}
@@ -196,8 +210,20 @@ def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool, wh
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(f"conversational data needs a chat template, and {who} has none "
                         "(set tokenizer.chat_template and save it with the model, or use string prompts)")
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    if add_generation_prompt and messages and messages[-1].get("role") == "assistant":
+        # a prefill ("The cat is"): the response continues that message, as TRL's maybe_apply_chat_template renders it
+        text = tokenizer.apply_chat_template(messages, tokenize=False, continue_final_message=True)
+    else:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     return _strip_leading_bos(text, tokenizer)
+
+
+def split_prefill(prompt: Any) -> tuple[Any, str]:
+    """(the prompt without a final assistant message, that message's text): a conversation that ends with the
+    start of the answer; ``(prompt, "")`` for anything else."""
+    if is_conversation(prompt) and prompt and prompt[-1].get("role") == "assistant":
+        return list(prompt[:-1]), str(prompt[-1].get("content", ""))
+    return prompt, ""
 
 
 # ---------------------------------------------------------------------------------
@@ -344,12 +370,13 @@ def preference_triples(rows: list[dict], source: str) -> list[tuple[Any, Any, An
                 raise DataError(f"{where}: '{name}' must be a string or a list of {{\"role\", \"content\"}} messages")
         if isinstance(chosen, str) != isinstance(rejected, str):
             raise DataError(f"{where}: 'chosen' and 'rejected' must both be strings or both conversations")
-        if "prompt" in row and row["prompt"] not in (None, ""):
+        explicit = "prompt" in row and row["prompt"] not in (None, "")
+        if explicit and not (isinstance(row["prompt"], str) or is_conversation(row["prompt"])):
+            raise DataError(f"{where}: 'prompt' must be a string or a list of {{\"role\", \"content\"}} messages")
+        # a 'prompt' of the other kind than 'chosen' (a string beside conversations) is a dataset's extra column with
+        # the prompt implicit in chosen / rejected: extracted from them, as TRL's maybe_extract_prompt does
+        if explicit and isinstance(row["prompt"], str) == isinstance(chosen, str):
             prompt = row["prompt"]
-            if isinstance(prompt, str) != isinstance(chosen, str):
-                raise DataError(f"{where}: 'prompt' and 'chosen' must both be strings or both conversations")
-            if not (isinstance(prompt, str) or is_conversation(prompt)):
-                raise DataError(f"{where}: 'prompt' must be a string or a list of {{\"role\", \"content\"}} messages")
         else:
             prompt, chosen, rejected = extract_prompt(chosen, rejected)
         if triples and isinstance(triples[0][1], str) != isinstance(chosen, str):

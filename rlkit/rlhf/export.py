@@ -51,13 +51,18 @@ def _load(source: str, kind: str):
     if kind == "final":
         config = _read_json(os.path.join(source, CONFIG_FILE))
         tokenizer = AutoTokenizer.from_pretrained(source)
+        from rlkit.rlhf.policy import checked_model_source, loading_model, torch_dtype
+
+        dtype = torch_dtype(config.get("dtype", "auto"))  # the weights the run trained and evaluated, not float32
         if config.get("lora"):
             from peft import PeftModel
 
-            base = AutoModelForCausalLM.from_pretrained(config["policy_resolved"])
+            base_path = checked_model_source(config["policy_resolved"], "the run's base policy (policy_resolved)")
+            with loading_model("the run's base policy (policy_resolved)", base_path):
+                base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
             lm = PeftModel.from_pretrained(base, source)
         else:
-            lm = AutoModelForCausalLM.from_pretrained(source)
+            lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
         head_file = os.path.join(source, VALUE_HEAD_FILE)  # absent for the critic-free estimators
         head = load_file(head_file) if os.path.isfile(head_file) else {}
         return lm, tokenizer, head, config

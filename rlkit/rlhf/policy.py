@@ -168,6 +168,25 @@ def checked_model_source(name_or_path: str, key: str) -> str:
     return name_or_path
 
 
+def context_length(config) -> int | None:
+    """The most positions a transformers model config takes (GPT-2's learned positions fail past it with an
+    IndexError); None when the config does not say."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits_context(model, length: int, what: str, fix: str) -> None:
+    """One line (a ConfigError) instead of an IndexError deep in the model when ``length`` tokens do not fit."""
+    limit = context_length(getattr(model, "config", None))
+    if limit is not None and length > limit:
+        from rlkit.errors import ConfigError
+
+        raise ConfigError(f"{what} is {length} tokens, more than the model's context of {limit} positions: {fix}")
+
+
 class loading_model:
     """``with loading_model(key, name):`` an OSError of from_pretrained (not a local folder, and the hub did
     not give it) becomes one ConfigError line naming the setting."""
@@ -219,6 +238,17 @@ def load_policy(
         from transformers.pytorch_utils import Conv1D
 
         targets = lora_target_modules if lora_target_modules == "all-linear" else [m.strip() for m in lora_target_modules.split(",")]
+        if targets != "all-linear":  # peft adapts the names that match and says nothing of one that matches nothing
+            leaves = {name.rsplit(".", 1)[-1] for name, _ in lm.named_modules() if name}
+            unknown = [t for t in targets if t not in leaves and not any(n == t or n.endswith("." + t)
+                                                                          for n, _ in lm.named_modules())]
+            if unknown:
+                from rlkit.errors import ConfigError
+
+                layers = sorted({name.rsplit(".", 1)[-1] for name, m in lm.named_modules()
+                                 if isinstance(m, (nn.Linear, Conv1D))})
+                raise ConfigError(f"lora_target_modules names {', '.join(map(repr, unknown))}, which no module of "
+                                  f"{name_or_path!r} is called; its linear layers: {', '.join(layers)} (or 'all-linear')")
         gpt2_style = any(isinstance(m, Conv1D) for m in lm.modules())  # GPT-2 stores weights transposed
         lm = get_peft_model(lm, LoraConfig(task_type="CAUSAL_LM", r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0,
                                            target_modules=targets, fan_in_fan_out=gpt2_style))

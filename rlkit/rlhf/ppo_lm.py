@@ -70,6 +70,7 @@ from rlkit.rlhf.reward import (
     is_batched,
     load_callable,
     load_reward_model,
+    refuse_float16_training,
 )
 from rlkit.rlhf.rollout import Samples, apply_eos_trick, generate_samples
 from rlkit.runfolder import RunFolder
@@ -378,13 +379,14 @@ RM_SETTINGS_FILE = "rlkit_reward_model_settings.json"
 
 def reward_model_settings(cfg: RLHFConfig) -> dict:
     """The settings a trained proxy reward model depends on: its data, backbone (the policy when rm_backbone is
-    ''), the rm_* training settings and the task's seed.  A model in the cache is reused only for the same."""
+    ''), the rm_* training settings, the task's seed, and what its score normalisation sampled (the policy, the
+    prompts, the sampling settings).  A model in the cache is reused only for the same."""
     names = ["task", "task_seed", "preferences", "rm_backbone", "reward_append_eos", "max_prompt_tokens", "dtype",
-              *sorted(f.name for f in fields(cfg) if f.name.startswith("rm_"))]
+             # the score normalisation: policy samples for these prompts with these sampling settings
+             "policy", "prompts", "eval_fraction", "temperature", "max_new_tokens", "stop_string",
+             *sorted(f.name for f in fields(cfg) if f.name.startswith("rm_"))]
     settings = {name: getattr(cfg, name) for name in names if hasattr(cfg, name)}
-    if not cfg.rm_backbone:
-        settings["policy"] = cfg.policy
-    for key in ("preferences", "policy", "rm_backbone"):  # a local path, wherever the command runs from
+    for key in ("preferences", "policy", "rm_backbone", "prompts"):  # a local path, wherever the command runs from
         value = settings.get(key)
         if isinstance(value, str) and value and os.path.exists(value):
             settings[key] = os.path.abspath(value)
@@ -399,7 +401,7 @@ def check_cached_reward_model(cfg: RLHFConfig, path: str) -> None:
     with open(record) as f:
         built = json.load(f)
     now = json.loads(json.dumps(reward_model_settings(cfg)))
-    differ = sorted(k for k in set(built) | set(now) if built.get(k) != now.get(k))
+    differ = sorted(k for k in built if built.get(k) != now.get(k))  # an older record lacks later keys: not compared
     if differ:
         from rlkit.errors import ConfigError
 
@@ -504,7 +506,16 @@ def check_inputs_unchanged(saved: dict[str, Any], cfg: RLHFConfig) -> None:
 
 def build_reward_model(cfg: RLHFConfig, policy_path: str, out_dir: str, progress: bool = True, log=print) -> dict:
     """Train the proxy reward model into out_dir (cfg.preferences, else the task's own preferences); returns its
-    report (held-out accuracy, gain / bias...)."""
+    report (held-out accuracy, gain / bias...).  ``out_dir`` must be new, empty or an earlier reward model of
+    rlkit's: a folder of anything else (a model you meant to use as it is, say) is refused, not overwritten."""
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not any(
+            os.path.isfile(os.path.join(out_dir, name)) for name in (RM_SETTINGS_FILE, "reward_model_report.json")):
+        from rlkit.errors import ExportError
+
+        names = sorted(os.listdir(out_dir))
+        raise ExportError(f"{out_dir} holds files rlkit did not write there ({', '.join(names[:4])}"
+                          f"{', ...' if len(names) > 4 else ''}); training a reward model into it would overwrite them: "
+                          "give a new folder (--out), or reward_model = that folder in `rlkit rlhf` to use it as it is")
     if cfg.preferences:
         report = build_preference_reward_model(cfg, policy_path, out_dir, progress=progress, log=log,
                                                device=resolve_device(cfg.device))
@@ -1143,6 +1154,7 @@ def build_run(cfg: RLHFConfig, ctx: distributed.DistContext, device: torch.devic
     if cfg.gradient_checkpointing:
         enable_activation_checkpointing(policy.lm)
     trainable = list(trainable_tensors(policy).values())
+    refuse_float16_training(trainable, "the policy", lora_hint=not cfg.lora)
     distributed.broadcast_parameters(trainable, ctx)
     seed = distributed.rank_seed(cfg.seed, ctx.rank)  # different prompts and samples per rank
     seed_everything(seed)

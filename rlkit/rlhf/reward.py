@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rlkit.errors import RewardFunctionError
-from rlkit.rlhf.policy import disable_dropout, ensure_pad_token, last_token_index, position_ids_from_mask, torch_dtype
+from rlkit.rlhf.policy import (check_fits_context, disable_dropout, ensure_pad_token, last_token_index, position_ids_from_mask,
+                               torch_dtype)
 
 RewardFn = Callable[[list[str], list[str]], Tensor]  # (prompts, responses) -> scores [B]
 
@@ -105,11 +106,14 @@ class RewardModel(nn.Module):
 
     def text(self, prompt, completion) -> str:
         """The text this model scores for one (prompt, completion); see the class docstring."""
-        from rlkit.rlhf.data import is_conversation, render_chat
+        from rlkit.rlhf.data import is_conversation, render_chat, split_prefill
 
         if isinstance(completion, list) or isinstance(prompt, list):
-            messages = list(prompt) if is_conversation(prompt) else []
-            messages += completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+            prompt, prefill = split_prefill(prompt)  # a prefilled answer and its continuation: one assistant message
+            answer = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+            if prefill and answer and answer[0].get("role") == "assistant":
+                answer = [{**answer[0], "content": prefill + str(answer[0].get("content", ""))}, *answer[1:]]
+            messages = (list(prompt) if is_conversation(prompt) else []) + list(answer)
             return render_chat(self.tokenizer, messages, add_generation_prompt=False, who="the reward model's tokenizer")
         text = join_text(prompt or "", completion)
         eos = self.tokenizer.eos_token
@@ -121,6 +125,10 @@ class RewardModel(nn.Module):
         device = next(self.model.parameters()).device
         batch = self.tokenizer([self.text(p, r) for p, r in zip(prompts, responses)], return_tensors="pt",
                                padding=True, padding_side="right").to(device)
+        check_fits_context(self.model, int(batch["attention_mask"].sum(1).max()) if len(prompts) else 0,
+                           "a text the reward model scores (prompt + response)",
+                           "shorten the preference texts (or max_prompt_tokens / max_new_tokens), or use a backbone "
+                           "with a longer context (rm_backbone)")
         return sequence_scores(self.model, batch["input_ids"], batch["attention_mask"], self.label_index)
 
     @torch.no_grad()
@@ -228,6 +236,9 @@ def train_reward_model(
     """Bradley-Terry training on (prompt, chosen, rejected) triples; returns the loss per step."""
     from tqdm.auto import tqdm
 
+    from rlkit.runtime import NonFiniteError
+
+    refuse_float16_training(rm.model.parameters(), "the reward model")
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(rm.model.parameters(), lr=lr, weight_decay=0.0)
     steps = epochs * math.ceil(len(train) / batch_size)
@@ -242,6 +253,9 @@ def train_reward_model(
             # one forward over chosen + rejected so both see the same weights
             scores = rm.raw_scores(prompts + prompts, [t[1] for t in chunk] + [t[2] for t in chunk])
             loss = bradley_terry_loss(scores[: len(chunk)], scores[len(chunk) :])
+            if not math.isfinite(loss.item()):  # a NaN model would be saved and cached, and fail later, far from here
+                raise NonFiniteError(f"the reward model's loss is {loss.item()} at step {len(losses) + 1}; nothing was "
+                                     "saved: lower rm_learning_rate, or use dtype = 'float32'")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -252,9 +266,24 @@ def train_reward_model(
     return losses
 
 
+def refuse_float16_training(params, what: str, lora_hint: bool = False) -> None:
+    """float16 weights trained by Adam: its epsilon (1e-8, 1e-5) and small second moments underflow, so steps are
+    ~100x too large and the weights soon NaN (measured: a reward model all NaN after 2 steps).  Refused, in one line."""
+    from rlkit.errors import ConfigError
+
+    if any(p.requires_grad and p.dtype == torch.float16 for p in params):
+        raise ConfigError(f"dtype = 'float16' cannot train {what}: Adam's epsilon and second moments underflow in "
+                          "float16 (steps ~100x too large, then NaN); use dtype = 'bfloat16' or 'float32'"
+                          + (", or lora = true (the adapter trains in float32)" if lora_hint else ""))
+
+
 def load_callable(spec: str) -> Callable:
     """'package.module:function' -> the function (batched or per sample, see :func:`is_batched`)."""
+    import sys
+
     module_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:  # a module beside the recipe, as `python -m` would find
+        sys.path.append(os.getcwd())  # (the `rlkit` console script leaves the current folder off sys.path)
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
@@ -381,9 +410,15 @@ class RewardComponent:
                 values = self.fn(texts, completions, **kwargs)
             else:
                 conversational = bool(raw) and isinstance(raw[0], list)
-                shaped = [[{"role": "assistant", "content": c}] for c in completions] if conversational else list(completions)
+                prompts, shaped = list(raw), list(completions)
+                if conversational:  # as TRL's GRPOTrainer: a prefill leaves the prompt and starts the completion
+                    from rlkit.rlhf.data import split_prefill
+
+                    split = [split_prefill(p) for p in raw]
+                    prompts = [p for p, _ in split]
+                    shaped = [[{"role": "assistant", "content": prefill + c}] for (_, prefill), c in zip(split, completions)]
                 extra = {**columns, **({"completion_ids": completion_ids} if completion_ids is not None else {})}
-                values = call_batched(self.fn, raw, shaped, extra)
+                values = call_batched(self.fn, prompts, shaped, extra)
         except RewardFunctionError:
             raise
         except Exception as error:
@@ -440,12 +475,18 @@ class CombinedReward:
 
     @classmethod
     def of(cls, fn, name: str = "reward_fn") -> CombinedReward:
-        """A CombinedReward as it is, a RewardModel, or a plain fn(rendered_prompts, responses)."""
+        """A CombinedReward as it is, a RewardModel, a TRL-style function (it names ``completions`` or takes
+        ``**kwargs``: called as reward_funcs' are, :func:`call_batched`), or a plain fn(rendered_prompts, responses)."""
         if isinstance(fn, CombinedReward):
             return fn
         if isinstance(fn, (RewardModel, RewardModelPerCall)):
             return cls([RewardComponent("model", fn, 1.0, "model")])
-        return cls([RewardComponent(name, fn, 1.0, "text")])
+        try:
+            parameters = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            parameters = []
+        trl_style = any(p.kind is inspect.Parameter.VAR_KEYWORD or p.name == "completions" for p in parameters)
+        return cls([RewardComponent(name, fn, 1.0, "batched" if trl_style else "text")])
 
     def score(self, texts: list[str], raw: list | None = None, columns: dict[str, list] | None = None,
               completions: list[str] | None = None, completion_ids: list[list[int]] | None = None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from rlkit.rlhf.policy import PolicyWithValue
+from rlkit.rlhf.policy import PolicyWithValue, check_fits_context
 
 
 @dataclass
@@ -123,6 +123,9 @@ def generate_samples(
     """
     device = next(policy.parameters()).device
     batch = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(device)
+    longest = int(batch["attention_mask"].sum(1).max()) if len(prompts) else 0
+    check_fits_context(policy.lm, longest + max_new_tokens, f"a prompt ({longest} tokens) with max_new_tokens {max_new_tokens}",
+                       "set max_prompt_tokens (it drops longer prompts and says how many) or lower max_new_tokens")
     config = sampling_config(tokenizer, temperature, max_new_tokens)
     with only_this_generation_config(policy.lm, config):
         output = policy.lm.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
