@@ -128,6 +128,10 @@ class RunSpec:
             from rlkit.rlhf.ppo_lm import absolute_paths
 
             requested = {**requested, **absolute_paths(requested, self.cwd or os.getcwd())}
+        else:  # the same network written two ways (an older rlkit's shared_network = false / hidden_size = 64)
+            from rlkit.ppo import saved_config_values
+
+            saved, requested = saved_config_values(saved), saved_config_values(requested)
         changes = []
         for key, value in requested.items():
             if key in NOT_COMPARED:

@@ -38,6 +38,10 @@ def test_bench_compares_the_saved_config_with_the_requested_one(tmp_path, capsys
     assert spec.config_changes() == []
     (other_device,) = plan_runs(str(recipe), None, [1], ["cuda:0"], out, ["--log_interval", "2"])
     assert other_device.config_changes() == []  # where and how a run is kept is not its config
+    # a run an older rlkit wrote, with shared_network = false and hidden_size = 64 for "unset": the same config
+    saved = json.load(open(os.path.join(run, "config.json")))
+    json.dump({**saved, "shared_network": False, "hidden_size": 64}, open(os.path.join(run, "config.json"), "w"))
+    assert spec.config_changes() == []
 
     assert main(bench) == 0  # the same config: skipped
     assert "0 runs finished, 1 skipped" in capsys.readouterr().out
