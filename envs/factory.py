@@ -456,19 +456,50 @@ def supports_exact_state(envs: gym.vector.VectorEnv | EnvGroup) -> bool:
     if not isinstance(base, gym.vector.SyncVectorEnv):
         return False
     for env in base.envs:
-        for key, value in vars(env.unwrapped).items():
-            if not (_is_simple(value) or isinstance(value, _HARMLESS)):
-                return False
+        chain = _sub_env_chain(env)
+        for link in chain:  # the wrappers too: a frame stack's deque, a wrapper's own generator, a lock
+            if isinstance(link, gym.wrappers.PassiveEnvChecker):
+                continue  # its flags and the last outputs it compared: checks, not the env's state
+            for key, value in vars(link).items():
+                if link is chain[-1] and isinstance(value, np.random.Generator):
+                    continue  # the env's own generators: env_state saves them
+                if not (_is_simple(value) or isinstance(value, _HARMLESS_IN_CHAIN) or link is not chain[-1] and _is_code(value)):
+                    return False
     return not _dicts_change(base)
+
+
+_HARMLESS_IN_CHAIN = (gym.Env, gym.Space, gym.envs.registration.EnvSpec, dict)
+"""what a sub-env's wrappers and env may hold besides plain data: the next link, spaces (checked for a
+generator the env draws from), its spec, dicts (both checked by :func:`_dicts_change`); wrappers may hold
+functions too, and gymnasium's PassiveEnvChecker its check flags"""
+
+
+def _is_code(value) -> bool:
+    """A wrapper's functions (a transform, rlkit's observation writers): how it works, not state it keeps."""
+    if isinstance(value, (list, tuple)):
+        return all(_is_simple(v) or isinstance(v, (gym.Space, slice)) or _is_code(v) for v in value)
+    return callable(value) and not isinstance(value, np.random.Generator)
+
+
+def _space_generators(space: gym.Space) -> list:
+    """The generator states of ``space`` and its parts (None where a part has none yet)."""
+    generator = getattr(space, "_np_random", None)
+    states = [None if generator is None else generator.bit_generator.state]
+    parts = space.spaces.values() if isinstance(getattr(space, "spaces", None), dict) else getattr(space, "spaces", ())
+    for part in parts:
+        if isinstance(part, gym.Space):
+            states += _space_generators(part)
+    return states
 
 
 _DICTS_CHANGE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _dicts_change(base: gym.vector.SyncVectorEnv, steps: int = 64) -> bool:
-    """Whether a sub-env keeps state in a dict attribute, which :func:`env_state` does not save: one that
-    changes over a seeded reset and ``steps`` random steps of a copy (FrozenLake's transition table does not;
-    a dict of positions does).  Once per vector env."""
+    """Whether a sub-env keeps state that :func:`env_state` does not save: a dict attribute that changes over a
+    seeded reset and ``steps`` random steps of a copy (FrozenLake's transition table does not; a dict of positions
+    does), or the generator of a space it holds (an env drawing observations from ``observation_space.sample()``).
+    Once per vector env."""
     import copy
 
     if base in _DICTS_CHANGE:
@@ -477,23 +508,30 @@ def _dicts_change(base: gym.vector.SyncVectorEnv, steps: int = 64) -> bool:
     def dicts(env):
         return {key: value for key, value in vars(env.unwrapped).items() if isinstance(value, dict)}
 
+    def space_generators(env):  # of every space a link of the sub-env holds: an env that samples its own space
+        held = {(k, key): _space_generators(value) for k, link in enumerate(_sub_env_chain(env))
+                for key, value in vars(link).items() if isinstance(value, gym.Space)}
+        for key in ("observation_space", "action_space"):  # class attributes too (not in vars)
+            held[("env", key)] = _space_generators(getattr(env.unwrapped, key))
+        return held
+
     changed, before = False, None
-    if dicts(base.envs[0]):
-        try:
-            probe = copy.deepcopy(base.envs[0])
-        except Exception:  # noqa: BLE001  (a lock, a socket, a simulator handle in there: not plain data)
-            _DICTS_CHANGE[base] = True
-            return True
+    try:
+        probe = copy.deepcopy(base.envs[0])
+    except Exception:  # noqa: BLE001  (a lock, a socket, a simulator handle in there: not plain data)
+        _DICTS_CHANGE[base] = True
+        return True
 
-        def observe() -> bool:
-            nonlocal changed, before
-            now = dicts(probe)
-            if before is None:
-                before = copy.deepcopy(now)
-            changed = now.keys() != before.keys() or any(not _equal(before[k], now[k]) for k in now)
-            return changed
+    def observe() -> bool:
+        nonlocal changed, before
+        now = (dicts(probe), space_generators(probe))
+        if before is None:
+            before = copy.deepcopy(now)
+        changed = now[0].keys() != before[0].keys() or any(not _equal(before[0][k], now[0][k]) for k in now[0]) \
+            or now[1] != before[1]
+        return changed
 
-        _random_steps(probe, steps, observe)
+    _random_steps(probe, steps, observe)
     _DICTS_CHANGE[base] = changed
     return changed
 
@@ -503,15 +541,18 @@ def _random_steps(probe, steps: int, observe, until_an_episode_ends: int = 0) ->
     each until it returns True; with ``until_an_episode_ends``, on past ``steps`` until an episode has ended (so
     the episode counters change too), at most that many steps.  An env that refuses random actions ends it early.
     The probe is closed."""
+    import copy
+
     try:
-        probe.action_space.seed(12345)
+        actions = copy.deepcopy(probe.action_space)  # its own generator: the env's spaces' stay as the env leaves them
+        actions.seed(12345)
         probe.reset(seed=12345)
         if observe():
             return
         ended, step = False, 0
         while step < steps or (not ended and step < until_an_episode_ends):
             step += 1
-            _, _, terminated, truncated, _ = probe.step(probe.action_space.sample())
+            _, _, terminated, truncated, _ = probe.step(actions.sample())
             ended = ended or bool(np.any(terminated) or np.any(truncated))
             if observe():
                 return

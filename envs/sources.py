@@ -17,8 +17,20 @@ USER_PREFIX = "rlkit-user/"
 _counter = itertools.count()
 
 
+def current_folder_importable() -> None:
+    """Let a module in the current folder import, as ``python -m`` and ``python script.py`` do: the ``rlkit``
+    console script leaves the current folder off sys.path (after anything on PYTHONPATH, which still wins)."""
+    import os
+    import sys
+
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+
+
 def import_env_modules(modules: list[str]) -> None:
     """Import each module (they register their envs with gymnasium); one-line error when one is missing."""
+    if modules:
+        current_folder_importable()
     for name in modules:
         try:
             importlib.import_module(name)

@@ -196,6 +196,14 @@ class PPO:
         """
         shape = tuple(self.spaces["observation_shape"])
         as_array = None if isinstance(observation, (dict, tuple, list)) else np.asarray(observation)
+        own = self._raw_observation_space()
+        if isinstance(own, gym.spaces.Box) and tuple(own.shape) != shape and as_array is not None and as_array.dtype != object:
+            # the env's own shape decides, as SB3's: one (1, 4) observation is not a batch of one adapted (4,)
+            adapter = _adapter_for(own)
+            if as_array.shape == tuple(own.shape):
+                return adapter(as_array)[None], True
+            if as_array.ndim == len(own.shape) + 1 and as_array.shape[1:] == tuple(own.shape):
+                return np.stack([adapter(item) for item in as_array]), False
         adapted = as_array is not None and as_array.dtype != object and as_array.shape[-len(shape):] == shape \
             and as_array.ndim in (len(shape), len(shape) + 1)
         # integers where the env's own space is not a Box (Discrete, MultiDiscrete, ...) are its observations:
@@ -205,7 +213,9 @@ class PPO:
             adapter = _adapter_for(raw)
             if _is_one(raw, observation):
                 return adapter(observation)[None], True
-            if isinstance(observation, (list, tuple)):
+            if isinstance(raw, (gym.spaces.Dict, gym.spaces.Tuple)) and isinstance(observation, (dict, tuple)):
+                items = _unbatched(raw, observation)  # a gymnasium vector env's batch: arrays with a leading dim
+            elif isinstance(observation, (list, tuple)):
                 items = list(observation)
             else:
                 items = list(observation) if isinstance(observation, np.ndarray) and observation.ndim else []
@@ -320,8 +330,10 @@ class PPO:
         """
         config, weights, normalizer = load_agent(path)
         model = cls.__new__(cls)
-        if env is not None:
-            config = replace(config, env_id=env if isinstance(env, str) else register_env_object(env, 1))
+        if isinstance(env, str):
+            config = replace(config, env_id=env)
+        elif env is not None:  # the object is the whole env: the saved id's kwargs and modules are not its
+            config = replace(config, env_id=register_env_object(env, 1), env_kwargs={}, env_module=[])
         model.config, model.run_name, model.result = config, None, None
         model.normalizer = normalizer
         model.spaces = _saved_spaces(path) or agent_spaces(config)
@@ -375,6 +387,26 @@ def _is_one(space: gym.Space, observation: Any) -> bool:
         return space.contains(observation) or space.contains(np.asarray(observation, dtype=space.dtype))
     except Exception:
         return False
+
+
+def _unbatched(space: gym.Space, observation: Any) -> list:
+    """A batch of Dict / Tuple observations as gymnasium's vector envs return it (one array per leaf, with a
+    leading batch dimension) -> the list of single observations; [] when it is not one."""
+    def size(value):
+        if isinstance(value, dict):
+            return size(next(iter(value.values()))) if value else None
+        if isinstance(value, tuple):
+            return size(value[0]) if value else None
+        array = np.asarray(value)
+        return array.shape[0] if array.ndim else None
+
+    n = size(observation)
+    if not n:
+        return []
+    try:
+        return list(gym.vector.utils.iterate(gym.vector.utils.batch_space(space, n), observation))
+    except Exception:  # noqa: BLE001 - not a batch of this space: the caller says what it takes
+        return []
 
 
 def _adapter_for(space: gym.Space) -> Callable[[Any], np.ndarray]:

@@ -127,11 +127,13 @@ def classify(error: BaseException) -> tuple[str, str]:
         return "config", f"a dependency is missing: {message}"
     if module.startswith("gymnasium") or type(error).__name__ == "DependencyNotInstalled":
         return "env", message
+    disk = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    origin = None if disk else env_code_origin(error)
+    if origin is not None:  # the user's env (its __init__, reset or step) raised, an OSError too (a map file it
+        # opens, a simulator's socket): not a bug in rlkit, and not rlkit's files
+        return "env", f"the environment raised {type(error).__name__}: {message} ({origin})"
     if isinstance(error, OSError):  # a disk, a folder: wherever it was raised
         return "filesystem", filesystem_message(error)
-    origin = env_code_origin(error)
-    if origin is not None:  # the user's env (its __init__, reset or step) raised: not a bug in rlkit
-        return "env", f"the environment raised {type(error).__name__}: {message} ({origin})"
     if isinstance(error, UnicodeDecodeError):
         return "config", f"a file is not UTF-8 text ({message})"
     if isinstance(error, ValueError):

@@ -39,7 +39,7 @@ from rlkit.envs import (
 from rlkit.envs.atari import VIDEO_FPS
 from rlkit.envs.factory import action_start, env_action_shape
 from rlkit.envs.observations import ObservationLayout, is_image_space
-from rlkit.envs.sources import resolve_env_id
+from rlkit.envs.sources import USER_PREFIX, resolve_env_id
 from rlkit.fast import flatten_parameters
 from rlkit.runtime import Callback
 from rlkit.ppo import (ActorCriticBase, FeedForward, PPOConfig, action_mask_from_info, resolve_device, saved_config_values,
@@ -125,10 +125,21 @@ def make_eval_envs(cfg: PPOConfig, video_dir: str | None = None, episodes: int =
         from rlkit.video import prepare_rendering
 
         prepare_rendering(env_id)  # no display: SDL's dummy driver, MuJoCo's EGL / OSMesa, or one line saying what is missing
-        env_kwargs["render_mode"] = "rgb_array"
+        own_object = env_id.startswith(USER_PREFIX)  # an env object handed to rlkit.PPO: made as the user made it
+        if not own_object:
+            env_kwargs["render_mode"] = "rgb_array"
         fps = VIDEO_FPS if is_atari_id(env_id) else None  # Atari: one frame per agent step
-        wrappers = [lambda env: RecordVideo(env, video_dir, episode_trigger=lambda i: i < episodes, fps=fps,
-                                            disable_logger=True)]
+
+        def recorded(env: gym.Env) -> gym.Env:
+            if own_object and env.render_mode != "rgb_array":
+                from rlkit.errors import EnvError
+
+                raise EnvError(f"a video needs frames: this env object renders {env.render_mode!r}; make it with "
+                               "render_mode='rgb_array' (e.g. lambda: gym.make(ID, render_mode='rgb_array')) and "
+                               "pass it again: PPO.load(path, env=...)")
+            return RecordVideo(env, video_dir, episode_trigger=lambda i: i < episodes, fps=fps, disable_logger=True)
+
+        wrappers = [recorded]
     if is_atari_id(env_id):
         if video_dir is not None:  # the python stack (pixel for pixel the C++ one) renders the whole colour game
             return make_atari_vector_env(env_id, 1, "python", render_mode="rgb_array", game_wrapper=wrappers[0])
@@ -177,7 +188,8 @@ def run_episodes(agent: ActorCriticBase, cfg: PPOConfig, envs: gym.vector.Vector
                                "max_episode_steps)")
             with torch.inference_mode():
                 action, _, _ = policy.act(torch.as_tensor(obs, dtype=torch.float32, device=device),
-                                          action_mask_from_info(infos, device), deterministic=deterministic)
+                                          action_mask_from_info(infos, device, envs.single_action_space),
+                                          deterministic=deterministic)
             obs, _, terminations, truncations, infos = envs.step(action.cpu().numpy())
             policy.after_step((terminations | truncations).astype(np.float32))
             if "_episode" in infos and infos["_episode"][0]:

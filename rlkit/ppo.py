@@ -21,6 +21,7 @@ guard, callbacks) is rlkit.runtime's; speed-only code is rlkit.fast's.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -232,6 +233,12 @@ class PPOConfig:
         validate_track(self.track)
         if self.stop_at_return is not None and not self.eval_interval:
             raise ValueError("stop_at_return needs eval_interval > 0 (it is checked at the periodic evaluations)")
+        try:  # saved in config.json and checkpoints: plain values (a numpy number would fail there, mid-run)
+            json.dumps(self.env_kwargs, allow_nan=False)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"env_kwargs must be plain JSON values (numbers, strings, lists, dicts), got "
+                             f"{self.env_kwargs!r} ({error}); pass other objects through an env factory "
+                             "(PPO(lambda: MyEnv(...)))") from None
         if not all(isinstance(m, str) and m for m in self.env_module):
             raise ValueError(f"env_module must be a list of module names, got {self.env_module!r}")
         if self.target_kl is not None and not self.target_kl > 0:
@@ -711,11 +718,34 @@ class Rollout:
         )
 
 
-def action_mask_from_info(info: dict, device: torch.device) -> Tensor | None:
-    """The env's ``info["action_mask"]`` (1 = allowed) as a bool tensor, or None when it gives none."""
+def action_mask_from_info(info: dict, device: torch.device, action_space: gym.Space | None = None) -> Tensor | None:
+    """The env's ``info["action_mask"]`` (1 = allowed) as a bool tensor, or None when it gives none.  With the
+    env's ``action_space`` (one sub-env's), a mask that does not fit it, or allows no action (of a component),
+    is the env's error, in one line."""
     if "action_mask" not in info:
         return None
-    return torch.as_tensor(np.stack(list(info["action_mask"])), dtype=torch.bool, device=device)
+    mask = np.stack(list(info["action_mask"])).astype(bool)
+    if action_space is not None:
+        check_action_mask(mask, action_space)
+    return torch.as_tensor(mask, dtype=torch.bool, device=device)
+
+
+def check_action_mask(mask: np.ndarray, action_space: gym.Space) -> None:
+    from rlkit.errors import EnvError
+
+    if isinstance(action_space, gym.spaces.Box):
+        raise EnvError("info['action_mask'] is for Discrete / MultiDiscrete actions; this env's are Box")
+    sizes = [int(action_space.n)] if isinstance(action_space, gym.spaces.Discrete) else [int(k) for k in action_space.nvec]
+    if mask.ndim != 2 or mask.shape[1] != sum(sizes):
+        raise EnvError(f"info['action_mask'] has shape {mask.shape[1:]} per env; {action_space} actions need "
+                       f"({sum(sizes)},): one entry per action" + ("" if len(sizes) == 1 else ", the components side by side"))
+    bounds = np.cumsum([0, *sizes])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        empty = np.flatnonzero(~mask[:, a:b].any(axis=1))
+        if empty.size:
+            raise EnvError(f"info['action_mask'] of env {int(empty[0])} allows no action"
+                           + ("" if len(sizes) == 1 else f" for component {int(np.searchsorted(bounds, a, 'right')) - 1}")
+                           + ": every step needs at least one allowed action")
 
 
 def truncated_final_obs(terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> tuple[np.ndarray, np.ndarray | None]:
@@ -793,7 +823,8 @@ class EnvCursor:
     @classmethod
     def reset(cls, envs: gym.vector.VectorEnv, seed: int, device: torch.device) -> EnvCursor:
         obs, info = envs.reset(seed=seed)
-        return cls(torch.as_tensor(obs, dtype=torch.float32, device=device), action_mask_from_info(info, device))
+        return cls(torch.as_tensor(obs, dtype=torch.float32, device=device),
+                   action_mask_from_info(info, device, envs.single_action_space))
 
 
 def collect_rollout(envs: gym.vector.VectorEnv, policy: RolloutPolicy, rollout: Rollout, staging: NumpyStaging,
@@ -832,7 +863,7 @@ def collect_rollout(envs: gym.vector.VectorEnv, policy: RolloutPolicy, rollout: 
                 raise NonFiniteError("non-finite observations")
             cursor.obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
             if cursor.mask is not None:  # after an autoreset this is the new episode's mask
-                cursor.mask = action_mask_from_info(infos, device)
+                cursor.mask = action_mask_from_info(infos, device, envs.single_action_space)
             record(infos, cursor.global_step)
 
         if not np.isfinite(staging.rewards).all():

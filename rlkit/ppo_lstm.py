@@ -85,7 +85,9 @@ class LSTMAgent(ActorCriticBase):
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, hidden_size: int = 64, lstm_hidden_size: int = 64):
         super().__init__(observation_space, action_space)
         if len(observation_space.shape) != 1 or (isinstance(observation_space, ObservationLayout) and observation_space.images):
-            raise ValueError(f"recurrent PPO (ppo_lstm) takes vector observations without images (its encoder is one "
+            from rlkit.errors import EnvError  # the env does not fit the agent: exit code 4
+
+            raise EnvError(f"recurrent PPO (ppo_lstm) takes vector observations without images (its encoder is one "
                              f"tanh layer), got {observation_space}; use the feed-forward [ppo] table for images")
         self.encoder = nn.Sequential(layer_init(nn.Linear(self.obs_dim, hidden_size)), nn.Tanh())
         self.lstm = nn.LSTM(hidden_size, lstm_hidden_size)

@@ -399,7 +399,8 @@ def reset_seed_envs(envs: gym.vector.VectorEnv, seeds: list[int], per_seed: int,
     """Reset all seeds' envs at once, seed k's E sub-envs seeded seeds[k] + 0..E-1: each seed's envs
     start where ``envs.reset(seed=seeds[k])`` of that seed's run alone starts them."""
     obs, info = envs.reset(seed=[seed + j for seed in seeds for j in range(per_seed)])
-    return EnvCursor(torch.as_tensor(obs, dtype=torch.float32, device=device), action_mask_from_info(info, device))
+    return EnvCursor(torch.as_tensor(obs, dtype=torch.float32, device=device),
+                     action_mask_from_info(info, device, envs.single_action_space))
 
 
 def seed_agents(cfg: PPOConfig, seeds: list[int], envs: gym.vector.VectorEnv, device: torch.device

@@ -378,7 +378,8 @@ def render_report(out_dir: str, reference: dict[str, str] | str | None = None, r
         lines += [f"- `{env}` {os.path.relpath(d, out_dir)}: {why}" for env, d, why in left_out]
     curves = [r for r in results.values() if r.runs]
     if curves and plots:  # (--no-plots: no PNG, so no link to one)
-        lines += ["", "Learning curves: " + ", ".join(f"[{r.env_id}]({r.folder}.png)" for r in curves)]
+        # "./" and %3A: a module:Id folder would read as a URI scheme ("myenvs:") and the link would not open the file
+        lines += ["", "Learning curves: " + ", ".join(f"[{r.env_id}](./{r.folder.replace(':', '%3A')}.png)" for r in curves)]
     return "\n".join(lines) + "\n"
 
 

@@ -235,6 +235,11 @@ def test_report_files_and_reference(fake_out, capsys):
     for name in ("Fake-v0", "Other_Fake-v1"):
         assert (fake_out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (fake_out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # every env in one figure
+    # links a markdown viewer opens: relative, and a module:Id folder's colon escaped (it read as a URI scheme)
+    assert "[Fake-v0](./Fake-v0.png)" in (fake_out / "report.md").read_text()
+    _fake_run(fake_out, "myenvs:Point-v0", 1, [1.0] * 10)
+    assert cmd_report([str(fake_out), "--reps", "200"]) == 0
+    assert "(./myenvs%3APoint-v0.png)" in (fake_out / "report.md").read_text()
     from rlkit.report import _reference_value
 
     assert _reference_value("3.50 ± 0.50 (paper)") == 3.5 and _reference_value("-1,234.50 (x)") == -1234.5

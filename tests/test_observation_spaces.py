@@ -44,6 +44,26 @@ class AnySpace(gym.Env):
         return self.observation_space.sample(), 0.0, True, False, {}
 
 
+class DictFromRng(gym.Env):
+    """A Dict of a Discrete and a Box part, drawn from np_random (state env_state saves)."""
+
+    metadata = {"render_modes": []}
+    observation_space = spaces.Dict({"d": spaces.Discrete(3), "x": spaces.Box(-5, 5, (2,))})
+    action_space = spaces.Discrete(2)
+
+    def _draw(self):
+        return {"d": int(self.np_random.integers(3)), "x": self.np_random.uniform(-5, 5, 2).astype(np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._draw(), {}
+
+    def step(self, action):
+        return self._draw(), 0.0, True, False, {}
+
+
+DICT_FROM_RNG = "rlkit-test/DictFromRng-v0"
+
 if FROZEN_LAKE not in gym.registry:
     gym.register(FROZEN_LAKE, entry_point="gymnasium.envs.toy_text.frozen_lake:FrozenLakeEnv",
                  kwargs={"is_slippery": False}, max_episode_steps=100)
@@ -179,9 +199,13 @@ def test_batched_seeds_grouped_normaliser_takes_only_the_real_valued_entries_of_
         assert all(np.array_equal(v, normalizer_state(envs)[key])
                    for key, v in normalizer_state(EnvGroup(grouped, k, 3)).items())
     # 2 seeds of 1 env: the 2 normalised entries' indices are as long as the env count, and are no per-env array
-    pair = make_vector_env(OWN_SPACE_ENV, 2, groups=2, **kwargs)
+    # (an env whose state env_state saves: its draws come from its np_random, not from its space's generator)
+    if DICT_FROM_RNG not in gym.registry:
+        gym.register(DICT_FROM_RNG, entry_point=DictFromRng)
+    kwargs = {"normalize_obs": True}
+    pair = make_vector_env(DICT_FROM_RNG, 2, groups=2, **kwargs)
     pair.reset(seed=[0, 10])
-    one = make_vector_env(OWN_SPACE_ENV, 1, **kwargs)
+    one = make_vector_env(DICT_FROM_RNG, 1, **kwargs)
     one.reset(seed=10)
     saved, own = env_state(EnvGroup(pair, 1, 2)), env_state(one)
     indices = lambda state: [np.asarray(w["indices"]).tolist() for w in state["vector_wrappers"] if "indices" in w]  # noqa: E731

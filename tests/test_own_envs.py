@@ -5,10 +5,12 @@ of Discrete / Tuple observations in predict, on_eval stopping a run, and errors 
 from __future__ import annotations
 
 import json
+import os
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 from rlkit import PPO
 from rlkit.cli import main
@@ -318,7 +320,12 @@ class WrongShape(Base):
     def step(self, action):
         return np.zeros(4, np.float32), 0.0, False, False, {}
 
+class MissingMap(Base):
+    def __init__(self):
+        open("maps/level1.txt")
+
 gym.register("Crashy-v0", entry_point=Base, max_episode_steps=10)
+gym.register("MissingMap-v0", entry_point=MissingMap)
 gym.register("BadInit-v0", entry_point=BadInit)
 gym.register("WrongShape-v0", entry_point=WrongShape, max_episode_steps=10)
 '''
@@ -328,6 +335,8 @@ gym.register("WrongShape-v0", entry_point=WrongShape, max_episode_steps=10)
     ("Crashy-v0", "the environment raised RuntimeError: sensor disconnected (user_envs_for_errors.py:"),
     ("BadInit-v0", "the environment raised RuntimeError: license server unreachable"),
     ("WrongShape-v0", "sub-env 0 returned an observation of shape (4,)"),
+    # an OSError of the env's own (a file it opens) is the env's, not rlkit's files: it once exited 8, "writing"
+    ("MissingMap-v0", "the environment raised FileNotFoundError: [Errno 2] No such file or directory: 'maps/level1.txt'"),
 ])
 def test_the_envs_own_errors_exit_4_not_as_a_bug_in_rlkit(env_id, says, tmp_path, monkeypatch, capsys):
     """Bug: an exception from the user's env code ended as 'unexpected RuntimeError ... (a bug in rlkit)', exit 70."""
@@ -400,3 +409,163 @@ def test_a_run_refused_before_it_starts_leaves_no_folder(tmp_path):
     code = main(["train", "cartpole", "--network", "nature_cnn", "--run_dir", str(tmp_path), "--run-name", "r",
                  "--no-progress"])
     assert code == 2 and not (tmp_path / "r").exists()
+
+
+class SpaceNoise(gym.Env):
+    """Observations drawn from its own observation_space: state in a generator that space holds."""
+
+    observation_space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self.observation_space.seed(seed)
+        self.t = 0
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self.observation_space.sample(), float(action), False, self.t >= 20, {}
+
+
+class Locked(gym.Wrapper):
+    def __init__(self, env):
+        import threading
+
+        super().__init__(env)
+        self.lock = threading.Lock()
+
+
+@pytest.mark.parametrize("make, exact", [
+    (lambda: gym.make("CartPole-v1"), True),
+    (lambda: gym.wrappers.FrameStackObservation(gym.make("CartPole-v1"), 4), False),  # a deque in a wrapper
+    (lambda: gym.wrappers.TimeLimit(SpaceNoise(), 20), False),  # a generator in its space
+    (lambda: Locked(gym.make("CartPole-v1")), False),  # once: "cannot pickle '_thread.lock'", exit 70
+], ids=["plain", "frame_stack", "space_sampling", "lock"])
+def test_a_resume_says_exact_only_when_it_is(make, exact, tmp_path, capsys):
+    """Bug: state kept in a wrapper or in a space's generator was not saved, yet the resume said "exact env state
+    restored" and went on differently."""
+    settings = dict(num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2, anneal_lr=False, seed=3,
+                    run_dir=str(tmp_path), torch_threads=1, device="cpu")
+    whole = PPO(make, **settings).learn(256, progress=False)
+    cut = PPO(make, **settings).learn(128, progress=False)
+    capsys.readouterr()
+    resumed = cut.learn(128, progress=False)
+    printed = capsys.readouterr()
+    notes = printed.out + printed.err
+    assert "resumed at update" in notes
+    assert ("exact env state restored" in notes) == exact, notes
+    if exact:
+        assert all(torch.equal(a, b) for a, b in zip(whole.agent.state_dict().values(), resumed.agent.state_dict().values()))
+
+
+def test_an_env_module_in_the_current_folder_imports_under_the_console_script(tmp_path):
+    """Bug: `rlkit train ... --env_id myenvs:My-v0` failed ("is it on PYTHONPATH?") for myenvs.py in the current
+    folder: the console script leaves the current folder off sys.path."""
+    import subprocess
+    import sys
+
+    (tmp_path / "myenvs.py").write_text("import gymnasium as gym\n"
+                                        "gym.register('My-v0', entry_point='gymnasium.envs.classic_control:CartPoleEnv',"
+                                        " max_episode_steps=50)\n")
+    probe = ("import sys; sys.path = [p for p in sys.path if p not in ('', '.')]; "
+             "from rlkit.envs.sources import resolve_env_id; print(resolve_env_id('myenvs:My-v0'))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "My-v0", out.stderr[-500:]
+
+
+class RowObs(gym.Env):
+    """Observations of shape (1, 4): one observation, not a batch of one."""
+
+    observation_space = gym.spaces.Box(-1, 1, (1, 4), np.float32)
+    action_space = gym.spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros((1, 4), np.float32), {}
+
+    def step(self, action):
+        assert self.action_space.contains(action), action
+        return np.zeros((1, 4), np.float32), 0.0, False, True, {}
+
+
+class DictObs(gym.Env):
+    observation_space = gym.spaces.Dict({"a": gym.spaces.Discrete(3), "b": gym.spaces.Box(-1, 1, (2,), np.float32)})
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return {"a": 1, "b": np.zeros(2, np.float32)}, {}
+
+    def step(self, action):
+        return {"a": 1, "b": np.zeros(2, np.float32)}, 0.0, False, True, {}
+
+
+def test_predict_reads_single_and_batched_observations_by_the_envs_own_space(tmp_path):
+    """Bugs: one (1, 4) observation was taken as a batch of one (an array action the env refused); a gymnasium
+    vector env's batch of Dict observations (one array per key) was refused."""
+    model = PPO(RowObs(), run_dir=str(tmp_path), **TINY).learn(64, progress=False)
+    env = RowObs()
+    action, _ = model.predict(env.reset()[0])
+    assert np.ndim(action) == 0 and env.action_space.contains(action)
+    env.step(action)
+    assert model.predict(np.zeros((5, 1, 4), np.float32))[0].shape == (5,)
+    model = PPO(DictObs(), run_dir=str(tmp_path), **TINY).learn(64, progress=False)
+    vector = gym.vector.SyncVectorEnv([DictObs] * 3)
+    actions, _ = model.predict(vector.reset(seed=0)[0])
+    assert actions.shape == (3,) and np.ndim(model.predict(DictObs().reset()[0])[0]) == 0
+
+
+def test_env_kwargs_are_plain_values_and_a_loaded_model_on_an_env_object_drops_the_saved_ones(tmp_path):
+    """Bugs: numpy kwargs crashed mid-write of config.json (a half-written run folder, then refused as a run);
+    PPO.load(path, env=factory) passed the saved id's env_kwargs to the factory."""
+    with pytest.raises(ValueError, match="env_kwargs must be plain JSON values"):
+        PPO("CartPole-v1", env_kwargs={"sutton_barto_reward": np.bool_(True)}, run_dir=str(tmp_path), **TINY)
+    assert not os.listdir(tmp_path)
+    model = PPO("CartPole-v1", env_kwargs={"sutton_barto_reward": True}, run_dir=str(tmp_path), **TINY)
+    model.learn(64, progress=False).save(str(tmp_path / "agent"))
+    loaded = PPO.load(str(tmp_path / "agent"), env=lambda: gym.make("CartPole-v1", sutton_barto_reward=True))
+    assert loaded.evaluate(episodes=1)["episodes"] == 1
+
+
+class Masked(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Discrete(3)
+
+    def __init__(self, mask):
+        self.mask = np.asarray(mask, np.int8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {"action_mask": self.mask}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, True, {"action_mask": self.mask}
+
+
+@pytest.mark.parametrize("mask, says", [([1, 1], "has shape \\(2,\\) per env; Discrete\\(3\\) actions need \\(3,\\)"),
+                                        ([0, 0, 0], "of env 0 allows no action")])
+def test_an_action_mask_that_does_not_fit_is_the_envs_error_in_one_line(mask, says, tmp_path):
+    """Bugs: a mask of the wrong width ended in 'unexpected RuntimeError ... a bug in rlkit' (exit 70); one that
+    allowed nothing trained on, sampling masked actions."""
+    from rlkit.errors import EnvError
+
+    with pytest.raises(EnvError, match=says):
+        PPO(lambda: Masked(mask), run_dir=str(tmp_path), **TINY).learn(64, progress=False)
+
+
+def test_a_video_of_an_agent_trained_on_an_env_object(tmp_path):
+    """Bug: the video path passed render_mode to the user's factory (TypeError) or refused the instance; now the
+    object renders as the user made it, and one without rgb_array frames is refused saying how to make it."""
+    pytest.importorskip("moviepy")
+    from rlkit.errors import EnvError
+    from rlkit.evaluate import evaluate
+
+    model = PPO(lambda: gym.make("CartPole-v1", render_mode="rgb_array"), run_dir=str(tmp_path), **TINY)
+    model.learn(64, progress=False)
+    evaluate(model.run_dir, episodes=1, video_dir=str(tmp_path / "video"))
+    assert [n for n in os.listdir(tmp_path / "video") if n.endswith(".mp4")]
+    plain = PPO(lambda: gym.make("CartPole-v1"), run_dir=str(tmp_path), **TINY).learn(64, progress=False)
+    with pytest.raises(EnvError, match="this env object renders None; make it with render_mode='rgb_array'"):
+        evaluate(plain.run_dir, episodes=1, video_dir=str(tmp_path / "video2"))

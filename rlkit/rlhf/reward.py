@@ -279,11 +279,10 @@ def refuse_float16_training(params, what: str, lora_hint: bool = False) -> None:
 
 def load_callable(spec: str) -> Callable:
     """'package.module:function' -> the function (batched or per sample, see :func:`is_batched`)."""
-    import sys
+    from rlkit.envs.sources import current_folder_importable
 
     module_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path and "" not in sys.path:  # a module beside the recipe, as `python -m` would find
-        sys.path.append(os.getcwd())  # (the `rlkit` console script leaves the current folder off sys.path)
+    current_folder_importable()  # a module beside the recipe, as `python -m` finds it
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as error:
