@@ -41,7 +41,7 @@ from rlkit.evaluate import (
     variant_of,
     write_agent_folder,
 )
-from rlkit.ppo import PPOConfig, TrainResult, resolve_device
+from rlkit.ppo import PPOConfig, TrainResult, empty_mask_components, mask_sizes, resolve_device
 from rlkit.runtime import Callback
 
 TABLES = {"ppo": PPOConfig}
@@ -276,17 +276,13 @@ class PPO:
         space = self.action_space()
         if isinstance(space, gym.spaces.Box):
             raise ValueError("action_mask is for Discrete / MultiDiscrete actions; this agent's are Box")
-        width = int(space.n) if isinstance(space, gym.spaces.Discrete) else int(np.sum(space.nvec))
+        width = sum(mask_sizes(space))
         mask = np.atleast_2d(np.asarray(action_mask, dtype=bool))
         if mask.shape != (n, width):
             raise ValueError(f"action_mask has shape {np.shape(action_mask)}; {n} observation(s) of this agent take "
                              f"{(width,) if n == 1 else (n, width)} (one entry per action"
                              f"{'' if isinstance(space, gym.spaces.Discrete) else ', the components side by side'})")
-        if isinstance(space, gym.spaces.Discrete):
-            empty = ~mask.any(axis=1)
-        else:
-            bounds = np.cumsum([0, *space.nvec])
-            empty = np.stack([~mask[:, a:b].any(axis=1) for a, b in zip(bounds[:-1], bounds[1:])], 1).any(axis=1)
+        empty = empty_mask_components(mask, mask_sizes(space)).any(axis=1)
         if empty.any():
             raise ValueError(f"action_mask allows no action for observation {int(np.flatnonzero(empty)[0])}")
         return mask

@@ -735,17 +735,27 @@ def check_action_mask(mask: np.ndarray, action_space: gym.Space) -> None:
 
     if isinstance(action_space, gym.spaces.Box):
         raise EnvError("info['action_mask'] is for Discrete / MultiDiscrete actions; this env's are Box")
-    sizes = [int(action_space.n)] if isinstance(action_space, gym.spaces.Discrete) else [int(k) for k in action_space.nvec]
+    sizes = mask_sizes(action_space)
     if mask.ndim != 2 or mask.shape[1] != sum(sizes):
         raise EnvError(f"info['action_mask'] has shape {mask.shape[1:]} per env; {action_space} actions need "
                        f"({sum(sizes)},): one entry per action" + ("" if len(sizes) == 1 else ", the components side by side"))
+    empty = empty_mask_components(mask, sizes)
+    if empty.any():
+        env, component = (int(i) for i in np.argwhere(empty)[0])
+        raise EnvError(f"info['action_mask'] of env {env} allows no action"
+                       + ("" if len(sizes) == 1 else f" for component {component}")
+                       + ": every step needs at least one allowed action")
+
+
+def mask_sizes(action_space: gym.Space) -> list[int]:
+    """The widths of an action mask's components: [n] (Discrete) or nvec (MultiDiscrete, side by side)."""
+    return [int(action_space.n)] if isinstance(action_space, gym.spaces.Discrete) else [int(k) for k in action_space.nvec]
+
+
+def empty_mask_components(mask: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """[rows, components]: True where a row's mask allows no action of that component."""
     bounds = np.cumsum([0, *sizes])
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        empty = np.flatnonzero(~mask[:, a:b].any(axis=1))
-        if empty.size:
-            raise EnvError(f"info['action_mask'] of env {int(empty[0])} allows no action"
-                           + ("" if len(sizes) == 1 else f" for component {int(np.searchsorted(bounds, a, 'right')) - 1}")
-                           + ": every step needs at least one allowed action")
+    return np.stack([~mask[:, a:b].any(axis=1) for a, b in zip(bounds[:-1], bounds[1:])], 1)
 
 
 def truncated_final_obs(terminations: np.ndarray, truncations: np.ndarray, infos: dict) -> tuple[np.ndarray, np.ndarray | None]:
